@@ -1,0 +1,137 @@
+"""
+Parsing and resolving the addresses given on the command line.
+
+Everything here is pure (no reactor) so option parsing can validate eagerly
+and report a bad address as a usage error before anything is bound.  Errors
+are L{ValueError}s with a message fit to show a user.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+import socket
+from typing import NamedTuple
+
+_BRACKETED = re.compile(r"^\[(?P<host>[^\]]+)\]:(?P<port>[^:]*)$")
+_PLAIN = re.compile(r"^(?P<host>[^:\[\]]+):(?P<port>[^:]*)$")
+
+
+class HostPort(NamedTuple):
+    """
+    A host (name or IP literal, without brackets; C{None} when absent) and a
+    port number.
+    """
+
+    host: str | None
+    port: int
+
+
+def parsePort(text: str, allowZero: bool = False) -> int:
+    """
+    Parse a port number, refusing anything outside 1..65535 (0 too, when
+    C{allowZero}: it asks the kernel for an ephemeral port).
+    """
+    low = 0 if allowZero else 1
+    if not text.isdigit() or not low <= int(text) <= 65535:
+        raise ValueError(f"port must be a number from {low} to 65535, not {text!r}")
+    return int(text)
+
+
+def splitHostPort(
+    text: str, requireHost: bool = True, allowZero: bool = False
+) -> HostPort:
+    """
+    Split C{HOST:PORT}, C{[IPv6]:PORT} or (unless C{requireHost}) a bare
+    C{PORT}.
+
+    An unbracketed IPv6 literal is refused rather than guessed at: in
+    C{::1:53} nobody can tell where the address ends.
+    """
+    match = _BRACKETED.match(text) or _PLAIN.match(text)
+    if match is None:
+        if not requireHost and text.isdigit():
+            return HostPort(None, parsePort(text, allowZero))
+        if _isIPv6(text.rsplit(":", 1)[0]):
+            raise ValueError(
+                f"{text!r}: write an IPv6 address in brackets, as [ADDRESS]:PORT"
+            )
+        expected = "HOST:PORT" if requireHost else "[HOST:]PORT"
+        raise ValueError(f"{text!r} is not {expected}")
+    host = match.group("host")
+    if text.startswith("["):
+        _checkIPv6(host)
+    return HostPort(host, parsePort(match.group("port"), allowZero))
+
+
+def _isIPv6(host: str) -> bool:
+    try:
+        ipaddress.IPv6Address(host)
+    except ValueError:
+        return False
+    return True
+
+
+def _checkIPv6(host: str) -> None:
+    if not _isIPv6(host):
+        raise ValueError(f"[{host}] is not an IPv6 address")
+
+
+def resolve(
+    host: str, port: int, family: int = socket.AF_UNSPEC, passive: bool = False
+) -> tuple[int, str]:
+    """
+    Resolve C{host} to one IP literal of C{family} (the first that
+    C{getaddrinfo} prefers), as UDP sockets in Twisted accept literals only.
+
+    @return: C{(family, literal)}
+    """
+    flags = socket.AI_PASSIVE if passive else 0
+    try:
+        infos = socket.getaddrinfo(host, port, family, socket.SOCK_DGRAM, 0, flags)
+    except (OSError, UnicodeError) as e:
+        wanted = {socket.AF_INET: " IPv4", socket.AF_INET6: " IPv6"}.get(family, "")
+        raise ValueError(f"cannot resolve{wanted} address of {host!r}: {e}") from None
+    infoFamily, _, _, _, sockaddr = infos[0]
+    return infoFamily, str(sockaddr[0])
+
+
+def familyOf(literal: str) -> int:
+    """
+    The address family of an IP literal.
+    """
+    return socket.AF_INET6 if ":" in literal else socket.AF_INET
+
+
+class UDPPlan(NamedTuple):
+    """
+    Where to bind the UDP socket and where datagrams coming out of the tunnel
+    go: C{peer} is an C{(IP literal, port)} pair, or C{None} for phantom mode.
+    """
+
+    interface: str
+    port: int
+    peer: tuple[str, int] | None
+
+
+def planUDP(udp: HostPort | None, peer: HostPort | None) -> UDPPlan:
+    """
+    Resolve C{--udp} and C{--peer} together: the socket's address family
+    decides which address of the peer to use, and without a local host the
+    peer's family decides which wildcard to bind.  Resolving here, once, at
+    start-up is what lets an unresolvable peer be a usage error.
+    """
+    if udp is None and peer is None:
+        raise ValueError("--udp is required unless --peer is given")
+    family = socket.AF_UNSPEC
+    interface = None
+    if udp is not None and udp.host is not None:
+        family, interface = resolve(udp.host, udp.port, passive=True)
+    peerAddress = None
+    if peer is not None:
+        assert peer.host is not None
+        family, literal = resolve(peer.host, peer.port, family)
+        peerAddress = (literal, peer.port)
+    if interface is None:
+        interface = "::" if family == socket.AF_INET6 else "0.0.0.0"
+    return UDPPlan(interface, udp.port if udp is not None else 0, peerAddress)

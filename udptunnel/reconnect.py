@@ -1,0 +1,70 @@
+"""
+How the client reconnects: the retry schedule, and an endpoint wrapper that
+logs and counts each failed attempt (L{ClientService} only says when it will
+retry, not why the attempt failed).
+"""
+
+from __future__ import annotations
+
+import random
+from typing import Callable
+
+from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IProtocol, IProtocolFactory, IStreamClientEndpoint
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from .stats import TunnelStats
+
+#: Delay before the first retry, in seconds; it doubles on each failure...
+FIRST_DELAY = 0.5
+#: ...up to this cap, so a server back from a long outage is found within
+#: about half a minute, while a dead one costs one attempt per 30 s.
+MAX_DELAY = 30.0
+#: Each delay is scaled by a random factor in 1 +/- JITTER, so clients that
+#: lost the same server do not all come back in the same instant.
+JITTER = 0.2
+
+
+def retryDelay(attempt: int, random: Callable[[], float] = random.random) -> float:
+    """
+    Seconds to wait before attempt number C{attempt} (1 for the first retry):
+    0.5, 1, 2, 4, 8, 16, then 30 s, each +/- 20%.
+    """
+    base = min(FIRST_DELAY * 2 ** min(attempt - 1, 16), MAX_DELAY)
+    return base * (1 + JITTER * (2 * random() - 1))
+
+
+@implementer(IStreamClientEndpoint)
+class ReportingEndpoint:
+    """
+    Wraps an endpoint to log why each connection attempt failed and count it.
+    One line per attempt is no flood: attempts are spaced by L{retryDelay}.
+    """
+
+    log = Logger()
+
+    def __init__(
+        self, endpoint: IStreamClientEndpoint, description: str, stats: TunnelStats
+    ) -> None:
+        self._endpoint = endpoint
+        self._description = description
+        self._stats = stats
+
+    def connect(self, protocolFactory: IProtocolFactory) -> Deferred[IProtocol]:
+        d = self._endpoint.connect(protocolFactory)
+        d.addErrback(self._failed)
+        return d
+
+    def _failed(self, reason: Failure) -> Failure:
+        self._stats.connectFailures += 1
+        self.log.warn(
+            "cannot connect to {where}: {why}",
+            where=self._description,
+            why=reason.getErrorMessage(),
+        )
+        return reason
+
+    def __repr__(self) -> str:
+        return self._description

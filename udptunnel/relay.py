@@ -1,0 +1,253 @@
+"""
+The relay: the one service that owns the tunnel's state and decisions.
+
+It knows the UDP socket and the active TCP link and decides, per datagram,
+whether and where it goes.  The protocols in L{udptunnel.protocols} only
+parse and forward; the listener or the reconnecting client that produces
+links are child services, so the UDP socket outlives every TCP connection.
+"""
+
+from __future__ import annotations
+
+import errno
+from typing import Any
+
+from twisted.application.service import MultiService
+from twisted.internet.defer import Deferred, DeferredList, succeed
+from twisted.internet.error import CannotListenError, MessageLengthError
+from twisted.internet.interfaces import IPushProducer, IReactorTime, IUDPTransport
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from .interfaces import ILink, IRelay
+from .stats import RateLimitedLog, TunnelStats
+
+
+class StartupError(Exception):
+    """
+    The tunnel cannot start (a port is busy, an address cannot be bound);
+    the message says which, in one line.
+    """
+
+
+@implementer(IPushProducer)
+class _UDPReadingProducer:
+    """
+    Pauses reading of the UDP socket while a TCP link's send buffer is full,
+    so the excess is dropped by the kernel instead of queued here.
+
+    It is registered on the TCP transport instead of the UDP port itself,
+    because Twisted calls C{stopProducing} on the producer when the
+    connection is lost and that would close the UDP port.
+    """
+
+    def __init__(self, relay: Relay, link: ILink) -> None:
+        self._relay = relay
+        self._link = link
+
+    def pauseProducing(self) -> None:
+        self._relay.pauseReading(self._link)
+
+    def resumeProducing(self) -> None:
+        self._relay.resumeReading()
+
+    def stopProducing(self) -> None:
+        self._relay.resumeReading()
+
+
+@implementer(IRelay)
+class Relay(MultiService):
+    """
+    Joins one UDP socket to at most one TCP link at a time.
+
+    @ivar peer: the fixed destination C{(IP literal, port)} of datagrams
+        coming out of the tunnel, or C{None} in phantom mode, where they go
+        to C{learned}, the source of the newest datagram that came in.
+    """
+
+    log = Logger()
+
+    def __init__(
+        self,
+        clock: IReactorTime,
+        peer: tuple[str, int] | None = None,
+        exitOnStartupError: bool = False,
+    ) -> None:
+        super().__init__()
+        self.peer = peer
+        self.learned: tuple[str, int] | None = None
+        self.link: ILink | None = None
+        self.udp: IUDPTransport | None = None
+        self.stats = TunnelStats()
+        self._exitOnStartupError = exitOnStartupError
+        self._warn = RateLimitedLog(self.log, clock)
+        self._paused = False
+        self._linkGone: list[Deferred[None]] = []
+
+    # Starting and stopping
+
+    def privilegedStartService(self) -> None:
+        self._startChildren(super().privilegedStartService)
+
+    def startService(self) -> None:
+        # twist never calls privilegedStartService: the children bind here.
+        self._startChildren(super().startService)
+
+    def _startChildren(self, start: Any) -> None:
+        """
+        Turn a failure to bind into a one-line error: a L{StartupError}, which
+        a daemonising twistd reports through its parent, or in the foreground
+        a L{SystemExit}, so the user sees the reason instead of a traceback.
+        """
+        try:
+            start()
+        except (CannotListenError, OSError, OverflowError, ValueError) as e:
+            message = f"cannot start: {_describeBindError(e)}"
+            self.log.critical("{message}", message=message)
+            if self._exitOnStartupError:
+                raise SystemExit(f"udptunnel: {message}") from None
+            raise StartupError(message) from None
+
+    def stopService(self) -> Deferred[Any]:
+        link, self.link = self.link, None
+        gone: Deferred[None] = succeed(None)
+        if link is not None:
+            gone = Deferred()
+            self._linkGone.append(gone)
+            link.abort()
+        stopped = DeferredList([gone, super().stopService()])
+        return stopped.addCallback(self._logSummary)
+
+    def _logSummary(self, ignored: object) -> None:
+        self.log.info("tunnel stopped: {summary}", summary=self.stats.summary())
+
+    # The UDP side
+
+    def udpStarted(self, transport: IUDPTransport) -> None:
+        self.udp = transport
+        self.log.info(
+            "UDP bound on {host}:{port}, {mode}",
+            host=transport.getHost().host,
+            port=transport.getHost().port,
+            mode=f"peer {_show(self.peer)}" if self.peer else "phantom mode",
+        )
+
+    def udpStopped(self) -> None:
+        self.udp = None
+
+    def datagramReceived(self, data: bytes, addr: tuple[str, int]) -> None:
+        if self.peer is not None:
+            if addr != self.peer:
+                self._drop("foreign-source", "datagram from {source}", source=_show(addr))
+                return
+        elif addr != self.learned:
+            self._learn(addr)
+        link = self.link
+        if link is None:
+            self._drop("no-link", "no TCP link")
+            return
+        link.sendFrame(data)
+        self.stats.toTunnelDatagrams += 1
+        self.stats.toTunnelBytes += len(data)
+
+    def _learn(self, addr: tuple[str, int]) -> None:
+        if self.learned is None:
+            self.log.info("phantom peer learned: {peer}", peer=_show(addr))
+        else:
+            self.log.info(
+                "phantom peer changed: {old} -> {peer}",
+                old=_show(self.learned),
+                peer=_show(addr),
+            )
+        self.learned = addr
+
+    # The TCP side
+
+    def linkMade(self, link: ILink) -> None:
+        old, self.link = self.link, link
+        self.stats.linksUp += 1
+        self.resumeReading()
+        if old is not None:
+            # A client that reconnects after a network change must not be
+            # locked out by its own half-dead connection: newest wins.
+            self.stats.linksReplaced += 1
+            self.log.info(
+                "link from {peer} replaces link from {old}", peer=link.peer, old=old.peer
+            )
+            old.abort()
+        self.log.info("link up: {peer}", peer=link.peer)
+        link.attachProducer(_UDPReadingProducer(self, link))
+
+    def frameReceived(self, link: ILink, data: bytes) -> None:
+        if link is not self.link:
+            self._drop("replaced-link", "frame from a replaced link")
+            return
+        destination = self.peer or self.learned
+        if destination is None:
+            self._drop("no-address", "no phantom peer learned yet")
+            return
+        udp = self.udp
+        if udp is None:
+            self._drop("no-socket", "UDP socket closed")
+            return
+        try:
+            udp.write(data, destination)
+        except MessageLengthError:
+            self._drop(
+                "oversize",
+                "{size}-byte datagram too big for {peer}",
+                size=len(data),
+                peer=_show(destination),
+            )
+        except OSError as e:
+            reason = errno.errorcode.get(e.errno or 0, "send-error")
+            self._drop(reason, "sending to {peer}: {error}", peer=_show(destination), error=e)
+        else:
+            self.stats.fromTunnelDatagrams += 1
+            self.stats.fromTunnelBytes += len(data)
+
+    def linkLost(self, link: ILink, reason: Failure) -> None:
+        if link is self.link:
+            self.link = None
+            self.resumeReading()
+            self.log.info(
+                "link down: {peer} ({why})", peer=link.peer, why=reason.getErrorMessage()
+            )
+        gone, self._linkGone = self._linkGone, []
+        for d in gone:
+            d.callback(None)
+
+    # Flow control
+
+    def pauseReading(self, link: ILink) -> None:
+        if link is self.link and self.udp is not None and not self._paused:
+            self._paused = True
+            self.udp.stopReading()  # type: ignore[attr-defined]
+
+    def resumeReading(self) -> None:
+        if self._paused and self.udp is not None:
+            self._paused = False
+            self.udp.startReading()  # type: ignore[attr-defined]
+
+    # Helpers
+
+    def _drop(self, reason: str, format: str, **fields: Any) -> None:
+        self.stats.drops[reason] += 1
+        self._warn.warn(reason, "dropped datagram (" + reason + "): " + format, **fields)
+
+
+def _show(addr: tuple[str, int] | None) -> str:
+    if addr is None:
+        return "nobody"
+    host, port = addr
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def _describeBindError(error: Exception) -> str:
+    if isinstance(error, CannotListenError):
+        where = f"{error.interface or '*'}:{error.port}"
+        socketError = error.socketError
+        why = getattr(socketError, "strerror", None) or str(socketError)
+        return f"cannot listen on {where}: {why}"
+    return str(error)
