@@ -90,7 +90,7 @@ def resolve(
     try:
         infos = socket.getaddrinfo(host, port, family, socket.SOCK_DGRAM, 0, flags)
     except (OSError, UnicodeError) as e:
-        wanted = {socket.AF_INET: " IPv4", socket.AF_INET6: " IPv6"}.get(family, "")
+        wanted = {int(socket.AF_INET): " IPv4", int(socket.AF_INET6): " IPv6"}.get(family, "")
         raise ValueError(f"cannot resolve{wanted} address of {host!r}: {e}") from None
     infoFamily, _, _, _, sockaddr = infos[0]
     return infoFamily, str(sockaddr[0])
@@ -123,7 +123,7 @@ def planUDP(udp: HostPort | None, peer: HostPort | None) -> UDPPlan:
     """
     if udp is None and peer is None:
         raise ValueError("--udp is required unless --peer is given")
-    family = socket.AF_UNSPEC
+    family: int = socket.AF_UNSPEC
     interface = None
     if udp is not None and udp.host is not None:
         family, interface = resolve(udp.host, udp.port, passive=True)

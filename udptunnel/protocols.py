@@ -4,7 +4,9 @@ Thin protocol adapters: they parse and forward to an L{IRelay}, nothing else.
 
 from __future__ import annotations
 
-from twisted.internet.interfaces import IPushProducer
+from typing import cast
+
+from twisted.internet.interfaces import IConsumer, IPushProducer, ITCPTransport
 from twisted.internet.protocol import DatagramProtocol, Factory
 from twisted.protocols.basic import Int16StringReceiver
 from twisted.python.failure import Failure
@@ -33,7 +35,7 @@ class TunnelDatagramProtocol(DatagramProtocol):
     def stopProtocol(self) -> None:
         self.relay.udpStopped()
 
-    def datagramReceived(self, datagram: bytes, addr: tuple[str, int]) -> None:  # type: ignore[override]
+    def datagramReceived(self, datagram: bytes, addr: tuple[str, int]) -> None:
         self.relay.datagramReceived(datagram, addr)
 
 
@@ -52,6 +54,7 @@ class TunnelStreamProtocol(Int16StringReceiver):
     factory: TunnelFactory
 
     def connectionMade(self) -> None:
+        assert self.transport is not None
         address = self.transport.getPeer()
         host, port = getattr(address, "host", None), getattr(address, "port", None)
         if host is None:
@@ -78,13 +81,13 @@ class TunnelStreamProtocol(Int16StringReceiver):
         self.sendString(data)
 
     def abort(self) -> None:
-        self.transport.abortConnection()
+        cast(ITCPTransport, self.transport).abortConnection()
 
     def attachProducer(self, producer: IPushProducer) -> None:
-        self.transport.registerProducer(producer, True)
+        cast(IConsumer, self.transport).registerProducer(producer, True)
 
 
-class TunnelFactory(Factory):
+class TunnelFactory(Factory[TunnelStreamProtocol]):
     """
     Builds L{TunnelStreamProtocol}s that report to C{relay}.
     """

@@ -4,13 +4,17 @@ The twistd plugin's command line and service wiring, and nothing else.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any, Iterator
+from typing import Any
 
 from twisted.application import internet, strports
 from twisted.application.service import IService
-from twisted.internet.endpoints import HostnameEndpoint, clientFromString, serverFromString
-from twisted.internet.interfaces import IReactorCore
+from twisted.internet.endpoints import (
+    HostnameEndpoint,
+    clientFromString,
+    serverFromString,
+)
 from twisted.python import usage
 
 from .addresses import HostPort, planUDP, splitHostPort
@@ -60,7 +64,7 @@ def _validate(check: Any, what: str, value: str) -> None:
 
     try:
         check(reactor, value)
-    except Exception as e:
+    except Exception as e:  # noqa: BLE001 (parsers raise anything)
         raise usage.UsageError(f"--tcp: bad {what} {value!r}: {e}") from None
 
 
@@ -113,8 +117,10 @@ class ServerOptions(_EndOptions):
             "tcp",
             None,
             None,
-            "Where to listen: a port (all interfaces) or a Twisted server endpoint "
-            "(tcp:9999:interface=127.0.0.1, tcp6:9999, ssl:..., unix:..., systemd:...).",
+            (
+                "Where to listen: a port (all interfaces) or a Twisted server endpoint "
+                "(tcp:9999:interface=127.0.0.1, tcp6:9999, ssl:..., unix:..., systemd:...)."
+            ),
         ],
     ]
 
@@ -132,8 +138,10 @@ class ClientOptions(_EndOptions):
             "tcp",
             None,
             None,
-            "Where to connect: HOST:PORT ([IPv6]:PORT; names resolve to IPv4 and "
-            "IPv6) or a Twisted client endpoint (tcp:..., tls:..., unix:...).",
+            (
+                "Where to connect: HOST:PORT ([IPv6]:PORT; names resolve to IPv4 and "
+                "IPv6) or a Twisted client endpoint (tcp:..., tls:..., unix:...)."
+            ),
         ],
     ]
 
@@ -178,11 +186,13 @@ def _inForeground(options: usage.Options) -> bool:
     return parent is not None and bool(parent.get("nodaemon", True))
 
 
-def makeService(options: Options, reactor: IReactorCore | None = None) -> IService:
+def makeService(options: Options, reactor: Any = None) -> IService:
+    """
+    Wire the relay and its children: the UDP socket first (frames arriving
+    on a fresh link need it), then the TCP listener or reconnecting client.
+    """
     if reactor is None:
-        from twisted.internet import reactor as globalReactor
-
-        reactor = globalReactor  # type: ignore[assignment]
+        from twisted.internet import reactor
     end = options.subOptions
     plan = end["plan"]
     relay = Relay(reactor, peer=plan.peer, exitOnStartupError=_inForeground(options))

@@ -1,0 +1,74 @@
+"""
+Fakes of the objects the relay talks to, for tests that need no reactor.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from twisted.internet.address import IPv4Address
+from twisted.internet.interfaces import IPushProducer, IUDPTransport
+from twisted.logger import globalLogPublisher
+from zope.interface import implementer
+
+from udptunnel.interfaces import ILink
+
+
+@implementer(ILink)
+class FakeLink:
+    """
+    A TCP link that records the frames sent on it.
+    """
+
+    def __init__(self, peer: str = "192.0.2.1:40000") -> None:
+        self.peer = peer
+        self.frames: list[bytes] = []
+        self.aborted = False
+        self.producer: IPushProducer | None = None
+
+    def sendFrame(self, data: bytes) -> None:
+        self.frames.append(data)
+
+    def abort(self) -> None:
+        self.aborted = True
+
+    def attachProducer(self, producer: IPushProducer) -> None:
+        self.producer = producer
+
+
+@implementer(IUDPTransport)
+class FakeUDPTransport:
+    """
+    A UDP port that records C{(data, addr)} writes, or raises C{error} on
+    write when it is set, and remembers whether reading is paused.
+    """
+
+    def __init__(self) -> None:
+        self.written: list[tuple[bytes, tuple[str, int]]] = []
+        self.error: Exception | None = None
+        self.reading = True
+
+    def write(self, packet: bytes, addr: tuple[str, int] | None = None) -> None:
+        if self.error is not None:
+            raise self.error
+        assert addr is not None
+        self.written.append((packet, addr))
+
+    def getHost(self) -> IPv4Address:
+        return IPv4Address("UDP", "127.0.0.1", 5073)
+
+    def stopReading(self) -> None:
+        self.reading = False
+
+    def startReading(self) -> None:
+        self.reading = True
+
+
+def captureLogEvents(testCase: Any) -> list[dict[str, Any]]:
+    """
+    Collect every log event emitted until the test ends.
+    """
+    events: list[dict[str, Any]] = []
+    globalLogPublisher.addObserver(events.append)
+    testCase.addCleanup(globalLogPublisher.removeObserver, events.append)
+    return events

@@ -1,0 +1,205 @@
+"""
+The command line: every option, every error, and the services it wires.
+"""
+
+from __future__ import annotations
+
+import socket
+
+from twisted.application.internet import (
+    ClientService,
+    StreamServerEndpointService,
+    UDPServer,
+)
+from twisted.internet import reactor
+from twisted.python import usage
+from twisted.trial.unittest import SynchronousTestCase
+
+from udptunnel.addresses import HostPort, UDPPlan
+from udptunnel.relay import Relay, StartupError
+from udptunnel.tap import EXAMPLE, Options, makeService
+
+
+def parse(*argv: str) -> Options:
+    options = Options()
+    options.parseOptions(list(argv))
+    return options
+
+
+class ServerOptionsTests(SynchronousTestCase):
+    def test_barePortNormalised(self) -> None:
+        """
+        A bare port is no endpoint description; it means all interfaces.
+        """
+        options = parse("server", "--tcp", "9999", "--udp", "5073")
+        self.assertEqual(options.subCommand, "server")
+        self.assertEqual(options.subOptions["tcp"], "tcp:9999")
+        self.assertEqual(options.subOptions["plan"], UDPPlan("0.0.0.0", 5073, None))
+
+    def test_endpointDescriptionKept(self) -> None:
+        options = parse("server", "--tcp", "tcp:9999:interface=127.0.0.1", "--udp", "5073")
+        self.assertEqual(options.subOptions["tcp"], "tcp:9999:interface=127.0.0.1")
+
+    def test_udpWithHost(self) -> None:
+        options = parse("server", "--tcp", "9999", "--udp", "127.0.0.1:5073")
+        self.assertEqual(options.subOptions["plan"], UDPPlan("127.0.0.1", 5073, None))
+
+    def test_udpIPv6(self) -> None:
+        options = parse("server", "--tcp", "9999", "--udp", "[::1]:5073")
+        self.assertEqual(options.subOptions["plan"], UDPPlan("::1", 5073, None))
+
+    def test_peerGivesEphemeralUDP(self) -> None:
+        options = parse("server", "--tcp", "9999", "--peer", "127.0.0.1:5072")
+        self.assertEqual(
+            options.subOptions["plan"], UDPPlan("0.0.0.0", 0, ("127.0.0.1", 5072))
+        )
+
+    def test_ipv6PeerBindsIPv6Wildcard(self) -> None:
+        options = parse("server", "--tcp", "9999", "--udp", "5073", "--peer", "[::1]:5072")
+        self.assertEqual(options.subOptions["plan"], UDPPlan("::", 5073, ("::1", 5072)))
+
+    def test_peerNameResolved(self) -> None:
+        """
+        UDP sockets take IP literals only: a name is resolved at start-up.
+        """
+        options = parse("server", "--tcp", "9999", "--udp", "127.0.0.1:5073", "--peer", "localhost:5072")
+        self.assertEqual(options.subOptions["plan"].peer, ("127.0.0.1", 5072))
+
+
+class ClientOptionsTests(SynchronousTestCase):
+    def test_hostPort(self) -> None:
+        options = parse("client", "--tcp", "natbox.example:9999", "--udp", "34559")
+        self.assertEqual(options.subOptions["tcp"], HostPort("natbox.example", 9999))
+
+    def test_ipv6HostPort(self) -> None:
+        options = parse("client", "--tcp", "[2001:db8::1]:9999", "--udp", "34559")
+        self.assertEqual(options.subOptions["tcp"], HostPort("2001:db8::1", 9999))
+
+    def test_endpointDescription(self) -> None:
+        for description in ("tcp:host=127.0.0.1:port=9999", "unix:/run/tunnel.sock"):
+            options = parse("client", "--tcp", description, "--udp", "34559")
+            self.assertEqual(options.subOptions["tcp"], description)
+
+    def test_seedCommandLine(self) -> None:
+        options = parse("client", "--tcp", "natbox:9999", "--udp", "34559", "--peer", "127.0.0.1:5072")
+        self.assertEqual(options.subOptions["tcp"], HostPort("natbox", 9999))
+        self.assertEqual(
+            options.subOptions["plan"], UDPPlan("0.0.0.0", 34559, ("127.0.0.1", 5072))
+        )
+
+
+class ErrorTests(SynchronousTestCase):
+    """
+    Each mistake is a L{usage.UsageError}, which twistd shows with the usage
+    text and exit status 1.
+    """
+
+    def assertUsageError(self, fragment: str, *argv: str) -> None:
+        error = self.assertRaises(usage.UsageError, parse, *argv)
+        self.assertIn(fragment, str(error))
+
+    def test_noSubcommand(self) -> None:
+        self.assertUsageError("server or client")
+
+    def test_missingTCP(self) -> None:
+        self.assertUsageError("--tcp is required", "server", "--udp", "5073")
+        self.assertUsageError("--tcp is required", "client", "--udp", "5073")
+
+    def test_missingUDPAndPeer(self) -> None:
+        self.assertUsageError("--udp is required unless --peer", "server", "--tcp", "9999")
+
+    def test_unknownOption(self) -> None:
+        self.assertUsageError("--nope", "server", "--tcp", "9999", "--udp", "1", "--nope")
+
+    def test_portOutOfRange(self) -> None:
+        self.assertUsageError("--udp: port must be", "server", "--tcp", "9999", "--udp", "70000")
+        self.assertUsageError("--peer: port must be", "server", "--tcp", "9999", "--peer", "127.0.0.1:0")
+        self.assertUsageError("--tcp: port must be", "client", "--tcp", "host:65536", "--udp", "1")
+
+    def test_malformedAddresses(self) -> None:
+        self.assertUsageError("--udp", "server", "--tcp", "9999", "--udp", "x:y:z")
+        self.assertUsageError("--peer", "server", "--tcp", "9999", "--peer", "nohost")
+        self.assertUsageError("--peer: [bogus] is not an IPv6", "server", "--tcp", "9999", "--peer", "[bogus]:53")
+
+    def test_unbracketedIPv6(self) -> None:
+        self.assertUsageError("brackets", "server", "--tcp", "9999", "--peer", "::1:53")
+        self.assertUsageError("brackets", "client", "--tcp", "::1:9999", "--udp", "1")
+
+    def test_unresolvablePeer(self) -> None:
+        self.assertUsageError(
+            "cannot resolve", "server", "--tcp", "9999", "--peer", "nonexistent.invalid:53"
+        )
+
+    def test_peerFamilyMismatch(self) -> None:
+        self.assertUsageError(
+            "IPv6", "server", "--tcp", "9999", "--udp", "[::1]:5073", "--peer", "127.0.0.1:53"
+        )
+
+    def test_badServerEndpoint(self) -> None:
+        self.assertUsageError("--tcp: bad server endpoint", "server", "--tcp", "bogus:1", "--udp", "1")
+
+    def test_badClientEndpoint(self) -> None:
+        self.assertUsageError("--tcp", "client", "--tcp", "tcp:onlyhost", "--udp", "1")
+
+
+class HelpTests(SynchronousTestCase):
+    def test_everyUsageShowsExample(self) -> None:
+        for argv in ([], ["server", "--tcp", "9999"], ["client", "--tcp", "h:1"]):
+            options = Options()
+            if argv:
+                options.parseOptions(argv + ["--udp", "1"])
+                text = options.subOptions.getUsage()
+            else:
+                text = options.getUsage()
+            self.assertIn(EXAMPLE, text)
+            self.assertEqual(text.count(EXAMPLE), 1)
+
+    def test_everyOptionDocumented(self) -> None:
+        for name in ("server", "client"):
+            options = parse(name, "--tcp", "9999" if name == "server" else "h:1", "--udp", "1")
+            text = options.subOptions.getUsage()
+            for flag in ("--tcp=", "--udp=", "--peer="):
+                self.assertIn(flag, text)
+
+
+class MakeServiceTests(SynchronousTestCase):
+    def test_server(self) -> None:
+        relay = makeService(parse("server", "--tcp", "9999", "--udp", "5073"), reactor)
+        self.assertIsInstance(relay, Relay)
+        udp, tcp = list(relay)
+        self.assertIsInstance(udp, UDPServer)
+        self.assertIsInstance(tcp, StreamServerEndpointService)
+        self.assertEqual(udp.kwargs["maxPacketSize"], 65535)
+
+    def test_client(self) -> None:
+        relay = makeService(
+            parse("client", "--tcp", "127.0.0.1:9999", "--peer", "127.0.0.1:5072"), reactor
+        )
+        udp, tcp = list(relay)
+        self.assertIsInstance(udp, UDPServer)
+        self.assertIsInstance(tcp, ClientService)
+        self.assertEqual(relay.peer, ("127.0.0.1", 5072))
+
+    def test_busyPortIsOneLineError(self) -> None:
+        busy = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.addCleanup(busy.close)
+        busy.bind(("127.0.0.1", 0))
+        port = busy.getsockname()[1]
+        options = parse("server", "--tcp", "tcp:0:interface=127.0.0.1", "--udp", f"127.0.0.1:{port}")
+        error = self.assertRaises(StartupError, makeService(options, reactor).privilegedStartService)
+        self.assertIn(f"cannot listen on 127.0.0.1:{port}", str(error))
+        self.assertNotIn("\n", str(error))
+
+    def test_busyPortInForegroundExits(self) -> None:
+        """
+        twistd -n and twist would print a traceback for an exception; a
+        L{SystemExit} prints just the message.
+        """
+        busy = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.addCleanup(busy.close)
+        busy.bind(("127.0.0.1", 0))
+        port = busy.getsockname()[1]
+        options = parse("server", "--tcp", "tcp:0:interface=127.0.0.1", "--udp", f"127.0.0.1:{port}")
+        options.parent = {"nodaemon": True}  # type: ignore[assignment]
+        error = self.assertRaises(SystemExit, makeService(options, reactor).startService)
+        self.assertIn("udptunnel: cannot start", str(error))

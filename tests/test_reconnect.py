@@ -1,0 +1,139 @@
+"""
+The client's reconnection, with a fake endpoint and a fake clock: no sleeps.
+"""
+
+from __future__ import annotations
+
+from twisted.application.internet import ClientService
+from twisted.internet.defer import Deferred, fail, succeed
+from twisted.internet.error import ConnectionDone, ConnectionRefusedError
+from twisted.internet.interfaces import IStreamClientEndpoint
+from twisted.internet.task import Clock
+from twisted.internet.testing import StringTransport
+from twisted.python.failure import Failure
+from twisted.trial.unittest import SynchronousTestCase
+from zope.interface import implementer
+
+from udptunnel.protocols import TunnelFactory
+from udptunnel.reconnect import MAX_DELAY, ReportingEndpoint, retryDelay
+from udptunnel.relay import Relay
+from udptunnel.stats import TunnelStats
+
+from .fakes import FakeUDPTransport, captureLogEvents
+
+
+@implementer(IStreamClientEndpoint)
+class ScriptedEndpoint:
+    """
+    Fails while C{up} is false; otherwise connects a L{StringTransport}.
+    """
+
+    def __init__(self) -> None:
+        self.up = False
+        self.attempts = 0
+        self.protocols: list = []
+
+    def connect(self, factory):
+        self.attempts += 1
+        if not self.up:
+            return fail(ConnectionRefusedError("refused"))
+        protocol = factory.buildProtocol(None)
+        protocol.makeConnection(StringTransport())
+        self.protocols.append(protocol)
+        return succeed(protocol)
+
+
+class RetryDelayTests(SynchronousTestCase):
+    def test_firstRetryWithinASecond(self) -> None:
+        for jitter in (0.0, 0.5, 1.0):
+            delay = retryDelay(1, lambda jitter=jitter: jitter)
+            self.assertLessEqual(delay, 0.6)
+            self.assertGreaterEqual(delay, 0.4)
+
+    def test_doublesThenCaps(self) -> None:
+        delays = [retryDelay(n, lambda: 0.5) for n in range(1, 10)]
+        self.assertEqual(delays, [0.5, 1, 2, 4, 8, 16, 30, 30, 30])
+
+    def test_jitterBounds(self) -> None:
+        self.assertAlmostEqual(retryDelay(100, lambda: 0.0), MAX_DELAY * 0.8)
+        self.assertAlmostEqual(retryDelay(100, lambda: 1.0), MAX_DELAY * 1.2)
+
+    def test_hugeAttemptDoesNotOverflow(self) -> None:
+        self.assertAlmostEqual(retryDelay(10**6, lambda: 0.5), MAX_DELAY)
+
+
+class ReconnectTests(SynchronousTestCase):
+    def setUp(self) -> None:
+        self.clock = Clock()
+        self.relay = Relay(self.clock)
+        self.udp = FakeUDPTransport()
+        self.relay.udpStarted(self.udp)
+        self.endpoint = ScriptedEndpoint()
+        self.service = ClientService(
+            ReportingEndpoint(self.endpoint, "test:server", self.relay.stats),
+            TunnelFactory(self.relay),
+            retryPolicy=lambda attempt: retryDelay(attempt, lambda: 0.5),
+            clock=self.clock,
+        )
+
+    def test_retriesForeverWithBackoff(self) -> None:
+        self.service.startService()
+        self.assertEqual(self.endpoint.attempts, 1)
+        for delay in [0.5, 1, 2, 4, 8, 16, 30, 30, 30]:
+            self.clock.advance(delay - 0.01)
+            attempts = self.endpoint.attempts
+            self.clock.advance(0.01)
+            self.assertEqual(self.endpoint.attempts, attempts + 1)
+        self.assertEqual(self.relay.stats.connectFailures, 10)
+        self.assertTrue(self.service.running)
+
+    def test_serverComesBack(self) -> None:
+        self.service.startService()
+        self.clock.advance(0.5 + 1 + 2)
+        self.endpoint.up = True
+        self.clock.advance(4)
+        self.assertEqual(len(self.endpoint.protocols), 1)
+        self.assertEqual(self.relay.stats.linksUp, 1)
+        self.assertIsNotNone(self.relay.link)
+
+    def test_reconnectsAfterLoss(self) -> None:
+        """
+        A dropped link is retried after the first delay, and the relay keeps
+        its UDP socket and learned address throughout.
+        """
+        self.endpoint.up = True
+        self.service.startService()
+        first = self.endpoint.protocols[0]
+        self.relay.datagramReceived(b"x", ("127.0.0.1", 40000))
+        first.connectionLost(Failure(ConnectionDone()))
+        self.assertIsNone(self.relay.link)
+        self.clock.advance(0.5)
+        self.assertEqual(len(self.endpoint.protocols), 2)
+        self.assertEqual(self.relay.stats.linksUp, 2)
+        self.assertIsNotNone(self.relay.link)
+        self.assertIs(self.relay.udp, self.udp)
+        self.assertEqual(self.relay.learned, ("127.0.0.1", 40000))
+
+    def test_failureLoggedWithReason(self) -> None:
+        events = captureLogEvents(self)
+        endpoint = ReportingEndpoint(ScriptedEndpoint(), "tcp:server:1", TunnelStats())
+        self.failureResultOf(endpoint.connect(TunnelFactory(self.relay)))
+        self.assertEqual(events[0]["where"], "tcp:server:1")
+        self.assertIn("refused", events[0]["why"])
+
+    def test_pendingAttemptCancelledOnStop(self) -> None:
+        """
+        Stopping while a connection attempt hangs does not hang the stop.
+        """
+        pending: Deferred = Deferred()
+
+        @implementer(IStreamClientEndpoint)
+        class Hanging:
+            def connect(self, factory):
+                return pending
+
+        service = ClientService(
+            Hanging(), TunnelFactory(self.relay), retryPolicy=retryDelay, clock=self.clock
+        )
+        service.startService()
+        self.successResultOf(service.stopService())

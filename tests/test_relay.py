@@ -1,0 +1,293 @@
+"""
+The relay's decisions, with a fake UDP socket and fake links.
+"""
+
+from __future__ import annotations
+
+import errno
+
+from twisted.internet.error import ConnectionDone, MessageLengthError
+from twisted.internet.task import Clock
+from twisted.logger import LogLevel
+from twisted.python.failure import Failure
+from twisted.trial.unittest import SynchronousTestCase
+
+from udptunnel.relay import Relay
+
+from .fakes import FakeLink, FakeUDPTransport, captureLogEvents
+
+APP = ("127.0.0.1", 40001)
+POP = ("192.0.2.53", 5072)
+
+
+class RelayTestMixin:
+    def makeRelay(self, peer: tuple[str, int] | None = None) -> Relay:
+        self.clock = Clock()
+        self.udp = FakeUDPTransport()
+        relay = Relay(self.clock, peer=peer)
+        relay.udpStarted(self.udp)
+        return relay
+
+    def lose(self, relay: Relay, link: FakeLink) -> None:
+        relay.linkLost(link, Failure(ConnectionDone()))
+
+
+class PhantomTests(RelayTestMixin, SynchronousTestCase):
+    """
+    Without --peer, datagrams out of the tunnel go to the newest source.
+    """
+
+    def test_learnsSourceAndReplies(self) -> None:
+        relay = self.makeRelay()
+        link = FakeLink()
+        relay.linkMade(link)
+        relay.datagramReceived(b"hello", APP)
+        self.assertEqual(link.frames, [b"hello"])
+        self.assertEqual(relay.learned, APP)
+        relay.frameReceived(link, b"reply")
+        self.assertEqual(self.udp.written, [(b"reply", APP)])
+
+    def test_newestSourceWins(self) -> None:
+        """
+        A peer that restarts comes back from another port; replies follow it.
+        """
+        relay = self.makeRelay()
+        link = FakeLink()
+        relay.linkMade(link)
+        relay.datagramReceived(b"a", APP)
+        moved = ("127.0.0.1", 40002)
+        relay.datagramReceived(b"b", moved)
+        relay.frameReceived(link, b"reply")
+        self.assertEqual(self.udp.written, [(b"reply", moved)])
+        self.assertEqual(link.frames, [b"a", b"b"])
+
+    def test_changeIsLogged(self) -> None:
+        events = captureLogEvents(self)
+        relay = self.makeRelay()
+        relay.datagramReceived(b"a", APP)
+        relay.datagramReceived(b"b", ("127.0.0.1", 40002))
+        formats = [e.get("log_format") for e in events]
+        self.assertIn("phantom peer learned: {peer}", formats)
+        self.assertIn("phantom peer changed: {old} -> {peer}", formats)
+
+    def test_nothingLearnedYet(self) -> None:
+        """
+        A frame before any datagram has no destination: dropped and counted.
+        """
+        relay = self.makeRelay()
+        link = FakeLink()
+        relay.linkMade(link)
+        relay.frameReceived(link, b"early")
+        self.assertEqual(self.udp.written, [])
+        self.assertEqual(relay.stats.drops["no-address"], 1)
+
+    def test_learnsEvenWithoutLink(self) -> None:
+        """
+        A datagram dropped for want of a link still teaches the reply address.
+        """
+        relay = self.makeRelay()
+        relay.datagramReceived(b"lost", APP)
+        self.assertEqual(relay.stats.drops["no-link"], 1)
+        self.assertEqual(relay.learned, APP)
+
+
+class FixedPeerTests(RelayTestMixin, SynchronousTestCase):
+    def test_repliesGoToPeer(self) -> None:
+        relay = self.makeRelay(peer=POP)
+        link = FakeLink()
+        relay.linkMade(link)
+        relay.frameReceived(link, b"to pop")
+        self.assertEqual(self.udp.written, [(b"to pop", POP)])
+
+    def test_peerDatagramsForwarded(self) -> None:
+        relay = self.makeRelay(peer=POP)
+        link = FakeLink()
+        relay.linkMade(link)
+        relay.datagramReceived(b"from pop", POP)
+        self.assertEqual(link.frames, [b"from pop"])
+
+    def test_foreignSourceDropped(self) -> None:
+        relay = self.makeRelay(peer=POP)
+        link = FakeLink()
+        relay.linkMade(link)
+        relay.datagramReceived(b"intruder", ("192.0.2.99", 5072))
+        relay.datagramReceived(b"other port", ("192.0.2.53", 5073))
+        self.assertEqual(link.frames, [])
+        self.assertEqual(relay.stats.drops["foreign-source"], 2)
+        self.assertIsNone(relay.learned)
+
+
+class DropTests(RelayTestMixin, SynchronousTestCase):
+    def test_noLinkDropsAndCounts(self) -> None:
+        relay = self.makeRelay()
+        for i in range(3):
+            relay.datagramReceived(b"x" * i, APP)
+        self.assertEqual(relay.stats.drops["no-link"], 3)
+        self.assertEqual(relay.stats.toTunnelDatagrams, 0)
+
+    def test_oversizeDropped(self) -> None:
+        relay = self.makeRelay(peer=POP)
+        link = FakeLink()
+        relay.linkMade(link)
+        self.udp.error = MessageLengthError("message too long")
+        relay.frameReceived(link, b"x" * 65535)
+        self.assertEqual(relay.stats.drops["oversize"], 1)
+
+    def test_sendErrorsCountedByErrno(self) -> None:
+        """
+        EAGAIN, ENOBUFS, ECONNREFUSED: the datagram is lost, the relay goes on.
+        """
+        relay = self.makeRelay(peer=POP)
+        link = FakeLink()
+        relay.linkMade(link)
+        for code in (errno.EAGAIN, errno.ENOBUFS, errno.ECONNREFUSED, errno.EAGAIN):
+            self.udp.error = OSError(code, "fake")
+            relay.frameReceived(link, b"x")
+        self.assertEqual(
+            dict(relay.stats.drops), {"EAGAIN": 2, "ENOBUFS": 1, "ECONNREFUSED": 1}
+        )
+        self.udp.error = None
+        relay.frameReceived(link, b"fine")
+        self.assertEqual(self.udp.written, [(b"fine", POP)])
+
+    def test_dropWarningsRateLimited(self) -> None:
+        """
+        A flood of drops logs one warning, then one per interval with a count.
+        """
+        events = captureLogEvents(self)
+        relay = self.makeRelay()
+        for _ in range(1000):
+            relay.datagramReceived(b"x", APP)
+        warnings = [e for e in events if e.get("log_level") == LogLevel.warn]
+        self.assertEqual(len(warnings), 1)
+        self.clock.advance(11)
+        relay.datagramReceived(b"x", APP)
+        warnings = [e for e in events if e.get("log_level") == LogLevel.warn]
+        self.assertEqual(len(warnings), 2)
+        self.assertEqual(warnings[1]["held"], 999)
+        self.assertEqual(relay.stats.drops["no-link"], 1001)
+
+    def test_countsCarriedTraffic(self) -> None:
+        relay = self.makeRelay()
+        link = FakeLink()
+        relay.linkMade(link)
+        relay.datagramReceived(b"abc", APP)
+        relay.frameReceived(link, b"defgh")
+        stats = relay.stats
+        self.assertEqual(
+            (stats.toTunnelDatagrams, stats.toTunnelBytes), (1, 3)
+        )
+        self.assertEqual(
+            (stats.fromTunnelDatagrams, stats.fromTunnelBytes), (1, 5)
+        )
+        self.assertIn("UDP->TCP 1 datagrams 3 bytes", stats.summary())
+
+
+class LinkTests(RelayTestMixin, SynchronousTestCase):
+    def test_newestLinkWins(self) -> None:
+        """
+        A new connection replaces the active one, which is aborted: a client
+        that reconnected must not be locked out by its half-dead old link.
+        """
+        relay = self.makeRelay()
+        old, new = FakeLink("192.0.2.1:1"), FakeLink("192.0.2.1:2")
+        relay.linkMade(old)
+        relay.linkMade(new)
+        self.assertTrue(old.aborted)
+        self.assertFalse(new.aborted)
+        relay.datagramReceived(b"x", APP)
+        self.assertEqual((old.frames, new.frames), ([], [b"x"]))
+        self.assertEqual(relay.stats.linksReplaced, 1)
+
+    def test_replacedLinkLossKeepsActive(self) -> None:
+        relay = self.makeRelay()
+        old, new = FakeLink(), FakeLink()
+        relay.linkMade(old)
+        relay.linkMade(new)
+        self.lose(relay, old)
+        self.assertIs(relay.link, new)
+
+    def test_framesFromReplacedLinkDropped(self) -> None:
+        relay = self.makeRelay(peer=POP)
+        old, new = FakeLink(), FakeLink()
+        relay.linkMade(old)
+        relay.linkMade(new)
+        relay.frameReceived(old, b"stale")
+        self.assertEqual(self.udp.written, [])
+        self.assertEqual(relay.stats.drops["replaced-link"], 1)
+
+    def test_lossThenDrops(self) -> None:
+        relay = self.makeRelay()
+        link = FakeLink()
+        relay.linkMade(link)
+        self.lose(relay, link)
+        self.assertIsNone(relay.link)
+        relay.datagramReceived(b"x", APP)
+        self.assertEqual(relay.stats.drops["no-link"], 1)
+
+    def test_stopAbortsLinkAndWaits(self) -> None:
+        relay = self.makeRelay()
+        relay.startService()
+        link = FakeLink()
+        relay.linkMade(link)
+        stopped = relay.stopService()
+        self.assertTrue(link.aborted)
+        self.assertNoResult(stopped)
+        self.lose(relay, link)
+        self.successResultOf(stopped)
+
+
+class FlowControlTests(RelayTestMixin, SynchronousTestCase):
+    """
+    A full TCP send buffer pauses reading of the UDP socket, so the kernel
+    drops the excess instead of this process buffering it.
+    """
+
+    def test_pauseAndResume(self) -> None:
+        relay = self.makeRelay()
+        link = FakeLink()
+        relay.linkMade(link)
+        assert link.producer is not None
+        link.producer.pauseProducing()
+        self.assertFalse(self.udp.reading)
+        link.producer.resumeProducing()
+        self.assertTrue(self.udp.reading)
+
+    def test_stopProducingResumes(self) -> None:
+        """
+        A lost link must not leave the UDP socket deaf.
+        """
+        relay = self.makeRelay()
+        link = FakeLink()
+        relay.linkMade(link)
+        assert link.producer is not None
+        link.producer.pauseProducing()
+        link.producer.stopProducing()
+        self.assertTrue(self.udp.reading)
+
+    def test_replacedLinkCannotPause(self) -> None:
+        relay = self.makeRelay()
+        old, new = FakeLink(), FakeLink()
+        relay.linkMade(old)
+        relay.linkMade(new)
+        assert old.producer is not None
+        old.producer.pauseProducing()
+        self.assertTrue(self.udp.reading)
+
+    def test_newLinkResumes(self) -> None:
+        relay = self.makeRelay()
+        old, new = FakeLink(), FakeLink()
+        relay.linkMade(old)
+        assert old.producer is not None
+        old.producer.pauseProducing()
+        relay.linkMade(new)
+        self.assertTrue(self.udp.reading)
+
+    def test_lossResumes(self) -> None:
+        relay = self.makeRelay()
+        link = FakeLink()
+        relay.linkMade(link)
+        assert link.producer is not None
+        link.producer.pauseProducing()
+        self.lose(relay, link)
+        self.assertTrue(self.udp.reading)
