@@ -15,8 +15,9 @@ from twisted.internet import reactor
 from twisted.python import usage
 from twisted.trial.unittest import SynchronousTestCase
 
+from udptunnel import StartupError
 from udptunnel.addresses import HostPort, UDPPlan
-from udptunnel.relay import Relay, StartupError
+from udptunnel.relay import Relay
 from udptunnel.tap import EXAMPLE, Options, makeService
 
 

@@ -20,15 +20,9 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from . import StartupError
 from .interfaces import ILink, IRelay
 from .stats import RateLimitedLog, TunnelStats
-
-
-class StartupError(Exception):
-    """
-    The tunnel cannot start (a port is busy, an address cannot be bound);
-    the message says which, in one line.
-    """
 
 
 @implementer(IPushProducer)
@@ -103,10 +97,10 @@ class Relay(MultiService):
         try:
             start()
         except (CannotListenError, OSError, OverflowError, ValueError) as e:
-            message = f"cannot start: {_describeBindError(e)}"
-            self.log.critical("{message}", message=message)
+            message = _describeBindError(e)
             if self._exitOnStartupError:
-                raise SystemExit(f"udptunnel: {message}") from None
+                raise SystemExit(f"udptunnel: cannot start: {message}") from None
+            self.log.critical("cannot start: {message}", message=message)
             raise StartupError(message) from None
 
     def stopService(self) -> Deferred[Any]:
