@@ -22,12 +22,18 @@ class FakeLink:
 
     def __init__(self, peer: str = "192.0.2.1:40000") -> None:
         self.peer = peer
+        self.peerHost = peer.rsplit(":", 1)[0].strip("[]")
         self.frames: list[bytes] = []
         self.aborted = False
+        self.closed = False
+        self.established = True
         self.producer: IPushProducer | None = None
 
     def sendFrame(self, data: bytes) -> None:
         self.frames.append(data)
+
+    def close(self) -> None:
+        self.closed = True
 
     def abort(self) -> None:
         self.aborted = True

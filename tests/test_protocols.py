@@ -4,6 +4,7 @@ The thin protocols: framing on the TCP side, forwarding on the UDP side.
 
 from __future__ import annotations
 
+import socket
 import struct
 
 from hypothesis import given
@@ -17,6 +18,7 @@ from zope.interface import implementer
 
 from udptunnel.interfaces import ILink, IRelay
 from udptunnel.protocols import TunnelDatagramProtocol, TunnelFactory
+from udptunnel.sockopts import SocketSettings
 
 from .fakes import FakeUDPTransport
 
@@ -43,6 +45,11 @@ class RecordingRelay:
     def datagramReceived(self, data, addr):
         self.datagrams.append((data, addr))
 
+    allowed = True
+
+    def linkConnected(self, link):
+        return self.allowed
+
     def linkMade(self, link):
         self.links.append(link)
 
@@ -57,19 +64,26 @@ def frame(data: bytes) -> bytes:
     return struct.pack("!H", len(data)) + data
 
 
-class NoDelayTransport(StringTransport):
-    noDelay = False
+class SocketTransport(StringTransport):
+    """
+    A fake transport over a real (unconnected) TCP socket, to see which
+    options the protocol sets on it.
+    """
 
-    def setTcpNoDelay(self, enabled: bool) -> None:
-        self.noDelay = enabled
+    def __init__(self) -> None:
+        super().__init__(peerAddress=IPv4Address("TCP", "192.0.2.7", 4321))
+        self.socket = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+
+    def getHandle(self) -> socket.socket:
+        return self.socket
 
 
 class StreamProtocolTests(SynchronousTestCase):
     SAMPLES = [b"", b"a", b"\x00\x01\x02", b"x" * 1400, b"y" * 8193, b"z" * 65535]
 
-    def connect(self, transport: StringTransport | None = None):
+    def connect(self, transport: StringTransport | None = None, **factoryOptions):
         self.relay = RecordingRelay()
-        protocol = TunnelFactory(self.relay).buildProtocol(None)
+        protocol = TunnelFactory(self.relay, **factoryOptions).buildProtocol(None)
         self.transport = transport or StringTransport(
             peerAddress=IPv4Address("TCP", "192.0.2.7", 4321)
         )
@@ -122,13 +136,41 @@ class StreamProtocolTests(SynchronousTestCase):
         )
         self.assertEqual(protocol.peer, "[2001:db8::1]:9999")
 
-    def test_noDelay(self) -> None:
+    def test_socketTuned(self) -> None:
         """
-        Nagle off: frames are batched per reactor turn by Twisted already.
+        Nagle off (frames are batched per reactor turn by Twisted already),
+        and keepalive on with the configured timings.
         """
-        transport = NoDelayTransport()
-        self.connect(transport)
-        self.assertTrue(transport.noDelay)
+        transport = SocketTransport()
+        self.addCleanup(transport.socket.close)
+        settings = SocketSettings(keepaliveIdle=7, keepaliveInterval=3, keepaliveCount=2)
+        self.connect(transport, settings=settings)
+        sock = transport.socket
+        self.assertEqual(sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY), 1)
+        self.assertEqual(sock.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE), 1)
+        self.assertEqual(sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE), 7)
+        self.assertEqual(sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL), 3)
+        self.assertEqual(sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT), 2)
+        self.assertEqual(sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT), 60000)
+
+    def test_refusedConnectionAborted(self) -> None:
+        self.relay = RecordingRelay()
+        self.relay.allowed = False
+        protocol = TunnelFactory(self.relay).buildProtocol(None)
+        transport = StringTransport()
+        protocol.makeConnection(transport)
+        self.assertTrue(transport.disconnecting)
+        self.assertEqual(self.relay.links, [])
+
+    def test_tlsLinkOnlyAfterHandshake(self) -> None:
+        """
+        Over TLS, a connection is no link until the handshake authenticated
+        its peer: one that fails the handshake never displaces the link.
+        """
+        protocol = self.connect(tls=True)
+        self.assertEqual(self.relay.links, [])
+        protocol.handshakeCompleted()
+        self.assertEqual(self.relay.links, [protocol])
 
     def test_abort(self) -> None:
         protocol = self.connect()

@@ -28,9 +28,16 @@ class IRelay(Interface):
         A datagram C{data} came in on the UDP socket from C{addr}.
         """
 
+    def linkConnected(link):
+        """
+        A TCP connection (an L{ILink}) is established; return whether it may
+        go on (and, after a TLS handshake if any, become the link).
+        """
+
     def linkMade(link):
         """
-        A TCP connection (an L{ILink}) is established.
+        A TCP connection (an L{ILink}) is ready to carry frames: it becomes
+        the link.
         """
 
     def frameReceived(link, data):
@@ -50,10 +57,20 @@ class ILink(Interface):
     """
 
     peer = Attribute("The remote end, printable.")
+    peerHost = Attribute("The remote end's IP literal, or None (Unix socket).")
+    established = Attribute(
+        "Whether the connection got as far as becoming the link (after its TLS "
+        "handshake, if any)."
+    )
 
     def sendFrame(data):
         """
         Send C{data} (0..65535 bytes) as one frame.
+        """
+
+    def close():
+        """
+        Close the connection once buffered data is sent.
         """
 
     def abort():

@@ -4,15 +4,23 @@ Thin protocol adapters: they parse and forward to an L{IRelay}, nothing else.
 
 from __future__ import annotations
 
-from typing import cast
+import socket
+from typing import Any, cast
 
-from twisted.internet.interfaces import IConsumer, IPushProducer, ITCPTransport
+from twisted.internet.address import IPv4Address, IPv6Address
+from twisted.internet.interfaces import (
+    IConsumer,
+    IHandshakeListener,
+    IPushProducer,
+    ITCPTransport,
+)
 from twisted.internet.protocol import DatagramProtocol, Factory
 from twisted.protocols.basic import Int16StringReceiver
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from .interfaces import ILink, IRelay
+from .sockopts import SocketSettings, tuneTCP, tuneUDP
 
 #: Read buffer of the UDP socket: the largest datagram IPv4 or IPv6 can carry
 #: (Twisted's default of 8192 would truncate larger datagrams silently).
@@ -26,10 +34,14 @@ class TunnelDatagramProtocol(DatagramProtocol):
 
     noisy = False  # the relay logs the bound address itself
 
-    def __init__(self, relay: IRelay) -> None:
+    def __init__(self, relay: IRelay, settings: SocketSettings | None = None) -> None:
         self.relay = relay
+        self.settings = settings or SocketSettings()
 
     def startProtocol(self) -> None:
+        sock = _socketOf(self.transport)
+        if sock is not None:
+            tuneUDP(sock, self.settings)
         self.relay.udpStarted(self.transport)
 
     def stopProtocol(self) -> None:
@@ -39,7 +51,7 @@ class TunnelDatagramProtocol(DatagramProtocol):
         self.relay.datagramReceived(datagram, addr)
 
 
-@implementer(ILink)
+@implementer(ILink, IHandshakeListener)
 class TunnelStreamProtocol(Int16StringReceiver):
     """
     One TCP connection of the tunnel: a 2-byte big-endian length, then that
@@ -51,21 +63,35 @@ class TunnelStreamProtocol(Int16StringReceiver):
     MAX_LENGTH = 65535
 
     peer = "?"
+    peerHost: str | None = None
+    established = False
+    refused = False
     factory: TunnelFactory
 
     def connectionMade(self) -> None:
         assert self.transport is not None
         address = self.transport.getPeer()
-        host, port = getattr(address, "host", None), getattr(address, "port", None)
-        if host is None:
-            self.peer = str(address)
+        if isinstance(address, (IPv4Address, IPv6Address)):
+            self.peerHost = address.host
+            self.peer = _show(address.host, address.port)
         else:
-            self.peer = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-        # Each frame is written as soon as the reactor turn ends; Nagle
-        # would hold small frames back for the peer's delayed ACK.
-        setNoDelay = getattr(self.transport, "setTcpNoDelay", None)
-        if setNoDelay is not None:
-            setNoDelay(True)
+            self.peer = str(getattr(address, "name", None) or address)
+        sock = _socketOf(self.transport)
+        if sock is not None:
+            tuneTCP(sock, self.factory.settings)
+        if not self.factory.relay.linkConnected(self):
+            self.refused = True
+            self.abort()
+        elif not self.factory.tls:
+            self._establish()
+        # Over TLS the connection becomes the link only once the handshake
+        # has authenticated the peer: see handshakeCompleted.
+
+    def handshakeCompleted(self) -> None:
+        self._establish()
+
+    def _establish(self) -> None:
+        self.established = True
         self.factory.relay.linkMade(self)
 
     def stringReceived(self, string: bytes) -> None:
@@ -73,12 +99,17 @@ class TunnelStreamProtocol(Int16StringReceiver):
 
     def connectionLost(self, reason: Failure | None = None) -> None:
         assert reason is not None
-        self.factory.relay.linkLost(self, reason)
+        if not self.refused:  # the relay counted and logged it already
+            self.factory.relay.linkLost(self, reason)
 
     # ILink
 
     def sendFrame(self, data: bytes) -> None:
         self.sendString(data)
+
+    def close(self) -> None:
+        assert self.transport is not None
+        self.transport.loseConnection()
 
     def abort(self) -> None:
         cast(ITCPTransport, self.transport).abortConnection()
@@ -90,10 +121,32 @@ class TunnelStreamProtocol(Int16StringReceiver):
 class TunnelFactory(Factory[TunnelStreamProtocol]):
     """
     Builds L{TunnelStreamProtocol}s that report to C{relay}.
+
+    @ivar tls: whether connections are wrapped in TLS, so that they become
+        the link only after the handshake.
     """
 
     protocol = TunnelStreamProtocol
     noisy = False
 
-    def __init__(self, relay: IRelay) -> None:
+    def __init__(
+        self, relay: IRelay, settings: SocketSettings | None = None, tls: bool = False
+    ) -> None:
         self.relay = relay
+        self.settings = settings or SocketSettings()
+        self.tls = tls
+
+
+def _show(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def _socketOf(transport: Any) -> socket.socket | None:
+    """
+    The kernel socket under C{transport}, looking through a TLS wrapper.
+    """
+    while getattr(transport, "transport", None) is not None:
+        transport = transport.transport
+    getHandle = getattr(transport, "getHandle", None)
+    handle = getHandle() if getHandle is not None else None
+    return handle if isinstance(handle, socket.socket) else None

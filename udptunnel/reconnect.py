@@ -40,6 +40,32 @@ def retryDelay(attempt: int, random: Callable[[], float] = random.random) -> flo
     return base * (1 + JITTER * (2 * random() - 1))
 
 
+#: A link that lasts less than this many seconds counts as a failed attempt.
+STABLE_LINK = 5.0
+
+
+class Backoff:
+    """
+    The client's retry policy: L{retryDelay} of the number of attempts that
+    failed in a row, where a link that died young counts as a failure too.
+
+    L{ClientService} restarts its count at every TCP connection, so a server
+    that accepts and then drops the client at once (a TLS certificate it
+    rejects, a full server, a proxy with nothing behind it) would otherwise
+    see a new connection every half second, forever.
+    """
+
+    def __init__(self, random: Callable[[], float] = random.random) -> None:
+        self._random = random
+        self._shortLinks = 0
+
+    def __call__(self, attempt: int) -> float:
+        return retryDelay(attempt + self._shortLinks, self._random)
+
+    def linkEnded(self, lifetime: float) -> None:
+        self._shortLinks = self._shortLinks + 1 if lifetime < STABLE_LINK else 0
+
+
 @implementer(IStreamClientEndpoint)
 class ReportingEndpoint:
     """
@@ -57,6 +83,7 @@ class ReportingEndpoint:
         self._stats = stats
 
     def connect(self, protocolFactory: IProtocolFactory) -> Deferred[IProtocol]:
+        self._stats.connectAttempts += 1
         d = self._endpoint.connect(protocolFactory)
         d.addErrback(self._failed)
         return d

@@ -10,17 +10,20 @@ links are child services, so the UDP socket outlives every TCP connection.
 from __future__ import annotations
 
 import errno
+from collections.abc import Callable
 from typing import Any
 
 from twisted.application.service import MultiService
 from twisted.internet.defer import Deferred, DeferredList, succeed
 from twisted.internet.error import CannotListenError, MessageLengthError
 from twisted.internet.interfaces import IPushProducer, IReactorTime, IUDPTransport
+from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from . import StartupError
+from .access import AddressFilter
 from .interfaces import ILink, IRelay
 from .stats import RateLimitedLog, TunnelStats
 
@@ -67,17 +70,51 @@ class Relay(MultiService):
         clock: IReactorTime,
         peer: tuple[str, int] | None = None,
         exitOnStartupError: bool = False,
+        allow: AddressFilter | None = None,
+        udpAllow: AddressFilter | None = None,
+        idleTimeout: float = 0,
+        statsInterval: float = 0,
+        onLinkEnded: Callable[[float], object] | None = None,
     ) -> None:
+        """
+        @param allow: who may connect the TCP link (C{None}: anybody).
+        @param udpAllow: in phantom mode, who may send into the tunnel and so
+            be learned as the reply address (C{None}: anybody).
+        @param idleTimeout: close the link after this many seconds without a
+            datagram either way (0: never).
+        @param statsInterval: log the counters this often, when they changed
+            (0: only at shutdown).
+        @param onLinkEnded: called with the lifetime in seconds of each link
+            that ends (0 for a connection that never became the link), so
+            the client can back off from a server that drops it at once.
+        """
         super().__init__()
         self.peer = peer
         self.learned: tuple[str, int] | None = None
         self.link: ILink | None = None
         self.udp: IUDPTransport | None = None
         self.stats = TunnelStats()
+        self.allow = allow
+        self.udpAllow = udpAllow
         self._exitOnStartupError = exitOnStartupError
+        self._clock = clock
         self._warn = RateLimitedLog(self.log, clock)
         self._paused = False
         self._linkGone: list[Deferred[None]] = []
+        self._timers: list[tuple[LoopingCall, float]] = []
+        self._onLinkEnded = onLinkEnded
+        self._linkSince = 0.0
+        if idleTimeout > 0:
+            self._idle = _IdleWatch(self, idleTimeout)
+            self._every(min(idleTimeout / 4, 1.0), self._idle.check)
+        if statsInterval > 0:
+            self._lastSummary = ""
+            self._every(statsInterval, self._logStatsIfChanged)
+
+    def _every(self, interval: float, call: Any) -> None:
+        timer = LoopingCall(call)
+        timer.clock = self._clock
+        self._timers.append((timer, interval))
 
     # Starting and stopping
 
@@ -87,6 +124,8 @@ class Relay(MultiService):
     def startService(self) -> None:
         # twist never calls privilegedStartService: the children bind here.
         self._startChildren(super().startService)
+        for timer, interval in self._timers:
+            timer.start(interval, now=False)
 
     def _startChildren(self, start: Any) -> None:
         """
@@ -104,6 +143,9 @@ class Relay(MultiService):
             raise StartupError(message) from None
 
     def stopService(self) -> Deferred[Any]:
+        for timer, _ in self._timers:
+            if timer.running:
+                timer.stop()
         link, self.link = self.link, None
         gone: Deferred[None] = succeed(None)
         if link is not None:
@@ -115,6 +157,14 @@ class Relay(MultiService):
 
     def _logSummary(self, ignored: object) -> None:
         self.log.info("tunnel stopped: {summary}", summary=self.stats.summary())
+
+    def _logStatsIfChanged(self) -> None:
+        summary = self.stats.summary()
+        if summary != self._lastSummary:
+            self._lastSummary = summary
+            self.log.info("{summary}; link {link}, peer {peer}", summary=summary,
+                          link=self.link.peer if self.link else "down",
+                          peer=_show(self.peer or self.learned))
 
     # The UDP side
 
@@ -136,6 +186,11 @@ class Relay(MultiService):
                 self._drop("foreign-source", "datagram from {source}", source=_show(addr))
                 return
         elif addr != self.learned:
+            # Checked only when the source changes: the learned address was
+            # allowed already, so steady traffic pays nothing for --udp-allow.
+            if self.udpAllow is not None and not self.udpAllow.allows(addr[0]):
+                self._drop("udp-not-allowed", "datagram from {source}", source=_show(addr))
+                return
             self._learn(addr)
         link = self.link
         if link is None:
@@ -158,8 +213,23 @@ class Relay(MultiService):
 
     # The TCP side
 
+    def linkConnected(self, link: ILink) -> bool:
+        """
+        Whether a new connection may go on to become the link: with
+        C{--allow}, only from the allowed networks (a Unix socket's peer has
+        no address and is guarded by the file's permissions instead).
+        """
+        host = link.peerHost
+        if self.allow is None or host is None or self.allow.allows(host):
+            return True
+        self.stats.linksRefused += 1
+        self._warn.warn("refused", "refused TCP connection from {peer}: not in --allow",
+                        peer=link.peer)
+        return False
+
     def linkMade(self, link: ILink) -> None:
         old, self.link = self.link, link
+        self._linkSince = self._clock.seconds()
         self.stats.linksUp += 1
         self.resumeReading()
         if old is not None:
@@ -202,12 +272,22 @@ class Relay(MultiService):
             self.stats.fromTunnelBytes += len(data)
 
     def linkLost(self, link: ILink, reason: Failure) -> None:
+        lifetime = None
         if link is self.link:
             self.link = None
+            self.stats.linksLost += 1
             self.resumeReading()
             self.log.info(
                 "link down: {peer} ({why})", peer=link.peer, why=reason.getErrorMessage()
             )
+            lifetime = self._clock.seconds() - self._linkSince
+        elif not link.established:
+            lifetime = 0.0
+            self.stats.linksFailed += 1
+            self._warn.warn("failed", "connection with {peer} ended before it became "
+                            "the link: {why}", peer=link.peer, why=reason.getErrorMessage())
+        if lifetime is not None and self._onLinkEnded is not None:
+            self._onLinkEnded(lifetime)
         gone, self._linkGone = self._linkGone, []
         for d in gone:
             d.callback(None)
@@ -229,6 +309,33 @@ class Relay(MultiService):
     def _drop(self, reason: str, format: str, **fields: Any) -> None:
         self.stats.drops[reason] += 1
         self._warn.warn(reason, "dropped datagram (" + reason + "): " + format, **fields)
+
+
+class _IdleWatch:
+    """
+    Closes the link when no datagram crossed it either way for C{timeout}
+    seconds.  It compares counters on a timer rather than stamping the time
+    of each datagram, so the idle timeout costs the traffic nothing.
+    """
+
+    def __init__(self, relay: Relay, timeout: float) -> None:
+        self._relay = relay
+        self._timeout = timeout
+        self._seen = -1
+        self._since = 0.0
+
+    def check(self) -> None:
+        relay = self._relay
+        stats = relay.stats
+        carried = stats.toTunnelDatagrams + stats.fromTunnelDatagrams + stats.linksUp
+        now = relay._clock.seconds()
+        if carried != self._seen:
+            self._seen, self._since = carried, now
+        elif relay.link is not None and now - self._since >= self._timeout:
+            relay.log.info("link {peer} idle for {timeout} s: closing it",
+                           peer=relay.link.peer, timeout=self._timeout)
+            relay.link.close()
+            self._since = now
 
 
 def _show(addr: tuple[str, int] | None) -> str:

@@ -25,6 +25,10 @@ class TunnelStats:
         self.drops: Counter[str] = Counter()
         self.linksUp = 0
         self.linksReplaced = 0
+        self.linksRefused = 0
+        self.linksFailed = 0
+        self.linksLost = 0
+        self.connectAttempts = 0
         self.connectFailures = 0
 
     def summary(self) -> str:
@@ -37,8 +41,10 @@ class TunnelStats:
             f"TCP->UDP {self.fromTunnelDatagrams} datagrams "
             f"{self.fromTunnelBytes} bytes; "
             f"dropped {sum(self.drops.values())} ({drops or 'none'}); "
-            f"links up {self.linksUp}, replaced {self.linksReplaced}, "
-            f"failed connects {self.connectFailures}"
+            f"links up {self.linksUp}, lost {self.linksLost}, "
+            f"replaced {self.linksReplaced}, refused {self.linksRefused}, "
+            f"failed {self.linksFailed}; "
+            f"connects {self.connectAttempts}, failed {self.connectFailures}"
         )
 
 

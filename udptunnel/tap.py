@@ -14,13 +14,20 @@ from twisted.internet.endpoints import (
     HostnameEndpoint,
     clientFromString,
     serverFromString,
+    wrapClientTLS,
 )
+from twisted.internet.interfaces import IProtocolFactory, IStreamClientEndpoint
+from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.python import usage
 
+from .access import AddressFilter, parseNetwork
 from .addresses import HostPort, planUDP, splitHostPort
+from .logreopen import LogReopener
 from .protocols import MAX_DATAGRAM, TunnelDatagramProtocol, TunnelFactory
-from .reconnect import ReportingEndpoint, retryDelay
+from .reconnect import Backoff, ReportingEndpoint
 from .relay import Relay
+from .sockopts import SocketSettings
+from .tls import Credentials, clientCreator, loadCredentials, serverOptions
 
 EXAMPLE = """\
 Example (an app on the NAT box reaches pop.example.net:5072 via a relay host):
@@ -55,7 +62,7 @@ def _blaming(option: str) -> Iterator[None]:
         raise usage.UsageError(f"{option}: {e}") from None
 
 
-def _validate(check: Any, what: str, value: str) -> None:
+def _validate(check: Any, what: str, value: str, option: str = "--tcp") -> None:
     """
     Build an endpoint from C{value} and throw it away, so a bad description
     is a usage error now and not a traceback when the service starts.
@@ -65,7 +72,43 @@ def _validate(check: Any, what: str, value: str) -> None:
     try:
         check(reactor, value)
     except Exception as e:  # noqa: BLE001 (parsers raise anything)
-        raise usage.UsageError(f"--tcp: bad {what} {value!r}: {e}") from None
+        raise usage.UsageError(f"{option}: bad {what} {value!r}: {e}") from None
+
+
+def _serverEndpoint(value: str, option: str) -> str:
+    """
+    A server endpoint description; a bare port means C{tcp:PORT}.
+    """
+    description = f"tcp:{value}" if value.isdigit() else value
+    _validate(serverFromString, "server endpoint", description, option)
+    return description
+
+
+def _count(text: str) -> int:
+    """
+    A whole number, 0 or more.
+    """
+    if not text.isdigit():
+        raise ValueError(f"expected a whole number, 0 or more, not {text!r}")
+    return int(text)
+
+
+def _seconds(text: str) -> float:
+    """
+    A duration in seconds, 0 or more.
+    """
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0 <= value < 1e9:
+        raise ValueError(f"expected a number of seconds, 0 or more, not {text!r}")
+    return value
+
+
+_count.coerceDoc = ""  # type: ignore[attr-defined]
+_seconds.coerceDoc = ""  # type: ignore[attr-defined]
+_DEFAULTS = SocketSettings()
 
 
 class _WithExample(usage.Options):
@@ -82,13 +125,58 @@ class _WithExample(usage.Options):
 
 class _EndOptions(_WithExample):
     """
-    What both ends share: the UDP side.
+    What both ends share: the UDP side, socket tuning, TLS, observability.
     """
 
     optParameters: list[list[Any]] = [
         ["udp", None, None, _UDP_HELP],
         ["peer", None, None, _PEER_HELP],
+        ["udp-rcvbuf", None, _DEFAULTS.udpReceiveBuffer,
+         ("UDP socket receive buffer, bytes (capped by net.core.rmem_max; 0: "
+         "the system's default)."), _count],
+        ["udp-sndbuf", None, _DEFAULTS.udpSendBuffer,
+         "UDP socket send buffer, bytes (0: the system's default).", _count],
+        ["tcp-rcvbuf", None, 0,
+         "TCP receive buffer, bytes (0: the kernel's autotuning).", _count],
+        ["tcp-sndbuf", None, 0,
+         "TCP send buffer, bytes (0: the kernel's autotuning).", _count],
+        ["keepalive-idle", None, _DEFAULTS.keepaliveIdle,
+         ("Seconds of silence on the link before TCP keepalive probes start "
+         "(0: no keepalive)."), _count],
+        ["keepalive-interval", None, _DEFAULTS.keepaliveInterval,
+         "Seconds between TCP keepalive probes.", _count],
+        ["keepalive-count", None, _DEFAULTS.keepaliveCount,
+         "Unanswered keepalive probes before the link is declared dead.", _count],
+        ["user-timeout", None, _DEFAULTS.userTimeout,
+         ("Seconds sent data may stay unacknowledged before the link is declared "
+         "dead (TCP_USER_TIMEOUT; 0: the kernel's default)."), _seconds],
+        ["idle-timeout", None, 0.0,
+         ("Close the link after this many seconds without a datagram either way "
+         "(the client reconnects at once; 0: never)."), _seconds],
+        ["stats-interval", None, 300.0,
+         ("Log the counters every this many seconds, when they changed (0: only "
+         "at shutdown)."), _seconds],
+        ["metrics", None, None,
+         ("Serve the counters in Prometheus text format over HTTP on this server "
+         "endpoint (a port, or e.g. tcp:9100:interface=127.0.0.1).")],
+        ["tls-cert", None, None,
+         ("PEM certificate this end presents; with --tls-key and --tls-ca it turns "
+         "on mutual TLS on the link.")],
+        ["tls-key", None, None, "PEM private key of --tls-cert."],
+        ["tls-ca", None, None,
+         "PEM certificate of the CA that must have signed the peer's certificate."],
     ]
+
+    def __init__(self) -> None:
+        super().__init__()
+        self["udp-allow"] = []
+
+    def opt_udp_allow(self, value: str) -> None:
+        """
+        CIDR (repeatable): in phantom mode, only these sources may send into the tunnel and be learned as the reply address.
+        """
+        with _blaming("--udp-allow"):
+            self["udp-allow"].append(parseNetwork(value))
 
     def postOptions(self) -> None:
         if self["tcp"] is None:
@@ -104,13 +192,37 @@ class _EndOptions(_WithExample):
             if self["peer"] is not None:
                 peer = splitHostPort(self["peer"])
             self["plan"] = planUDP(udp, peer)
+        if self["udp-allow"] and self["peer"] is not None:
+            raise usage.UsageError("--udp-allow is for phantom mode: not with --peer")
+        if self["metrics"] is not None:
+            self["metrics"] = _serverEndpoint(self["metrics"], "--metrics")
+        self["settings"] = SocketSettings(
+            udpReceiveBuffer=self["udp-rcvbuf"],
+            udpSendBuffer=self["udp-sndbuf"],
+            tcpReceiveBuffer=self["tcp-rcvbuf"],
+            tcpSendBuffer=self["tcp-sndbuf"],
+            keepaliveIdle=self["keepalive-idle"],
+            keepaliveInterval=self["keepalive-interval"],
+            keepaliveCount=self["keepalive-count"],
+            userTimeout=self["user-timeout"],
+        )
+        self["credentials"] = self.loadCredentials()
+
+    def loadCredentials(self) -> Credentials | None:
+        files = [self["tls-cert"], self["tls-key"], self["tls-ca"]]
+        if not any(files):
+            return None
+        if not all(files):
+            raise usage.UsageError("TLS needs all three of --tls-cert, --tls-key, --tls-ca")
+        with _blaming("TLS"):
+            return loadCredentials(*files)
 
     def parseTCP(self, value: str) -> Any:
         raise NotImplementedError()
 
 
 class ServerOptions(_EndOptions):
-    synopsis = "--tcp PORT|ENDPOINT [--udp [HOST:]PORT] [--peer HOST:PORT]"
+    synopsis = "--tcp PORT|ENDPOINT [--udp [HOST:]PORT] [--peer HOST:PORT] [options]"
     longdesc = "Listen for the tunnel's TCP link; the newest connection is the link."
     optParameters = [
         [
@@ -124,14 +236,23 @@ class ServerOptions(_EndOptions):
         ],
     ]
 
+    def __init__(self) -> None:
+        super().__init__()
+        self["allow"] = []
+
+    def opt_allow(self, value: str) -> None:
+        """
+        CIDR (repeatable): only connections from these networks may become the link; others are closed at once.
+        """
+        with _blaming("--allow"):
+            self["allow"].append(parseNetwork(value))
+
     def parseTCP(self, value: str) -> str:
-        description = f"tcp:{value}" if value.isdigit() else value
-        _validate(serverFromString, "server endpoint", description)
-        return description
+        return _serverEndpoint(value, "--tcp")
 
 
 class ClientOptions(_EndOptions):
-    synopsis = "--tcp HOST:PORT|ENDPOINT [--udp [HOST:]PORT] [--peer HOST:PORT]"
+    synopsis = "--tcp HOST:PORT|ENDPOINT [--udp [HOST:]PORT] [--peer HOST:PORT] [options]"
     longdesc = "Connect the tunnel's TCP link, and reconnect forever when it drops."
     optParameters = [
         [
@@ -143,6 +264,9 @@ class ClientOptions(_EndOptions):
                 "IPv6) or a Twisted client endpoint (tcp:..., tls:..., unix:...)."
             ),
         ],
+        ["tls-name", None, None,
+         ("With TLS: the name (or IP address) the server's certificate must carry "
+         "(default: the host of --tcp HOST:PORT).")],
     ]
 
     def parseTCP(self, value: str) -> HostPort | str:
@@ -159,6 +283,13 @@ class ClientOptions(_EndOptions):
         except usage.UsageError:
             raise usage.UsageError(f"--tcp: {notHostPort}") from None
         return value
+
+    def postOptions(self) -> None:
+        super().postOptions()
+        if self["credentials"] is not None and self["tls-name"] is None:
+            if not isinstance(self["tcp"], HostPort):
+                raise usage.UsageError("with TLS and an endpoint description, give --tls-name")
+            self["tls-name"] = self["tcp"].host
 
 
 class Options(_WithExample):
@@ -186,38 +317,75 @@ def _inForeground(options: usage.Options) -> bool:
     return parent is not None and bool(parent.get("nodaemon", True))
 
 
+def _daemonLogFile(options: usage.Options) -> bool:
+    """
+    Whether twistd writes a log file of its own, which SIGHUP should reopen.
+    """
+    parent = getattr(options, "parent", None)
+    if parent is None or parent.get("nodaemon", True):
+        return False
+    return parent.get("logfile") not in (None, "", "-")
+
+
 def makeService(options: Options, reactor: Any = None) -> IService:
     """
     Wire the relay and its children: the UDP socket first (frames arriving
-    on a fresh link need it), then the TCP listener or reconnecting client.
+    on a fresh link need it), then the TCP listener or reconnecting client,
+    then the metrics listener.
     """
     if reactor is None:
         from twisted.internet import reactor
     end = options.subOptions
     plan = end["plan"]
-    relay = Relay(reactor, peer=plan.peer, exitOnStartupError=_inForeground(options))
+    backoff = Backoff()
+    relay = Relay(
+        reactor,
+        peer=plan.peer,
+        exitOnStartupError=_inForeground(options),
+        allow=AddressFilter(end.get("allow", [])) if end.get("allow") else None,
+        udpAllow=AddressFilter(end["udp-allow"]) if end["udp-allow"] else None,
+        idleTimeout=end["idle-timeout"],
+        statsInterval=end["stats-interval"],
+        onLinkEnded=backoff.linkEnded if options.subCommand == "client" else None,
+    )
+    settings, credentials = end["settings"], end["credentials"]
     internet.UDPServer(
         plan.port,
-        TunnelDatagramProtocol(relay),
+        TunnelDatagramProtocol(relay, settings),
         interface=plan.interface,
         maxPacketSize=MAX_DATAGRAM,
         reactor=reactor,
     ).setServiceParent(relay)
-    factory = TunnelFactory(relay)
+    factory = TunnelFactory(relay, settings, tls=credentials is not None)
     tcp = end["tcp"]
     if options.subCommand == "server":
-        strports.service(tcp, factory, reactor=reactor).setServiceParent(relay)
+        listening: IProtocolFactory = factory
+        if credentials is not None:
+            listening = TLSMemoryBIOFactory(serverOptions(credentials), False, factory)
+            listening.noisy = False
+        strports.service(tcp, listening, reactor=reactor).setServiceParent(relay)
     else:
+        endpoint: IStreamClientEndpoint
         if isinstance(tcp, HostPort):
             assert tcp.host is not None
             endpoint = HostnameEndpoint(reactor, tcp.host, tcp.port)
             where = f"{tcp.host}:{tcp.port}"
         else:
             endpoint, where = clientFromString(reactor, tcp), tcp
+        if credentials is not None:
+            endpoint = wrapClientTLS(clientCreator(credentials, end["tls-name"]), endpoint)
         internet.ClientService(
             ReportingEndpoint(endpoint, where, relay.stats),
             factory,
-            retryPolicy=retryDelay,
+            retryPolicy=backoff,
             clock=reactor,
         ).setServiceParent(relay)
+    if end["metrics"] is not None:
+        from .metrics import metricsSite
+
+        strports.service(end["metrics"], metricsSite(relay), reactor=reactor).setServiceParent(
+            relay
+        )
+    if _daemonLogFile(options):
+        LogReopener(reactor).setServiceParent(relay)
     return relay
