@@ -4,7 +4,9 @@ The command line: every option, every error, and the services it wires.
 
 from __future__ import annotations
 
+import shutil
 import socket
+import tempfile
 
 from twisted.application.internet import (
     ClientService,
@@ -17,8 +19,12 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from udptunnel import StartupError
 from udptunnel.addresses import HostPort, UDPPlan
+from udptunnel.logreopen import LogReopener
 from udptunnel.relay import Relay
+from udptunnel.sockopts import SocketSettings
 from udptunnel.tap import EXAMPLE, Options, makeService
+
+from .certs import Authority
 
 
 def parse(*argv: str) -> Options:
@@ -204,3 +210,111 @@ class MakeServiceTests(SynchronousTestCase):
         options.parent = {"nodaemon": True}  # type: ignore[assignment]
         error = self.assertRaises(SystemExit, makeService(options, reactor).startService)
         self.assertIn("udptunnel: cannot start", str(error))
+
+
+class HardeningOptionsTests(SynchronousTestCase):
+    BASE = ("server", "--tcp", "9999", "--udp", "5073")
+
+    def assertUsageError(self, fragment: str, *argv: str) -> None:
+        error = self.assertRaises(usage.UsageError, parse, *argv)
+        self.assertIn(fragment, str(error))
+
+    def test_defaults(self) -> None:
+        end = parse(*self.BASE).subOptions
+        self.assertEqual(end["settings"], SocketSettings())
+        self.assertEqual(end["allow"], [])
+        self.assertEqual(end["udp-allow"], [])
+        self.assertEqual(end["idle-timeout"], 0)
+        self.assertEqual(end["stats-interval"], 300)
+        self.assertIsNone(end["metrics"])
+        self.assertIsNone(end["credentials"])
+
+    def test_socketSettings(self) -> None:
+        end = parse(
+            *self.BASE,
+            "--udp-rcvbuf", "4194304", "--udp-sndbuf", "0",
+            "--tcp-rcvbuf", "65536", "--tcp-sndbuf", "131072",
+            "--keepalive-idle", "5", "--keepalive-interval", "2",
+            "--keepalive-count", "3", "--user-timeout", "11.5",
+        ).subOptions
+        self.assertEqual(
+            end["settings"],
+            SocketSettings(4194304, 0, 65536, 131072, 5, 2, 3, 11.5),
+        )
+
+    def test_badNumbers(self) -> None:
+        self.assertUsageError("whole number", *self.BASE, "--udp-rcvbuf", "-1")
+        self.assertUsageError("whole number", *self.BASE, "--keepalive-count", "many")
+        self.assertUsageError("seconds", *self.BASE, "--idle-timeout", "-5")
+        self.assertUsageError("seconds", *self.BASE, "--stats-interval", "soon")
+
+    def test_allowRepeatable(self) -> None:
+        end = parse(*self.BASE, "--allow", "192.0.2.0/24", "--allow", "2001:db8::1").subOptions
+        self.assertEqual([str(n) for n in end["allow"]], ["192.0.2.0/24", "2001:db8::1/128"])
+
+    def test_badCIDR(self) -> None:
+        self.assertUsageError("--allow: '10.0.0.0/33'", *self.BASE, "--allow", "10.0.0.0/33")
+        self.assertUsageError("--udp-allow: 'nope'", *self.BASE, "--udp-allow", "nope")
+
+    def test_allowIsServerOnly(self) -> None:
+        self.assertUsageError("--allow", "client", "--tcp", "h:1", "--udp", "1", "--allow", "::/0")
+
+    def test_udpAllowOnlyInPhantomMode(self) -> None:
+        self.assertUsageError(
+            "phantom", *self.BASE, "--peer", "127.0.0.1:1", "--udp-allow", "127.0.0.0/8"
+        )
+
+    def test_metricsEndpoint(self) -> None:
+        end = parse(*self.BASE, "--metrics", "9100").subOptions
+        self.assertEqual(end["metrics"], "tcp:9100")
+        self.assertUsageError("--metrics: bad server endpoint", *self.BASE, "--metrics", "x:1")
+
+    def test_tlsNeedsAllThree(self) -> None:
+        self.assertUsageError("all three", *self.BASE, "--tls-cert", "a.pem")
+
+    def test_tlsFilesChecked(self) -> None:
+        directory = tempfile.mkdtemp()
+        self.addCleanup(shutil.rmtree, directory)
+        authority = Authority(directory)
+        cert, key = authority.issue("server")
+        self.assertUsageError(
+            "cannot read certificate",
+            *self.BASE, "--tls-cert", cert + ".missing", "--tls-key", key,
+            "--tls-ca", authority.path,
+        )
+        self.assertUsageError(
+            "not a PEM certificate and its key",
+            *self.BASE, "--tls-cert", authority.path, "--tls-key", authority.path,
+            "--tls-ca", authority.path,
+        )
+        end = parse(
+            *self.BASE, "--tls-cert", cert, "--tls-key", key, "--tls-ca", authority.path
+        ).subOptions
+        self.assertIsNotNone(end["credentials"])
+
+    def test_clientTLSName(self) -> None:
+        directory = tempfile.mkdtemp()
+        self.addCleanup(shutil.rmtree, directory)
+        authority = Authority(directory)
+        cert, key = authority.issue("client")
+        tls = ("--tls-cert", cert, "--tls-key", key, "--tls-ca", authority.path)
+        end = parse("client", "--tcp", "natbox:9999", "--udp", "1", *tls).subOptions
+        self.assertEqual(end["tls-name"], "natbox")
+        self.assertUsageError(
+            "--tls-name", "client", "--tcp", "tcp:host=natbox:port=9999", "--udp", "1", *tls
+        )
+
+
+class HardeningWiringTests(SynchronousTestCase):
+    def test_metricsServiceAdded(self) -> None:
+        relay = makeService(
+            parse("server", "--tcp", "9999", "--udp", "1", "--metrics", "tcp:0"), reactor
+        )
+        self.assertEqual(len(list(relay)), 3)
+
+    def test_logReopenerOnlyForDaemonLogFile(self) -> None:
+        options = parse("server", "--tcp", "9999", "--udp", "1")
+        options.parent = {"nodaemon": False, "logfile": "twistd.log"}  # type: ignore[assignment]
+        self.assertTrue(any(isinstance(s, LogReopener) for s in makeService(options, reactor)))
+        options.parent = {"nodaemon": True, "logfile": "twistd.log"}  # type: ignore[assignment]
+        self.assertFalse(any(isinstance(s, LogReopener) for s in makeService(options, reactor)))

@@ -15,7 +15,13 @@ from twisted.trial.unittest import SynchronousTestCase
 from zope.interface import implementer
 
 from udptunnel.protocols import TunnelFactory
-from udptunnel.reconnect import MAX_DELAY, ReportingEndpoint, retryDelay
+from udptunnel.reconnect import (
+    MAX_DELAY,
+    STABLE_LINK,
+    Backoff,
+    ReportingEndpoint,
+    retryDelay,
+)
 from udptunnel.relay import Relay
 from udptunnel.stats import TunnelStats
 
@@ -137,3 +143,40 @@ class ReconnectTests(SynchronousTestCase):
         )
         service.startService()
         self.successResultOf(service.stopService())
+
+
+class BackoffTests(SynchronousTestCase):
+    """
+    ClientService restarts its attempt count at every TCP connection; the
+    backoff must not, for links that die young.
+    """
+
+    def test_plainRetries(self) -> None:
+        backoff = Backoff(lambda: 0.5)
+        self.assertEqual([backoff(n) for n in (1, 2, 3)], [0.5, 1, 2])
+
+    def test_shortLinksBackOff(self) -> None:
+        """
+        A server that accepts and drops the client at once (say, rejecting
+        its TLS certificate) is retried less and less often.
+        """
+        backoff = Backoff(lambda: 0.5)
+        delays = []
+        for _ in range(8):
+            backoff.linkEnded(0.1)
+            delays.append(backoff(1))
+        self.assertEqual(delays, [1, 2, 4, 8, 16, 30, 30, 30])
+
+    def test_stableLinkResets(self) -> None:
+        backoff = Backoff(lambda: 0.5)
+        for _ in range(5):
+            backoff.linkEnded(0.0)
+        backoff.linkEnded(STABLE_LINK + 1)
+        self.assertEqual(backoff(1), 0.5)
+
+    def test_attemptsCounted(self) -> None:
+        stats = TunnelStats()
+        endpoint = ReportingEndpoint(ScriptedEndpoint(), "test", stats)
+        for _ in range(3):
+            self.failureResultOf(endpoint.connect(TunnelFactory(Relay(Clock()))))
+        self.assertEqual((stats.connectAttempts, stats.connectFailures), (3, 3))

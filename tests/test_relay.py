@@ -12,6 +12,7 @@ from twisted.logger import LogLevel
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 
+from udptunnel.access import AddressFilter, parseNetwork
 from udptunnel.relay import Relay
 
 from .fakes import FakeLink, FakeUDPTransport, captureLogEvents
@@ -291,3 +292,146 @@ class FlowControlTests(RelayTestMixin, SynchronousTestCase):
         link.producer.pauseProducing()
         self.lose(relay, link)
         self.assertTrue(self.udp.reading)
+
+
+class AccessTests(RelayTestMixin, SynchronousTestCase):
+    def test_allowListRefusesOthers(self) -> None:
+        relay = self.makeRelay()
+        relay.allow = AddressFilter([parseNetwork("192.0.2.0/24"), parseNetwork("2001:db8::/32")])
+        self.assertTrue(relay.linkConnected(FakeLink("192.0.2.1:1")))
+        self.assertTrue(relay.linkConnected(FakeLink("[2001:db8::5]:1")))
+        self.assertTrue(relay.linkConnected(FakeLink("[::ffff:192.0.2.9]:1")))
+        self.assertFalse(relay.linkConnected(FakeLink("198.51.100.1:1")))
+        self.assertFalse(relay.linkConnected(FakeLink("[2001:db9::1]:1")))
+        self.assertEqual(relay.stats.linksRefused, 2)
+
+    def test_noAllowListAllowsAll(self) -> None:
+        relay = self.makeRelay()
+        self.assertTrue(relay.linkConnected(FakeLink("198.51.100.1:1")))
+        self.assertEqual(relay.stats.linksRefused, 0)
+
+    def test_unixPeerNotFiltered(self) -> None:
+        """
+        A Unix socket's peer has no address; file permissions guard it.
+        """
+        relay = self.makeRelay()
+        relay.allow = AddressFilter([parseNetwork("192.0.2.0/24")])
+        link = FakeLink("/run/udptunnel.sock")
+        link.peerHost = None
+        self.assertTrue(relay.linkConnected(link))
+
+    def test_udpAllowFiltersPhantomSources(self) -> None:
+        relay = self.makeRelay()
+        relay.udpAllow = AddressFilter([parseNetwork("127.0.0.0/8")])
+        link = FakeLink()
+        relay.linkMade(link)
+        relay.datagramReceived(b"ok", APP)
+        relay.datagramReceived(b"intruder", ("192.0.2.66", 5000))
+        self.assertEqual(link.frames, [b"ok"])
+        self.assertEqual(relay.learned, APP)
+        self.assertEqual(relay.stats.drops["udp-not-allowed"], 1)
+        relay.frameReceived(link, b"reply")
+        self.assertEqual(self.udp.written, [(b"reply", APP)])
+
+
+class LinkLifetimeTests(RelayTestMixin, SynchronousTestCase):
+    """
+    The relay reports how long each link lived, so the client backs off
+    from a server that drops it at once.
+    """
+
+    def makeReportingRelay(self) -> Relay:
+        self.lifetimes: list[float] = []
+        self.clock = Clock()
+        self.udp = FakeUDPTransport()
+        relay = Relay(self.clock, onLinkEnded=self.lifetimes.append)
+        relay.udpStarted(self.udp)
+        return relay
+
+    def test_lifetimeOfActiveLink(self) -> None:
+        relay = self.makeReportingRelay()
+        link = FakeLink()
+        relay.linkMade(link)
+        self.clock.advance(7)
+        self.lose(relay, link)
+        self.assertEqual(self.lifetimes, [7])
+        self.assertEqual(relay.stats.linksLost, 1)
+
+    def test_neverEstablishedCountsAsFailed(self) -> None:
+        """
+        A connection that ended before becoming the link (a TLS handshake
+        that failed) is a failure of lifetime 0.
+        """
+        relay = self.makeReportingRelay()
+        link = FakeLink()
+        link.established = False
+        self.lose(relay, link)
+        self.assertEqual(self.lifetimes, [0.0])
+        self.assertEqual(relay.stats.linksFailed, 1)
+
+    def test_replacedLinkReportsNothing(self) -> None:
+        relay = self.makeReportingRelay()
+        old, new = FakeLink(), FakeLink()
+        relay.linkMade(old)
+        relay.linkMade(new)
+        self.lose(relay, old)
+        self.assertEqual(self.lifetimes, [])
+
+
+class TimerTests(SynchronousTestCase):
+    def setUp(self) -> None:
+        self.clock = Clock()
+        self.udp = FakeUDPTransport()
+
+    def start(self, **options: float) -> Relay:
+        relay = Relay(self.clock, **options)  # type: ignore[arg-type]
+        relay.udpStarted(self.udp)
+        relay.startService()
+        self.addCleanup(relay.stopService)
+        return relay
+
+    def test_idleLinkClosed(self) -> None:
+        relay = self.start(idleTimeout=10)
+        link = FakeLink()
+        relay.linkMade(link)
+        for _ in range(9):
+            self.clock.advance(1)
+            relay.datagramReceived(b"keep busy", APP)
+        self.clock.pump([1] * 9)
+        self.assertFalse(link.closed)
+        self.clock.pump([1] * 2)
+        self.assertTrue(link.closed)
+
+    def test_trafficEitherWayKeepsLinkOpen(self) -> None:
+        relay = self.start(idleTimeout=10)
+        link = FakeLink()
+        relay.linkMade(link)
+        relay.datagramReceived(b"learn", APP)
+        for _ in range(30):
+            self.clock.advance(1)
+            relay.frameReceived(link, b"from the tunnel")
+        self.assertFalse(link.closed)
+
+    def test_noIdleTimeoutByDefault(self) -> None:
+        relay = self.start()
+        link = FakeLink()
+        relay.linkMade(link)
+        self.clock.pump([1000] * 100)
+        self.assertFalse(link.closed)
+
+    def test_statsLoggedOnlyWhenChanged(self) -> None:
+        events = captureLogEvents(self)
+        relay = self.start(statsInterval=60)
+
+        def statsLines() -> int:
+            return sum(1 for e in events if "{summary}; link" in e.get("log_format", ""))
+
+        relay.datagramReceived(b"x", APP)
+        self.clock.advance(60)
+        self.assertEqual(statsLines(), 1)
+        self.clock.advance(60)
+        self.clock.advance(60)
+        self.assertEqual(statsLines(), 1)
+        relay.datagramReceived(b"x", APP)
+        self.clock.advance(60)
+        self.assertEqual(statsLines(), 2)

@@ -1,0 +1,158 @@
+"""
+Access control, mutual TLS and metrics, on real loopback sockets with both
+ends in one process.
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from typing import Any
+
+from twisted.internet import reactor
+from twisted.internet.defer import inlineCallbacks
+from twisted.internet.protocol import ClientCreator
+from twisted.web.client import Agent, readBody
+
+from .certs import Authority
+from .test_integration import (
+    Collector,
+    Echo,
+    RawLink,
+    TunnelTestCase,
+    freePort,
+    udpPort,
+    waitUntil,
+)
+
+
+class AllowTests(TunnelTestCase):
+    @inlineCallbacks
+    def test_strangerRefusedLinkKept(self) -> Any:
+        """
+        A connection from outside --allow is closed at once and counted; the
+        client's link stays the link and keeps relaying.
+        """
+        echo = Echo()
+        echoPort = self.listen(echo)
+        tcpPort = freePort()
+        server = self.startServer(tcpPort, "127.0.0.1:0", "--allow", "127.0.0.1/32")
+        self.startEnd("client", "--tcp", f"127.0.0.1:{tcpPort}", "--udp", "127.0.0.1:0",
+                      "--peer", f"127.0.0.1:{echoPort}")
+        app = Collector()
+        self.listen(app)
+        serverUDP = ("127.0.0.1", udpPort(server))
+        yield app.probe(serverUDP)
+        link = server.link
+
+        stranger = yield ClientCreator(reactor, RawLink).connectTCP(
+            "127.0.0.1", tcpPort, bindAddress=("127.0.0.2", 0)
+        )
+        stranger.sendFrame(b"let me in")
+        yield stranger.lost
+
+        self.assertEqual(server.stats.linksRefused, 1)
+        self.assertIs(server.link, link)
+        yield app.probe(serverUDP)
+        self.assertEqual(server.stats.linksUp, 1)
+
+
+class TLSTestCase(TunnelTestCase):
+    def setUp(self) -> None:
+        directory = tempfile.mkdtemp()
+        self.addCleanup(shutil.rmtree, directory)
+        self.authority = Authority(directory)
+        self.rogue = Authority(directory, "rogue-ca")
+
+    def tlsOptions(self, authority: Authority, name: str, trusted: Authority) -> list[str]:
+        cert, key = authority.issue(name)
+        return ["--tls-cert", cert, "--tls-key", key, "--tls-ca", trusted.path]
+
+    def startPair(self, clientAuthority: Authority, clientTrusts: Authority) -> Any:
+        self.echo = Echo()
+        echoPort = self.listen(self.echo)
+        self.tcpPort = freePort()
+        self.server = self.startServer(
+            self.tcpPort, "127.0.0.1:0",
+            *self.tlsOptions(self.authority, "server", self.authority),
+        )
+        self.client = self.startEnd(
+            "client", "--tcp", f"127.0.0.1:{self.tcpPort}", "--udp", "127.0.0.1:0",
+            "--peer", f"127.0.0.1:{echoPort}",
+            *self.tlsOptions(clientAuthority, "client", clientTrusts),
+        )
+        self.app = Collector()
+        self.listen(self.app)
+        self.serverUDP = ("127.0.0.1", udpPort(self.server))
+
+
+class MutualTLSTests(TLSTestCase):
+    @inlineCallbacks
+    def test_roundTrip(self) -> Any:
+        self.startPair(self.authority, self.authority)
+        yield self.app.probe(self.serverUDP)
+        self.app.send(b"x" * 65507, self.serverUDP)
+        yield self.app.waitFor(1)
+        self.assertEqual(self.app.received, [(b"x" * 65507, self.serverUDP)])
+
+    @inlineCallbacks
+    def test_clientFromOtherCANeverBecomesLink(self) -> Any:
+        """
+        A client whose certificate another CA signed fails the handshake:
+        it never displaces the link of the good client.
+        """
+        self.startPair(self.authority, self.authority)
+        yield self.app.probe(self.serverUDP)
+        good = self.server.link
+        self.startEnd(
+            "client", "--tcp", f"127.0.0.1:{self.tcpPort}", "--udp", "127.0.0.1:0",
+            "--peer", "127.0.0.1:9", *self.tlsOptions(self.rogue, "client", self.authority),
+        )
+        yield waitUntil(lambda: self.server.stats.linksFailed >= 2, "two failed handshakes")
+        self.assertIs(self.server.link, good)
+        self.assertEqual(self.server.stats.linksUp, 1)
+        yield self.app.probe(self.serverUDP)
+
+    @inlineCallbacks
+    def test_clientRejectsUnknownServer(self) -> Any:
+        """
+        A client that trusts another CA does not accept the server: no link
+        on either side.
+        """
+        self.startPair(self.authority, self.rogue)
+        yield waitUntil(lambda: self.client.stats.linksFailed >= 2, "two failed handshakes")
+        self.assertEqual(self.client.stats.linksUp, 0)
+        self.assertEqual(self.server.stats.linksUp, 0)
+
+
+class MetricsTests(TunnelTestCase):
+    @inlineCallbacks
+    def test_scrape(self) -> Any:
+        """
+        The counters are served in Prometheus' text format.
+        """
+        echo = Echo()
+        echoPort = self.listen(echo)
+        tcpPort, metricsPort = freePort(), freePort()
+        server = self.startServer(
+            tcpPort, "127.0.0.1:0", "--metrics", f"tcp:{metricsPort}:interface=127.0.0.1"
+        )
+        self.startEnd("client", "--tcp", f"127.0.0.1:{tcpPort}", "--udp", "127.0.0.1:0",
+                      "--peer", f"127.0.0.1:{echoPort}")
+        app = Collector()
+        self.listen(app)
+        yield app.probe(("127.0.0.1", udpPort(server)))
+
+        response = yield Agent(reactor).request(
+            b"GET", f"http://127.0.0.1:{metricsPort}/metrics".encode()
+        )
+        body = (yield readBody(response)).decode()
+
+        self.assertEqual(response.code, 200)
+        self.assertIn(b"text/plain", response.headers.getRawHeaders(b"content-type")[0])
+        carried = server.stats.toTunnelDatagrams
+        self.assertGreaterEqual(carried, 1)
+        self.assertIn(f"udptunnel_to_tunnel_datagrams_total {carried}.0", body)
+        self.assertIn("udptunnel_link_up 1.0", body)
+        self.assertIn('udptunnel_links_total{event="up"} 1.0', body)
+        self.assertIn('mode="phantom"', body)
