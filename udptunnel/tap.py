@@ -22,6 +22,7 @@ from twisted.python import usage
 
 from .access import AddressFilter, parseNetwork
 from .addresses import HostPort, planUDP, splitHostPort
+from .datagram import UDPService
 from .logreopen import LogReopener
 from .protocols import MAX_DATAGRAM, TunnelDatagramProtocol, TunnelFactory
 from .reconnect import Backoff, ReportingEndpoint
@@ -349,12 +350,12 @@ def makeService(options: Options, reactor: Any = None) -> IService:
         onLinkEnded=backoff.linkEnded if options.subCommand == "client" else None,
     )
     settings, credentials = end["settings"], end["credentials"]
-    internet.UDPServer(
+    UDPService(
         plan.port,
         TunnelDatagramProtocol(relay, settings),
-        interface=plan.interface,
-        maxPacketSize=MAX_DATAGRAM,
-        reactor=reactor,
+        plan.interface,
+        MAX_DATAGRAM,
+        reactor,
     ).setServiceParent(relay)
     factory = TunnelFactory(relay, settings, tls=credentials is not None)
     tcp = end["tcp"]

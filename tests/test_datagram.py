@@ -1,0 +1,91 @@
+"""
+The tunnel's UDP port, on a real loopback socket.
+"""
+
+from __future__ import annotations
+
+import socket
+from typing import Any
+
+from twisted.internet import reactor
+from twisted.internet.protocol import DatagramProtocol
+from twisted.trial.unittest import TestCase
+
+from udptunnel.datagram import TunnelUDPPort, UDPService
+
+
+class Counting(DatagramProtocol):
+    def __init__(self) -> None:
+        self.datagrams: list[tuple[bytes, Any]] = []
+
+    def datagramReceived(self, datagram: bytes, addr: Any) -> None:
+        self.datagrams.append((datagram, addr))
+
+
+class PortTests(TestCase):
+    def listen(self, interface: str = "127.0.0.1") -> tuple[TunnelUDPPort, Counting]:
+        protocol = Counting()
+        port = TunnelUDPPort(0, protocol, interface, 65535, reactor)
+        port.startListening()
+        port.stopReading()  # the test calls doRead itself
+        self.addCleanup(port.stopListening)
+        return port, protocol
+
+    def sender(self, family: int = socket.AF_INET) -> socket.socket:
+        sock = socket.socket(family, socket.SOCK_DGRAM)
+        self.addCleanup(sock.close)
+        return sock
+
+    def test_emptyDatagramFloodBounded(self) -> None:
+        """
+        One event-loop turn reads a bounded number of datagrams, however
+        small: a flood of empty ones cannot starve the reactor.  (A small
+        bound here, so the kernel's default receive buffer holds them all.)
+        """
+        port, protocol = self.listen()
+        port.maxDatagramsPerRead = 50
+        sender = self.sender()
+        for _ in range(120):
+            sender.sendto(b"", ("127.0.0.1", port.getHost().port))
+        counts = []
+        for _ in range(4):
+            port.doRead()
+            counts.append(len(protocol.datagrams))
+        self.assertEqual(counts, [50, 100, 120, 120])
+        self.assertEqual({d for d, _ in protocol.datagrams}, {b""})
+
+    def test_largestDatagramIntact(self) -> None:
+        port, protocol = self.listen()
+        sender = self.sender()
+        sender.bind(("127.0.0.1", 0))
+        payload = bytes(range(256)) * 255 + bytes(227)
+        self.assertEqual(len(payload), 65507)
+        sender.sendto(payload, ("127.0.0.1", port.getHost().port))
+        port.doRead()
+        self.assertEqual(protocol.datagrams, [(payload, sender.getsockname())])
+
+    def test_ipv6AddressIsHostAndPort(self) -> None:
+        try:
+            port, protocol = self.listen("::1")
+        except Exception as e:  # noqa: BLE001
+            self.skipTest(f"no IPv6 loopback: {e}")
+        sender = self.sender(socket.AF_INET6)
+        sender.bind(("::1", 0))
+        sender.sendto(b"six", ("::1", port.getHost().port))
+        port.doRead()
+        self.assertEqual(protocol.datagrams, [(b"six", ("::1", sender.getsockname()[1]))])
+
+
+class ServiceTests(TestCase):
+    def test_bindsOnceAndCloses(self) -> Any:
+        protocol = Counting()
+        service = UDPService(0, protocol, "127.0.0.1", 65535, reactor)
+        service.privilegedStartService()
+        port = service.port
+        service.startService()
+        self.assertIs(service.port, port)
+        assert port is not None
+        self.assertTrue(port.connected)
+        return service.stopService().addCallback(
+            lambda _: self.assertFalse(port.connected)
+        )
