@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import shutil
 import socket
+import sys
 import tempfile
 
 from twisted.application.internet import (
@@ -317,3 +318,16 @@ class HardeningWiringTests(SynchronousTestCase):
         self.assertTrue(any(isinstance(s, LogReopener) for s in makeService(options, reactor)))
         options.parent = {"nodaemon": True, "logfile": "twistd.log"}  # type: ignore[assignment]
         self.assertFalse(any(isinstance(s, LogReopener) for s in makeService(options, reactor)))
+
+
+class OptionalTLSTests(SynchronousTestCase):
+    def test_missingPyOpenSSLIsAUsageError(self) -> None:
+        """
+        TLS is an optional extra: without it, TLS options say what to install.
+        """
+        self.patch(sys, "modules", dict(sys.modules, **{"udptunnel.tls": None}))
+        error = self.assertRaises(
+            usage.UsageError, parse, "server", "--tcp", "9999", "--udp", "1",
+            "--tls-cert", "c", "--tls-key", "k", "--tls-ca", "a",
+        )
+        self.assertIn("pip install 'udptunnel[tls]'", str(error))

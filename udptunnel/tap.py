@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from twisted.application import internet, strports
 from twisted.application.service import IService
@@ -14,10 +14,8 @@ from twisted.internet.endpoints import (
     HostnameEndpoint,
     clientFromString,
     serverFromString,
-    wrapClientTLS,
 )
 from twisted.internet.interfaces import IProtocolFactory, IStreamClientEndpoint
-from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.python import usage
 
 from .access import AddressFilter, parseNetwork
@@ -28,7 +26,9 @@ from .protocols import MAX_DATAGRAM, TunnelDatagramProtocol, TunnelFactory
 from .reconnect import Backoff, ReportingEndpoint
 from .relay import Relay
 from .sockopts import SocketSettings
-from .tls import Credentials, clientCreator, loadCredentials, serverOptions
+
+if TYPE_CHECKING:
+    from .tls import Credentials
 
 EXAMPLE = """\
 Example (an app on the NAT box reaches pop.example.net:5072 via a relay host):
@@ -215,6 +215,12 @@ class _EndOptions(_WithExample):
             return None
         if not all(files):
             raise usage.UsageError("TLS needs all three of --tls-cert, --tls-key, --tls-ca")
+        try:
+            from .tls import loadCredentials
+        except ImportError as e:
+            raise usage.UsageError(
+                f"TLS needs pyOpenSSL: pip install 'udptunnel[tls]' ({e})"
+            ) from None
         with _blaming("TLS"):
             return loadCredentials(*files)
 
@@ -362,8 +368,9 @@ def makeService(options: Options, reactor: Any = None) -> IService:
     if options.subCommand == "server":
         listening: IProtocolFactory = factory
         if credentials is not None:
-            listening = TLSMemoryBIOFactory(serverOptions(credentials), False, factory)
-            listening.noisy = False
+            from .tls import serverFactory
+
+            listening = serverFactory(credentials, factory)
         strports.service(tcp, listening, reactor=reactor).setServiceParent(relay)
     else:
         endpoint: IStreamClientEndpoint
@@ -374,7 +381,9 @@ def makeService(options: Options, reactor: Any = None) -> IService:
         else:
             endpoint, where = clientFromString(reactor, tcp), tcp
         if credentials is not None:
-            endpoint = wrapClientTLS(clientCreator(credentials, end["tls-name"]), endpoint)
+            from .tls import clientEndpoint
+
+            endpoint = clientEndpoint(credentials, end["tls-name"], endpoint)
         internet.ClientService(
             ReportingEndpoint(endpoint, where, relay.stats),
             factory,

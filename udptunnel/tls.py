@@ -1,19 +1,19 @@
 """
 Mutual TLS for the tunnel's link: each end presents a certificate and
 accepts only a peer whose certificate a given CA signed.
+
+Imported only when TLS is asked for: pyOpenSSL costs a dozen megabytes of
+memory, and it is an optional extra (C{pip install 'udptunnel[tls]'}).
 """
 
 from __future__ import annotations
 
 from typing import NamedTuple
 
-from twisted.internet.interfaces import IOpenSSLClientConnectionCreator
-from twisted.internet.ssl import (
-    Certificate,
-    CertificateOptions,
-    PrivateCertificate,
-    optionsForClientTLS,
-)
+from twisted.internet.endpoints import wrapClientTLS
+from twisted.internet.interfaces import IProtocolFactory, IStreamClientEndpoint
+from twisted.internet.ssl import Certificate, PrivateCertificate, optionsForClientTLS
+from twisted.protocols.tls import TLSMemoryBIOFactory
 
 
 class Credentials(NamedTuple):
@@ -52,18 +52,25 @@ def loadCredentials(certPath: str, keyPath: str, caPath: str) -> Credentials:
         raise ValueError(f"{caPath!r} is not a PEM certificate: {e}") from None
 
 
-def serverOptions(credentials: Credentials) -> CertificateOptions:
+def serverFactory(credentials: Credentials, factory: IProtocolFactory) -> IProtocolFactory:
     """
-    Present our certificate; require one from the client, signed by the CA.
+    Wrap C{factory} to present our certificate and to require one from the
+    client, signed by the CA.
     """
-    return credentials.own.options(credentials.authority)
+    wrapped = TLSMemoryBIOFactory(credentials.own.options(credentials.authority), False, factory)
+    wrapped.noisy = False
+    return wrapped
 
 
-def clientCreator(credentials: Credentials, serverName: str) -> IOpenSSLClientConnectionCreator:
+def clientEndpoint(
+    credentials: Credentials, serverName: str, endpoint: IStreamClientEndpoint
+) -> IStreamClientEndpoint:
     """
-    Present our certificate; accept only a server whose certificate the CA
-    signed for C{serverName} (a host name or an IP address).
+    Wrap C{endpoint} to present our certificate and to accept only a server
+    whose certificate the CA signed for C{serverName} (a host name or an IP
+    address).
     """
-    return optionsForClientTLS(
+    creator = optionsForClientTLS(
         serverName, trustRoot=credentials.authority, clientCertificate=credentials.own
     )
+    return wrapClientTLS(creator, endpoint)
