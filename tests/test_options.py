@@ -325,7 +325,9 @@ class OptionalTLSTests(SynchronousTestCase):
         """
         TLS is an optional extra: without it, TLS options say what to install.
         """
-        self.patch(sys, "modules", dict(sys.modules, **{"udptunnel.tls": None}))
+        saved = sys.modules.get("udptunnel.tls")
+        sys.modules["udptunnel.tls"] = None  # type: ignore[assignment]
+        self.addCleanup(sys.modules.__setitem__, "udptunnel.tls", saved)
         error = self.assertRaises(
             usage.UsageError, parse, "server", "--tcp", "9999", "--udp", "1",
             "--tls-cert", "c", "--tls-key", "k", "--tls-ca", "a",
