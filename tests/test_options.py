@@ -325,9 +325,10 @@ class OptionalTLSTests(SynchronousTestCase):
         """
         TLS is an optional extra: without it, TLS options say what to install.
         """
-        saved = sys.modules.get("udptunnel.tls")
+        import udptunnel.tls
+
         sys.modules["udptunnel.tls"] = None  # type: ignore[assignment]
-        self.addCleanup(sys.modules.__setitem__, "udptunnel.tls", saved)
+        self.addCleanup(sys.modules.__setitem__, "udptunnel.tls", udptunnel.tls)
         error = self.assertRaises(
             usage.UsageError, parse, "server", "--tcp", "9999", "--udp", "1",
             "--tls-cert", "c", "--tls-key", "k", "--tls-ca", "a",
