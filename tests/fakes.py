@@ -7,11 +7,11 @@ from __future__ import annotations
 from typing import Any
 
 from twisted.internet.address import IPv4Address
-from twisted.internet.interfaces import IPushProducer, IUDPTransport
+from twisted.internet.interfaces import IPushProducer
 from twisted.logger import globalLogPublisher
 from zope.interface import implementer
 
-from udptunnel.interfaces import ILink
+from udptunnel.interfaces import IDatagramSocket, ILink
 
 
 @implementer(ILink)
@@ -29,8 +29,8 @@ class FakeLink:
         self.established = True
         self.producer: IPushProducer | None = None
 
-    def sendFrame(self, data: bytes) -> None:
-        self.frames.append(data)
+    def sendFrames(self, datagrams: list[bytes]) -> None:
+        self.frames.extend(datagrams)
 
     def close(self) -> None:
         self.closed = True
@@ -42,7 +42,7 @@ class FakeLink:
         self.producer = producer
 
 
-@implementer(IUDPTransport)
+@implementer(IDatagramSocket)
 class FakeUDPTransport:
     """
     A UDP port that records C{(data, addr)} writes, or raises C{error} on
@@ -54,10 +54,9 @@ class FakeUDPTransport:
         self.error: Exception | None = None
         self.reading = True
 
-    def write(self, packet: bytes, addr: tuple[str, int] | None = None) -> None:
+    def sendTo(self, packet: bytes, addr: tuple[str, int]) -> None:
         if self.error is not None:
             raise self.error
-        assert addr is not None
         self.written.append((packet, addr))
 
     def getHost(self) -> IPv4Address:

@@ -4,6 +4,7 @@ The tunnel's UDP port, on a real loopback socket.
 
 from __future__ import annotations
 
+import errno
 import socket
 from typing import Any
 
@@ -17,9 +18,11 @@ from udptunnel.datagram import TunnelUDPPort, UDPService
 class Counting(DatagramProtocol):
     def __init__(self) -> None:
         self.datagrams: list[tuple[bytes, Any]] = []
+        self.reads: list[int] = []
 
-    def datagramReceived(self, datagram: bytes, addr: Any) -> None:
-        self.datagrams.append((datagram, addr))
+    def datagramsReceived(self, datagrams: list[tuple[bytes, Any]]) -> None:
+        self.reads.append(len(datagrams))
+        self.datagrams.extend(datagrams)
 
 
 class PortTests(TestCase):
@@ -52,6 +55,7 @@ class PortTests(TestCase):
             port.doRead()
             counts.append(len(protocol.datagrams))
         self.assertEqual(counts, [50, 100, 120, 120])
+        self.assertEqual(protocol.reads, [50, 50, 20])
         self.assertEqual({d for d, _ in protocol.datagrams}, {b""})
 
     def test_largestDatagramIntact(self) -> None:
@@ -63,6 +67,18 @@ class PortTests(TestCase):
         sender.sendto(payload, ("127.0.0.1", port.getHost().port))
         port.doRead()
         self.assertEqual(protocol.datagrams, [(payload, sender.getsockname())])
+
+    def test_sendTo(self) -> None:
+        """
+        sendTo is the socket's own: errors come as they are, to be counted.
+        """
+        port, _ = self.listen()
+        receiver = self.sender()
+        receiver.bind(("127.0.0.1", 0))
+        port.sendTo(b"hello", receiver.getsockname())
+        self.assertEqual(receiver.recv(100), b"hello")
+        error = self.assertRaises(OSError, port.sendTo, b"x" * 65508, receiver.getsockname())
+        self.assertEqual(error.errno, errno.EMSGSIZE)
 
     def test_ipv6AddressIsHostAndPort(self) -> None:
         try:

@@ -31,6 +31,7 @@ class RecordingRelay:
 
     def __init__(self) -> None:
         self.frames: list[bytes] = []
+        self.reads: list[int] = []
         self.datagrams: list[tuple[bytes, tuple[str, int]]] = []
         self.links: list[ILink] = []
         self.lost: list[ILink] = []
@@ -42,8 +43,8 @@ class RecordingRelay:
     def udpStopped(self):
         self.udp = None
 
-    def datagramReceived(self, data, addr):
-        self.datagrams.append((data, addr))
+    def datagramsReceived(self, datagrams):
+        self.datagrams.extend(datagrams)
 
     allowed = True
 
@@ -53,8 +54,9 @@ class RecordingRelay:
     def linkMade(self, link):
         self.links.append(link)
 
-    def frameReceived(self, link, data):
-        self.frames.append(data)
+    def framesReceived(self, link, frames):
+        self.reads.append(len(frames))
+        self.frames.extend(frames)
 
     def linkLost(self, link, reason):
         self.lost.append(link)
@@ -98,9 +100,20 @@ class StreamProtocolTests(SynchronousTestCase):
         self.assertEqual(self.relay.frames, self.SAMPLES)
 
     def test_oneChunk(self) -> None:
+        """
+        The frames of one read reach the relay in one call.
+        """
         protocol = self.connect()
         protocol.dataReceived(b"".join(frame(s) for s in self.SAMPLES))
         self.assertEqual(self.relay.frames, self.SAMPLES)
+        self.assertEqual(self.relay.reads, [len(self.SAMPLES)])
+
+    def test_incompleteFrameWaits(self) -> None:
+        protocol = self.connect()
+        protocol.dataReceived(frame(b"whole") + frame(b"half")[:3])
+        protocol.dataReceived(frame(b"half")[3:])
+        self.assertEqual(self.relay.frames, [b"whole", b"half"])
+        self.assertEqual(self.relay.reads, [1, 1])
 
     def test_largestFrameIsNoError(self) -> None:
         """
@@ -112,15 +125,15 @@ class StreamProtocolTests(SynchronousTestCase):
         self.assertEqual([len(f) for f in self.relay.frames], [65535, 4])
         self.assertFalse(self.transport.disconnecting)
 
-    def test_sendFrame(self) -> None:
+    def test_sendFrames(self) -> None:
         protocol = self.connect()
-        for sample in self.SAMPLES:
-            protocol.sendFrame(sample)
+        protocol.sendFrames(self.SAMPLES[:3])
+        protocol.sendFrames(self.SAMPLES[3:])
         self.assertEqual(self.transport.value(), b"".join(frame(s) for s in self.SAMPLES))
 
     def test_wireIsBigEndian(self) -> None:
         protocol = self.connect()
-        protocol.sendFrame(b"\xab" * 258)
+        protocol.sendFrames([b"\xab" * 258])
         self.assertEqual(self.transport.value()[:2], b"\x01\x02")
 
     def test_linkLifecycle(self) -> None:

@@ -110,7 +110,7 @@ class ReconnectTests(SynchronousTestCase):
         self.endpoint.up = True
         self.service.startService()
         first = self.endpoint.protocols[0]
-        self.relay.datagramReceived(b"x", ("127.0.0.1", 40000))
+        self.relay.datagramsReceived([(b"x", ("127.0.0.1", 40000))])
         first.connectionLost(Failure(ConnectionDone()))
         self.assertIsNone(self.relay.link)
         self.clock.advance(0.5)

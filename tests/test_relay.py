@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import errno
 
-from twisted.internet.error import ConnectionDone, MessageLengthError
+from twisted.internet.error import ConnectionDone
 from twisted.internet.task import Clock
 from twisted.logger import LogLevel
 from twisted.python.failure import Failure
@@ -42,10 +42,10 @@ class PhantomTests(RelayTestMixin, SynchronousTestCase):
         relay = self.makeRelay()
         link = FakeLink()
         relay.linkMade(link)
-        relay.datagramReceived(b"hello", APP)
+        relay.datagramsReceived([(b"hello", APP)])
         self.assertEqual(link.frames, [b"hello"])
         self.assertEqual(relay.learned, APP)
-        relay.frameReceived(link, b"reply")
+        relay.framesReceived(link, [b"reply"])
         self.assertEqual(self.udp.written, [(b"reply", APP)])
 
     def test_newestSourceWins(self) -> None:
@@ -55,18 +55,18 @@ class PhantomTests(RelayTestMixin, SynchronousTestCase):
         relay = self.makeRelay()
         link = FakeLink()
         relay.linkMade(link)
-        relay.datagramReceived(b"a", APP)
+        relay.datagramsReceived([(b"a", APP)])
         moved = ("127.0.0.1", 40002)
-        relay.datagramReceived(b"b", moved)
-        relay.frameReceived(link, b"reply")
+        relay.datagramsReceived([(b"b", moved)])
+        relay.framesReceived(link, [b"reply"])
         self.assertEqual(self.udp.written, [(b"reply", moved)])
         self.assertEqual(link.frames, [b"a", b"b"])
 
     def test_changeIsLogged(self) -> None:
         events = captureLogEvents(self)
         relay = self.makeRelay()
-        relay.datagramReceived(b"a", APP)
-        relay.datagramReceived(b"b", ("127.0.0.1", 40002))
+        relay.datagramsReceived([(b"a", APP)])
+        relay.datagramsReceived([(b"b", ("127.0.0.1", 40002))])
         formats = [e.get("log_format") for e in events]
         self.assertIn("phantom peer learned: {peer}", formats)
         self.assertIn("phantom peer changed: {old} -> {peer}", formats)
@@ -78,7 +78,7 @@ class PhantomTests(RelayTestMixin, SynchronousTestCase):
         relay = self.makeRelay()
         link = FakeLink()
         relay.linkMade(link)
-        relay.frameReceived(link, b"early")
+        relay.framesReceived(link, [b"early"])
         self.assertEqual(self.udp.written, [])
         self.assertEqual(relay.stats.drops["no-address"], 1)
 
@@ -87,7 +87,7 @@ class PhantomTests(RelayTestMixin, SynchronousTestCase):
         A datagram dropped for want of a link still teaches the reply address.
         """
         relay = self.makeRelay()
-        relay.datagramReceived(b"lost", APP)
+        relay.datagramsReceived([(b"lost", APP)])
         self.assertEqual(relay.stats.drops["no-link"], 1)
         self.assertEqual(relay.learned, APP)
 
@@ -97,22 +97,22 @@ class FixedPeerTests(RelayTestMixin, SynchronousTestCase):
         relay = self.makeRelay(peer=POP)
         link = FakeLink()
         relay.linkMade(link)
-        relay.frameReceived(link, b"to pop")
+        relay.framesReceived(link, [b"to pop"])
         self.assertEqual(self.udp.written, [(b"to pop", POP)])
 
     def test_peerDatagramsForwarded(self) -> None:
         relay = self.makeRelay(peer=POP)
         link = FakeLink()
         relay.linkMade(link)
-        relay.datagramReceived(b"from pop", POP)
+        relay.datagramsReceived([(b"from pop", POP)])
         self.assertEqual(link.frames, [b"from pop"])
 
     def test_foreignSourceDropped(self) -> None:
         relay = self.makeRelay(peer=POP)
         link = FakeLink()
         relay.linkMade(link)
-        relay.datagramReceived(b"intruder", ("192.0.2.99", 5072))
-        relay.datagramReceived(b"other port", ("192.0.2.53", 5073))
+        relay.datagramsReceived([(b"intruder", ("192.0.2.99", 5072))])
+        relay.datagramsReceived([(b"other port", ("192.0.2.53", 5073))])
         self.assertEqual(link.frames, [])
         self.assertEqual(relay.stats.drops["foreign-source"], 2)
         self.assertIsNone(relay.learned)
@@ -122,7 +122,7 @@ class DropTests(RelayTestMixin, SynchronousTestCase):
     def test_noLinkDropsAndCounts(self) -> None:
         relay = self.makeRelay()
         for i in range(3):
-            relay.datagramReceived(b"x" * i, APP)
+            relay.datagramsReceived([(b"x" * i, APP)])
         self.assertEqual(relay.stats.drops["no-link"], 3)
         self.assertEqual(relay.stats.toTunnelDatagrams, 0)
 
@@ -130,8 +130,8 @@ class DropTests(RelayTestMixin, SynchronousTestCase):
         relay = self.makeRelay(peer=POP)
         link = FakeLink()
         relay.linkMade(link)
-        self.udp.error = MessageLengthError("message too long")
-        relay.frameReceived(link, b"x" * 65535)
+        self.udp.error = OSError(errno.EMSGSIZE, "Message too long")
+        relay.framesReceived(link, [b"x" * 65535])
         self.assertEqual(relay.stats.drops["oversize"], 1)
 
     def test_sendErrorsCountedByErrno(self) -> None:
@@ -143,12 +143,12 @@ class DropTests(RelayTestMixin, SynchronousTestCase):
         relay.linkMade(link)
         for code in (errno.EAGAIN, errno.ENOBUFS, errno.ECONNREFUSED, errno.EAGAIN):
             self.udp.error = OSError(code, "fake")
-            relay.frameReceived(link, b"x")
+            relay.framesReceived(link, [b"x"])
         self.assertEqual(
             dict(relay.stats.drops), {"EAGAIN": 2, "ENOBUFS": 1, "ECONNREFUSED": 1}
         )
         self.udp.error = None
-        relay.frameReceived(link, b"fine")
+        relay.framesReceived(link, [b"fine"])
         self.assertEqual(self.udp.written, [(b"fine", POP)])
 
     def test_dropWarningsRateLimited(self) -> None:
@@ -158,11 +158,11 @@ class DropTests(RelayTestMixin, SynchronousTestCase):
         events = captureLogEvents(self)
         relay = self.makeRelay()
         for _ in range(1000):
-            relay.datagramReceived(b"x", APP)
+            relay.datagramsReceived([(b"x", APP)])
         warnings = [e for e in events if e.get("log_level") == LogLevel.warn]
         self.assertEqual(len(warnings), 1)
         self.clock.advance(11)
-        relay.datagramReceived(b"x", APP)
+        relay.datagramsReceived([(b"x", APP)])
         warnings = [e for e in events if e.get("log_level") == LogLevel.warn]
         self.assertEqual(len(warnings), 2)
         self.assertEqual(warnings[1]["held"], 999)
@@ -172,8 +172,8 @@ class DropTests(RelayTestMixin, SynchronousTestCase):
         relay = self.makeRelay()
         link = FakeLink()
         relay.linkMade(link)
-        relay.datagramReceived(b"abc", APP)
-        relay.frameReceived(link, b"defgh")
+        relay.datagramsReceived([(b"abc", APP)])
+        relay.framesReceived(link, [b"defgh"])
         stats = relay.stats
         self.assertEqual(
             (stats.toTunnelDatagrams, stats.toTunnelBytes), (1, 3)
@@ -182,6 +182,48 @@ class DropTests(RelayTestMixin, SynchronousTestCase):
             (stats.fromTunnelDatagrams, stats.fromTunnelBytes), (1, 5)
         )
         self.assertIn("UDP->TCP 1 datagrams 3 bytes", stats.summary())
+
+
+class BatchTests(RelayTestMixin, SynchronousTestCase):
+    """
+    The datagrams of one read go into the tunnel as one write, the frames of
+    one read out one by one; a bad one among them spoils none of the others.
+    """
+
+    def test_datagramsOfOneReadInOneWrite(self) -> None:
+        relay = self.makeRelay(peer=POP)
+        writes: list[list[bytes]] = []
+        link = FakeLink()
+        link.sendFrames = writes.append  # type: ignore[method-assign]
+        relay.linkMade(link)
+        relay.datagramsReceived(
+            [(b"1", POP), (b"stranger", ("192.0.2.99", 1)), (b"", POP), (b"333", POP)]
+        )
+        self.assertEqual(writes, [[b"1", b"", b"333"]])
+        self.assertEqual(relay.stats.drops["foreign-source"], 1)
+        self.assertEqual((relay.stats.toTunnelDatagrams, relay.stats.toTunnelBytes), (3, 4))
+
+    def test_noLinkCountsEachDatagram(self) -> None:
+        relay = self.makeRelay()
+        relay.datagramsReceived([(b"a", APP), (b"b", APP), (b"c", APP)])
+        self.assertEqual(relay.stats.drops["no-link"], 3)
+
+    def test_failedSendSpoilsNoOther(self) -> None:
+        relay = self.makeRelay(peer=POP)
+        link = FakeLink()
+        relay.linkMade(link)
+        sent: list[bytes] = []
+
+        def sendTo(data: bytes, addr: tuple[str, int]) -> None:
+            if data == b"too big":
+                raise OSError(errno.EMSGSIZE, "Message too long")
+            sent.append(data)
+
+        self.udp.sendTo = sendTo  # type: ignore[method-assign]
+        relay.framesReceived(link, [b"one", b"too big", b"three"])
+        self.assertEqual(sent, [b"one", b"three"])
+        self.assertEqual(relay.stats.drops["oversize"], 1)
+        self.assertEqual(relay.stats.fromTunnelDatagrams, 2)
 
 
 class LinkTests(RelayTestMixin, SynchronousTestCase):
@@ -196,7 +238,7 @@ class LinkTests(RelayTestMixin, SynchronousTestCase):
         relay.linkMade(new)
         self.assertTrue(old.aborted)
         self.assertFalse(new.aborted)
-        relay.datagramReceived(b"x", APP)
+        relay.datagramsReceived([(b"x", APP)])
         self.assertEqual((old.frames, new.frames), ([], [b"x"]))
         self.assertEqual(relay.stats.linksReplaced, 1)
 
@@ -213,7 +255,7 @@ class LinkTests(RelayTestMixin, SynchronousTestCase):
         old, new = FakeLink(), FakeLink()
         relay.linkMade(old)
         relay.linkMade(new)
-        relay.frameReceived(old, b"stale")
+        relay.framesReceived(old, [b"stale"])
         self.assertEqual(self.udp.written, [])
         self.assertEqual(relay.stats.drops["replaced-link"], 1)
 
@@ -223,7 +265,7 @@ class LinkTests(RelayTestMixin, SynchronousTestCase):
         relay.linkMade(link)
         self.lose(relay, link)
         self.assertIsNone(relay.link)
-        relay.datagramReceived(b"x", APP)
+        relay.datagramsReceived([(b"x", APP)])
         self.assertEqual(relay.stats.drops["no-link"], 1)
 
     def test_stopAbortsLinkAndWaits(self) -> None:
@@ -325,12 +367,12 @@ class AccessTests(RelayTestMixin, SynchronousTestCase):
         relay.udpAllow = AddressFilter([parseNetwork("127.0.0.0/8")])
         link = FakeLink()
         relay.linkMade(link)
-        relay.datagramReceived(b"ok", APP)
-        relay.datagramReceived(b"intruder", ("192.0.2.66", 5000))
+        relay.datagramsReceived([(b"ok", APP)])
+        relay.datagramsReceived([(b"intruder", ("192.0.2.66", 5000))])
         self.assertEqual(link.frames, [b"ok"])
         self.assertEqual(relay.learned, APP)
         self.assertEqual(relay.stats.drops["udp-not-allowed"], 1)
-        relay.frameReceived(link, b"reply")
+        relay.framesReceived(link, [b"reply"])
         self.assertEqual(self.udp.written, [(b"reply", APP)])
 
 
@@ -396,7 +438,7 @@ class TimerTests(SynchronousTestCase):
         relay.linkMade(link)
         for _ in range(9):
             self.clock.advance(1)
-            relay.datagramReceived(b"keep busy", APP)
+            relay.datagramsReceived([(b"keep busy", APP)])
         self.clock.pump([1] * 9)
         self.assertFalse(link.closed)
         self.clock.pump([1] * 2)
@@ -406,10 +448,10 @@ class TimerTests(SynchronousTestCase):
         relay = self.start(idleTimeout=10)
         link = FakeLink()
         relay.linkMade(link)
-        relay.datagramReceived(b"learn", APP)
+        relay.datagramsReceived([(b"learn", APP)])
         for _ in range(30):
             self.clock.advance(1)
-            relay.frameReceived(link, b"from the tunnel")
+            relay.framesReceived(link, [b"from the tunnel"])
         self.assertFalse(link.closed)
 
     def test_noIdleTimeoutByDefault(self) -> None:
@@ -426,12 +468,12 @@ class TimerTests(SynchronousTestCase):
         def statsLines() -> int:
             return sum(1 for e in events if "{summary}; link" in e.get("log_format", ""))
 
-        relay.datagramReceived(b"x", APP)
+        relay.datagramsReceived([(b"x", APP)])
         self.clock.advance(60)
         self.assertEqual(statsLines(), 1)
         self.clock.advance(60)
         self.clock.advance(60)
         self.assertEqual(statsLines(), 1)
-        relay.datagramReceived(b"x", APP)
+        relay.datagramsReceived([(b"x", APP)])
         self.clock.advance(60)
         self.assertEqual(statsLines(), 2)

@@ -1,7 +1,7 @@
 """
-The two narrow interfaces that join the thin protocols to the relay.
+The narrow interfaces that join the thin protocols to the relay.
 
-Protocols call L{IRelay}; the relay calls L{ILink}.  Keeping both small is
+Protocols call L{IRelay}; the relay calls L{ILink} and L{IDatagramSocket}.  Keeping both small is
 what lets each side be tested with a fake of the other.
 """
 
@@ -15,7 +15,7 @@ class IRelay(Interface):
 
     def udpStarted(transport):
         """
-        The UDP socket is bound; C{transport} is its L{IUDPTransport}.
+        The UDP socket is bound; C{transport} is its L{IDatagramSocket}.
         """
 
     def udpStopped():
@@ -23,9 +23,10 @@ class IRelay(Interface):
         The UDP socket is closed.
         """
 
-    def datagramReceived(data, addr):
+    def datagramsReceived(datagrams):
         """
-        A datagram C{data} came in on the UDP socket from C{addr}.
+        Datagrams came in on the UDP socket: a list of C{(data, addr)}, all
+        that one read of the socket found.
         """
 
     def linkConnected(link):
@@ -40,9 +41,10 @@ class IRelay(Interface):
         the link.
         """
 
-    def frameReceived(link, data):
+    def framesReceived(link, frames):
         """
-        A complete frame C{data} arrived on C{link}.
+        Complete frames arrived on C{link}: a list of C{bytes}, all that one
+        read of the connection completed.
         """
 
     def linkLost(link, reason):
@@ -63,9 +65,10 @@ class ILink(Interface):
         "handshake, if any)."
     )
 
-    def sendFrame(data):
+    def sendFrames(datagrams):
         """
-        Send C{data} (0..65535 bytes) as one frame.
+        Send each of C{datagrams} (0..65535 bytes) as a frame, all in one
+        write.
         """
 
     def close():
@@ -82,4 +85,31 @@ class ILink(Interface):
         """
         Register C{producer} (an L{IPushProducer}) on the connection so a
         full send buffer pauses it and a drained one resumes it.
+        """
+
+
+class IDatagramSocket(Interface):
+    """
+    What the relay needs of the UDP socket.
+    """
+
+    def sendTo(data, addr):
+        """
+        Send one datagram to C{addr}, an C{(IP literal, port)} pair, at once;
+        raise L{OSError} (C{EMSGSIZE}, C{EAGAIN}, ...) if the kernel refuses.
+        """
+
+    def stopReading():
+        """
+        Stop reading datagrams (flow control).
+        """
+
+    def startReading():
+        """
+        Read datagrams again.
+        """
+
+    def getHost():
+        """
+        The bound address.
         """

@@ -15,8 +15,8 @@ from typing import Any
 
 from twisted.application.service import MultiService
 from twisted.internet.defer import Deferred, DeferredList, succeed
-from twisted.internet.error import CannotListenError, MessageLengthError
-from twisted.internet.interfaces import IPushProducer, IReactorTime, IUDPTransport
+from twisted.internet.error import CannotListenError
+from twisted.internet.interfaces import IPushProducer, IReactorTime
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -24,7 +24,7 @@ from zope.interface import implementer
 
 from . import StartupError
 from .access import AddressFilter
-from .interfaces import ILink, IRelay
+from .interfaces import IDatagramSocket, ILink, IRelay
 from .stats import RateLimitedLog, TunnelStats
 
 
@@ -92,7 +92,7 @@ class Relay(MultiService):
         self.peer = peer
         self.learned: tuple[str, int] | None = None
         self.link: ILink | None = None
-        self.udp: IUDPTransport | None = None
+        self.udp: IDatagramSocket | None = None
         self.stats = TunnelStats()
         self.allow = allow
         self.udpAllow = udpAllow
@@ -168,7 +168,7 @@ class Relay(MultiService):
 
     # The UDP side
 
-    def udpStarted(self, transport: IUDPTransport) -> None:
+    def udpStarted(self, transport: IDatagramSocket) -> None:
         self.udp = transport
         self.log.info(
             "UDP bound on {host}:{port}, {mode}",
@@ -180,25 +180,31 @@ class Relay(MultiService):
     def udpStopped(self) -> None:
         self.udp = None
 
-    def datagramReceived(self, data: bytes, addr: tuple[str, int]) -> None:
-        if self.peer is not None:
-            if addr != self.peer:
-                self._drop("foreign-source", "datagram from {source}", source=_show(addr))
-                return
-        elif addr != self.learned:
-            # Checked only when the source changes: the learned address was
-            # allowed already, so steady traffic pays nothing for --udp-allow.
-            if self.udpAllow is not None and not self.udpAllow.allows(addr[0]):
-                self._drop("udp-not-allowed", "datagram from {source}", source=_show(addr))
-                return
-            self._learn(addr)
+    def datagramsReceived(self, datagrams: list[tuple[bytes, tuple[str, int]]]) -> None:
+        peer = self.peer
+        carried = []
+        for data, addr in datagrams:
+            if peer is not None:
+                if addr != peer:
+                    self._drop("foreign-source", "datagram from {source}", source=_show(addr))
+                    continue
+            elif addr != self.learned:
+                # Checked only when the source changes: the learned address
+                # was allowed already, so steady traffic pays nothing here.
+                if self.udpAllow is not None and not self.udpAllow.allows(addr[0]):
+                    self._drop("udp-not-allowed", "datagram from {source}", source=_show(addr))
+                    continue
+                self._learn(addr)
+            carried.append(data)
+        if not carried:
+            return
         link = self.link
         if link is None:
-            self._drop("no-link", "no TCP link")
+            self._drop("no-link", "no TCP link", count=len(carried))
             return
-        link.sendFrame(data)
-        self.stats.toTunnelDatagrams += 1
-        self.stats.toTunnelBytes += len(data)
+        link.sendFrames(carried)
+        self.stats.toTunnelDatagrams += len(carried)
+        self.stats.toTunnelBytes += sum(map(len, carried))
 
     def _learn(self, addr: tuple[str, int]) -> None:
         if self.learned is None:
@@ -243,33 +249,43 @@ class Relay(MultiService):
         self.log.info("link up: {peer}", peer=link.peer)
         link.attachProducer(_UDPReadingProducer(self, link))
 
-    def frameReceived(self, link: ILink, data: bytes) -> None:
+    def framesReceived(self, link: ILink, frames: list[bytes]) -> None:
         if link is not self.link:
-            self._drop("replaced-link", "frame from a replaced link")
+            self._drop("replaced-link", "frame from a replaced link", count=len(frames))
             return
         destination = self.peer or self.learned
         if destination is None:
-            self._drop("no-address", "no phantom peer learned yet")
+            self._drop("no-address", "no phantom peer learned yet", count=len(frames))
             return
         udp = self.udp
         if udp is None:
-            self._drop("no-socket", "UDP socket closed")
+            self._drop("no-socket", "UDP socket closed", count=len(frames))
             return
-        try:
-            udp.write(data, destination)
-        except MessageLengthError:
-            self._drop(
-                "oversize",
-                "{size}-byte datagram too big for {peer}",
-                size=len(data),
-                peer=_show(destination),
-            )
-        except OSError as e:
-            reason = errno.errorcode.get(e.errno or 0, "send-error")
-            self._drop(reason, "sending to {peer}: {error}", peer=_show(destination), error=e)
+        sendTo = udp.sendTo
+        sent = size = 0
+        for data in frames:
+            try:
+                sendTo(data, destination)
+            except OSError as e:
+                self._sendFailed(e, len(data), destination)
+            else:
+                sent += 1
+                size += len(data)
+        self.stats.fromTunnelDatagrams += sent
+        self.stats.fromTunnelBytes += size
+
+    def _sendFailed(self, error: OSError, size: int, destination: tuple[str, int]) -> None:
+        """
+        The UDP side never blocks: a datagram the kernel refuses is dropped
+        and counted by reason.
+        """
+        if error.errno == errno.EMSGSIZE:
+            self._drop("oversize", "{size}-byte datagram too big for {peer}",
+                       size=size, peer=_show(destination))
         else:
-            self.stats.fromTunnelDatagrams += 1
-            self.stats.fromTunnelBytes += len(data)
+            reason = errno.errorcode.get(error.errno or 0, "send-error")
+            self._drop(reason, "sending to {peer}: {error}",
+                       peer=_show(destination), error=error)
 
     def linkLost(self, link: ILink, reason: Failure) -> None:
         lifetime = None
@@ -297,17 +313,17 @@ class Relay(MultiService):
     def pauseReading(self, link: ILink) -> None:
         if link is self.link and self.udp is not None and not self._paused:
             self._paused = True
-            self.udp.stopReading()  # type: ignore[attr-defined]
+            self.udp.stopReading()
 
     def resumeReading(self) -> None:
         if self._paused and self.udp is not None:
             self._paused = False
-            self.udp.startReading()  # type: ignore[attr-defined]
+            self.udp.startReading()
 
     # Helpers
 
-    def _drop(self, reason: str, format: str, **fields: Any) -> None:
-        self.stats.drops[reason] += 1
+    def _drop(self, reason: str, format: str, count: int = 1, **fields: Any) -> None:
+        self.stats.drops[reason] += count
         self._warn.warn(reason, "dropped datagram (" + reason + "): " + format, **fields)
 
 
