@@ -1,0 +1,687 @@
+/*
+ * udpload: the UDP load generator, sink and echo server of benchmarks/run.py.
+ *
+ * One process holds both application sockets, so one clock times the whole
+ * path: the "app" socket sends to --target (the tunnel's entry, or the sink
+ * itself for direct UDP) and the "sink" socket, bound to --sink, counts what
+ * arrives (blast) or sends each datagram back to its source (window, ping,
+ * probe).  Every loop is bounded by a count and by a duration.  The result
+ * is one JSON object on stdout.  Linux only (sendmmsg, recvmmsg).
+ *
+ *   udpload blast  --target H:P --sink H:P --size N [--count N] [--duration S]
+ *   udpload window --target H:P --sink H:P --size N [--window W] [--count N] [--duration S]
+ *   udpload ping   --target H:P --sink H:P --size N [--count N] [--warmup N] [--duration S]
+ *   udpload probe  --target H:P --sink H:P [--duration S]
+ *
+ * Each datagram starts with a 16-byte header: a run id (so datagrams of an
+ * earlier run, still in flight, are not counted), a sequence number and the
+ * send time.  Hence --size is at least 16.
+ *
+ * Build: cc -O2 -o udpload udpload.c -lpthread
+ */
+#define _GNU_SOURCE
+#include <arpa/inet.h>
+#include <errno.h>
+#include <netinet/in.h>
+#include <poll.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/resource.h>
+#include <sys/socket.h>
+#include <time.h>
+#include <unistd.h>
+
+#define HEADER 16
+#define MAX_SIZE 65507
+#define BATCH 32
+#define MAX_COUNT 100000000L
+
+struct options {
+    const char *mode;
+    struct sockaddr_storage target, sink;
+    socklen_t targetLen, sinkLen;
+    int size;
+    long count;
+    long warmup;
+    int window;
+    double duration;
+    int timeoutMs;
+    int drainMs;
+};
+
+static uint32_t runId;
+
+static void die(const char *what)
+{
+    fprintf(stderr, "udpload: %s: %s\n", what, strerror(errno));
+    exit(2);
+}
+
+static void usage(const char *why)
+{
+    fprintf(stderr,
+            "udpload: %s\n"
+            "usage: udpload blast|window|ping|probe --target HOST:PORT --sink HOST:PORT\n"
+            "         [--size N] [--count N] [--duration S] [--window W] [--warmup N]\n"
+            "         [--timeout-ms MS] [--drain-ms MS]\n",
+            why);
+    exit(2);
+}
+
+static uint64_t nowNs(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
+}
+
+static double cpuSeconds(void)
+{
+    struct rusage ru;
+    getrusage(RUSAGE_SELF, &ru);
+    return ru.ru_utime.tv_sec + ru.ru_stime.tv_sec +
+           (ru.ru_utime.tv_usec + ru.ru_stime.tv_usec) / 1e6;
+}
+
+/* "1.2.3.4:5" or "[::1]:5" */
+static socklen_t parseAddress(const char *text, struct sockaddr_storage *out)
+{
+    char host[64];
+    const char *colon = strrchr(text, ':');
+    if (colon == NULL || colon == text || strlen(text) >= sizeof host)
+        usage("addresses are HOST:PORT");
+    long port = strtol(colon + 1, NULL, 10);
+    if (port <= 0 || port > 65535)
+        usage("bad port");
+    size_t n = (size_t)(colon - text);
+    memcpy(host, text, n);
+    host[n] = 0;
+    memset(out, 0, sizeof *out);
+    if (host[0] == '[' && n > 2 && host[n - 1] == ']') {
+        struct sockaddr_in6 *a = (struct sockaddr_in6 *)out;
+        host[n - 1] = 0;
+        a->sin6_family = AF_INET6;
+        a->sin6_port = htons((uint16_t)port);
+        if (inet_pton(AF_INET6, host + 1, &a->sin6_addr) != 1)
+            usage("bad IPv6 address");
+        return sizeof *a;
+    }
+    struct sockaddr_in *a = (struct sockaddr_in *)out;
+    a->sin_family = AF_INET;
+    a->sin_port = htons((uint16_t)port);
+    if (inet_pton(AF_INET, host, &a->sin_addr) != 1)
+        usage("bad IPv4 address");
+    return sizeof *a;
+}
+
+static int openSocket(int family)
+{
+    int fd = socket(family, SOCK_DGRAM, 0);
+    if (fd < 0)
+        die("socket");
+    /* The same (large) buffers for direct UDP and for the tunnel: the
+     * application's sockets must not be where datagrams are lost. */
+    int size = 4 << 20;
+    setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &size, sizeof size);
+    setsockopt(fd, SOL_SOCKET, SO_SNDBUF, &size, sizeof size);
+    return fd;
+}
+
+/* The app socket: an ephemeral port, connected to the target. */
+static int appSocket(const struct options *o)
+{
+    int fd = openSocket(o->target.ss_family);
+    if (connect(fd, (const struct sockaddr *)&o->target, o->targetLen) < 0)
+        die("connect to --target");
+    return fd;
+}
+
+static int sinkSocket(const struct options *o)
+{
+    int fd = openSocket(o->sink.ss_family);
+    int one = 1;
+    setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+    if (bind(fd, (const struct sockaddr *)&o->sink, o->sinkLen) < 0)
+        die("bind --sink");
+    return fd;
+}
+
+static void stamp(unsigned char *buf, uint32_t seq, uint64_t t)
+{
+    memcpy(buf, &runId, 4);
+    memcpy(buf + 4, &seq, 4);
+    memcpy(buf + 8, &t, 8);
+}
+
+/* The sequence number of one of our datagrams, or -1 for a stranger. */
+static long ours(const unsigned char *buf, unsigned int len, int size, long *badLen)
+{
+    uint32_t id, seq;
+    if (len < HEADER)
+        return -1;
+    memcpy(&id, buf, 4);
+    if (id != runId)
+        return -1;
+    if ((int)len != size)
+        ++*badLen;
+    memcpy(&seq, buf + 4, 4);
+    return seq;
+}
+
+static uint64_t sentAt(const unsigned char *buf)
+{
+    uint64_t t;
+    memcpy(&t, buf + 8, 8);
+    return t;
+}
+
+/* One bit per sequence number: which datagrams came (back) already. */
+struct seen {
+    unsigned char *bits;
+    long n;
+};
+
+static void seenInit(struct seen *s, long n)
+{
+    s->n = n;
+    s->bits = calloc((size_t)n / 8 + 1, 1);
+    if (s->bits == NULL)
+        die("calloc");
+}
+
+/* 1 if seq is new, 0 if a duplicate, -1 if out of range. */
+static int seenMark(struct seen *s, long seq)
+{
+    if (seq < 0 || seq >= s->n)
+        return -1;
+    unsigned char bit = (unsigned char)(1u << (seq & 7));
+    if (s->bits[seq >> 3] & bit)
+        return 0;
+    s->bits[seq >> 3] |= bit;
+    return 1;
+}
+
+/* Batches for recvmmsg / sendmmsg. */
+struct batch {
+    struct mmsghdr msgs[BATCH];
+    struct iovec iovs[BATCH];
+    struct sockaddr_storage names[BATCH];
+    unsigned char *bufs[BATCH];
+};
+
+static void batchInit(struct batch *b, size_t bufSize)
+{
+    memset(b, 0, sizeof *b);
+    for (int i = 0; i < BATCH; i++) {
+        b->bufs[i] = calloc(bufSize, 1);
+        if (b->bufs[i] == NULL)
+            die("calloc");
+        memset(b->bufs[i], 'u', bufSize);
+        b->iovs[i].iov_base = b->bufs[i];
+        b->iovs[i].iov_len = bufSize;
+        b->msgs[i].msg_hdr.msg_iov = &b->iovs[i];
+        b->msgs[i].msg_hdr.msg_iovlen = 1;
+    }
+}
+
+static void batchForReceiving(struct batch *b, int withNames)
+{
+    for (int i = 0; i < BATCH; i++) {
+        b->iovs[i].iov_len = MAX_SIZE + 1;
+        b->msgs[i].msg_hdr.msg_name = withNames ? &b->names[i] : NULL;
+        b->msgs[i].msg_hdr.msg_namelen = withNames ? sizeof b->names[i] : 0;
+    }
+}
+
+/* Wait up to ms for fd to be readable: 1 if it is, 0 if not. */
+static int waitReadable(int fd, int ms)
+{
+    struct pollfd p = {.fd = fd, .events = POLLIN};
+    int r = poll(&p, 1, ms);
+    if (r < 0 && errno != EINTR)
+        die("poll");
+    return r > 0;
+}
+
+/* Send n prepared datagrams of a batch; returns how many went. */
+static int sendBatch(int fd, struct batch *b, int n, long *errors)
+{
+    int done = 0;
+    while (done < n) {
+        int r = sendmmsg(fd, b->msgs + done, (unsigned int)(n - done), 0);
+        if (r < 0) {
+            if (errno == EINTR)
+                continue;
+            /* ECONNREFUSED (nobody listening yet), ENOBUFS...: skip one. */
+            ++*errors;
+            done++;
+            continue;
+        }
+        done += r;
+    }
+    return done;
+}
+
+/* ---- echo: the sink socket sends every datagram back to its source ---- */
+
+struct echo {
+    int fd;
+    atomic_int stop;
+    long echoed;
+    long sendErrors;
+};
+
+static void *echoMain(void *arg)
+{
+    struct echo *e = arg;
+    struct batch *b = malloc(sizeof *b);
+    if (b == NULL)
+        die("malloc");
+    batchInit(b, MAX_SIZE + 1);
+    while (!atomic_load(&e->stop)) {
+        if (!waitReadable(e->fd, 20))
+            continue;
+        batchForReceiving(b, 1);
+        int n = recvmmsg(e->fd, b->msgs, BATCH, MSG_DONTWAIT, NULL);
+        if (n <= 0)
+            continue;
+        for (int i = 0; i < n; i++)
+            b->iovs[i].iov_len = b->msgs[i].msg_len;
+        e->echoed += sendBatch(e->fd, b, n, &e->sendErrors);
+    }
+    return NULL;
+}
+
+static void echoStart(struct echo *e, pthread_t *thread, int fd)
+{
+    memset(e, 0, sizeof *e);
+    e->fd = fd;
+    if (pthread_create(thread, NULL, echoMain, e) != 0)
+        die("pthread_create");
+}
+
+static void echoStop(struct echo *e, pthread_t thread)
+{
+    atomic_store(&e->stop, 1);
+    pthread_join(thread, NULL);
+}
+
+/* ---- blast: send as fast as possible, count what reaches the sink ---- */
+
+struct sender {
+    const struct options *o;
+    int fd;
+    long sent;
+    long sendErrors;
+    uint64_t start, end;
+    atomic_int done;
+};
+
+static void *senderMain(void *arg)
+{
+    struct sender *s = arg;
+    const struct options *o = s->o;
+    struct batch *b = malloc(sizeof *b);
+    if (b == NULL)
+        die("malloc");
+    batchInit(b, (size_t)o->size);
+    for (int i = 0; i < BATCH; i++)
+        b->iovs[i].iov_len = (size_t)o->size;
+    uint64_t deadline = nowNs() + (uint64_t)(o->duration * 1e9);
+    s->start = nowNs();
+    while (s->sent < o->count) {
+        uint64_t t = nowNs();
+        if (t >= deadline)
+            break;
+        int n = BATCH;
+        if (o->count - s->sent < n)
+            n = (int)(o->count - s->sent);
+        for (int i = 0; i < n; i++)
+            stamp(b->bufs[i], (uint32_t)(s->sent + i), t);
+        s->sent += sendBatch(s->fd, b, n, &s->sendErrors);
+    }
+    s->end = nowNs();
+    atomic_store(&s->done, 1);
+    return NULL;
+}
+
+static int blast(const struct options *o)
+{
+    int sink = sinkSocket(o), app = appSocket(o);
+    struct seen seen;
+    seenInit(&seen, o->count);
+    struct batch *b = malloc(sizeof *b);
+    if (b == NULL)
+        die("malloc");
+    batchInit(b, MAX_SIZE + 1);
+    struct sender s = {.o = o, .fd = app};
+    pthread_t thread;
+    double cpu0 = cpuSeconds();
+    if (pthread_create(&thread, NULL, senderMain, &s) != 0)
+        die("pthread_create");
+    long received = 0, dup = 0, reordered = 0, badLen = 0, foreign = 0, maxSeq = -1;
+    uint64_t first = 0, last = 0;
+    /* Hard limit: the duration, then at most 10 s of draining. */
+    uint64_t hardEnd = nowNs() + (uint64_t)(o->duration * 1e9) + 10000000000u;
+    for (;;) {
+        uint64_t t = nowNs();
+        if (t >= hardEnd)
+            break;
+        if (atomic_load(&s.done)) {
+            /* Sending is over: stop once nothing came for --drain-ms. */
+            uint64_t quietSince = last > s.end ? last : s.end;
+            if (t > quietSince && t - quietSince >= (uint64_t)o->drainMs * 1000000u)
+                break;
+        }
+        if (!waitReadable(sink, 10))
+            continue;
+        batchForReceiving(b, 0);
+        int n = recvmmsg(sink, b->msgs, BATCH, MSG_DONTWAIT, NULL);
+        if (n <= 0)
+            continue;
+        t = nowNs();
+        for (int i = 0; i < n; i++) {
+            long seq = ours(b->bufs[i], b->msgs[i].msg_len, o->size, &badLen);
+            int fresh = seenMark(&seen, seq);
+            if (seq < 0 || fresh < 0) {
+                foreign++;
+                continue;
+            }
+            if (fresh == 0) {
+                dup++;
+                continue;
+            }
+            if (seq < maxSeq)
+                reordered++;
+            else
+                maxSeq = seq;
+            if (received++ == 0)
+                first = t;
+            last = t;
+        }
+    }
+    pthread_join(thread, NULL);
+    double cpu = cpuSeconds() - cpu0;
+    double elapsed = received ? (last - s.start) / 1e9 : 0;
+    double pps = elapsed > 0 ? received / elapsed : 0;
+    double sendSeconds = (s.end - s.start) / 1e9;
+    printf("{\"mode\":\"blast\",\"size\":%d,\"sent\":%ld,\"send_errors\":%ld,"
+           "\"received\":%ld,\"loss_pct\":%.3f,\"dup\":%ld,\"reordered\":%ld,"
+           "\"badlen\":%ld,\"foreign\":%ld,\"send_s\":%.6f,\"send_pps\":%.1f,"
+           "\"first_arrival_s\":%.6f,\"elapsed_s\":%.6f,\"pps\":%.1f,\"MBps\":%.3f,"
+           "\"self_cpu_s\":%.3f}\n",
+           o->size, s.sent, s.sendErrors, received,
+           s.sent ? 100.0 * (s.sent - received) / s.sent : 0.0, dup, reordered, badLen,
+           foreign, sendSeconds, sendSeconds > 0 ? s.sent / sendSeconds : 0,
+           received ? (first - s.start) / 1e9 : 0, elapsed, pps, pps * o->size / 1e6, cpu);
+    return 0;
+}
+
+/* ---- window: W datagrams in flight, each reply sends the next ---- */
+
+static int window(const struct options *o)
+{
+    int sink = sinkSocket(o), app = appSocket(o);
+    struct echo e;
+    pthread_t echoThread;
+    echoStart(&e, &echoThread, sink);
+    struct seen seen;
+    seenInit(&seen, o->count + o->window);
+    struct batch *in = malloc(sizeof *in), *out = malloc(sizeof *out);
+    if (in == NULL || out == NULL)
+        die("malloc");
+    batchInit(in, MAX_SIZE + 1);
+    batchInit(out, (size_t)o->size);
+    for (int i = 0; i < BATCH; i++)
+        out->iovs[i].iov_len = (size_t)o->size;
+    double cpu0 = cpuSeconds();
+    long nextSeq = 0, completed = 0, lost = 0, stale = 0, badLen = 0, sendErrors = 0;
+    long inFlight = 0, timeouts = 0, lostBelow = 0;
+    uint64_t start = nowNs(), deadline = start + (uint64_t)(o->duration * 1e9);
+    uint64_t last = start, rttSum = 0;
+    int toSend = o->window;
+    for (;;) {
+        /* Send what the replies (or a timeout) made room for. */
+        while (toSend > 0 && nextSeq < o->count + o->window) {
+            int n = toSend < BATCH ? toSend : BATCH;
+            uint64_t t = nowNs();
+            for (int i = 0; i < n; i++)
+                stamp(out->bufs[i], (uint32_t)(nextSeq + i), t);
+            nextSeq += n;
+            inFlight += sendBatch(app, out, n, &sendErrors);
+            toSend -= n;
+        }
+        toSend = 0;
+        if (completed >= o->count)
+            break;
+        uint64_t t = nowNs();
+        if (t >= deadline)
+            break;
+        int waitMs = (int)((deadline - t) / 1000000u) + 1;
+        if (waitMs > o->timeoutMs)
+            waitMs = o->timeoutMs;
+        if (!waitReadable(app, waitMs)) {
+            if (nowNs() - last >= (uint64_t)o->timeoutMs * 1000000u) {
+                /* Nothing came back for a while: what is in flight is lost. */
+                timeouts++;
+                lost += inFlight;
+                inFlight = 0;
+                lostBelow = nextSeq; /* their late replies must not widen the window */
+                toSend = o->window;
+                last = nowNs();
+            }
+            continue;
+        }
+        batchForReceiving(in, 0);
+        int n = recvmmsg(app, in->msgs, BATCH, MSG_DONTWAIT, NULL);
+        if (n <= 0)
+            continue;
+        t = nowNs();
+        for (int i = 0; i < n; i++) {
+            long seq = ours(in->bufs[i], in->msgs[i].msg_len, o->size, &badLen);
+            if (seq < lostBelow || seq >= nextSeq || seenMark(&seen, seq) != 1) {
+                stale++;
+                continue;
+            }
+            rttSum += t - sentAt(in->bufs[i]);
+            completed++;
+            if (inFlight > 0)
+                inFlight--;
+            toSend++;
+            last = t;
+        }
+    }
+    uint64_t end = nowNs();
+    double cpu = cpuSeconds() - cpu0;
+    echoStop(&e, echoThread);
+    double elapsed = (end - start) / 1e9;
+    double rtps = elapsed > 0 ? completed / elapsed : 0;
+    printf("{\"mode\":\"window\",\"size\":%d,\"window\":%d,\"completed\":%ld,\"lost\":%ld,"
+           "\"timeouts\":%ld,\"stale\":%ld,\"badlen\":%ld,\"send_errors\":%ld,"
+           "\"echo_send_errors\":%ld,\"elapsed_s\":%.6f,\"rtps\":%.1f,\"MBps\":%.3f,"
+           "\"rtt_mean_us\":%.1f,\"self_cpu_s\":%.3f}\n",
+           o->size, o->window, completed, lost, timeouts, stale, badLen, sendErrors,
+           e.sendErrors, elapsed, rtps, rtps * o->size / 1e6,
+           completed ? rttSum / 1e3 / completed : 0.0, cpu);
+    return 0;
+}
+
+/* ---- ping: one datagram in flight; RTT percentiles ---- */
+
+static int compareU64(const void *a, const void *b)
+{
+    uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;
+    return (x > y) - (x < y);
+}
+
+static double percentile(const uint64_t *sorted, long n, double p)
+{
+    if (n == 0)
+        return 0;
+    long i = (long)(p / 100.0 * (n - 1) + 0.5);
+    return sorted[i] / 1e3;
+}
+
+/* Send one datagram with seq and wait for its echo; RTT in ns, or 0 if lost. */
+static uint64_t pingOnce(const struct options *o, int app, unsigned char *out,
+                         unsigned char *in, uint32_t seq, long *stale, long *badLen,
+                         long *sendErrors)
+{
+    uint64_t t0 = nowNs();
+    stamp(out, seq, t0);
+    if (send(app, out, (size_t)o->size, 0) < 0)
+        ++*sendErrors;
+    uint64_t giveUp = t0 + (uint64_t)o->timeoutMs * 1000000u;
+    for (;;) {
+        uint64_t t = nowNs();
+        if (t >= giveUp)
+            return 0;
+        if (!waitReadable(app, (int)((giveUp - t) / 1000000u) + 1))
+            continue;
+        ssize_t n = recv(app, in, MAX_SIZE + 1, MSG_DONTWAIT);
+        if (n < 0)
+            continue;
+        uint64_t arrived = nowNs();
+        long got = ours(in, (unsigned int)n, o->size, badLen);
+        if (got == (long)seq)
+            return arrived - t0 ? arrived - t0 : 1;
+        ++*stale;
+    }
+}
+
+static int ping(const struct options *o)
+{
+    int sink = sinkSocket(o), app = appSocket(o);
+    struct echo e;
+    pthread_t echoThread;
+    echoStart(&e, &echoThread, sink);
+    unsigned char *out = calloc(MAX_SIZE + 1, 1), *in = calloc(MAX_SIZE + 1, 1);
+    uint64_t *rtts = calloc((size_t)o->count + 1, sizeof *rtts);
+    if (out == NULL || in == NULL || rtts == NULL)
+        die("calloc");
+    memset(out, 'u', MAX_SIZE + 1);
+    double cpu0 = cpuSeconds();
+    long n = 0, lost = 0, stale = 0, badLen = 0, sendErrors = 0;
+    uint64_t start = nowNs(), deadline = start + (uint64_t)(o->duration * 1e9);
+    for (long i = 0; i < o->warmup + o->count && nowNs() < deadline; i++) {
+        uint64_t rtt = pingOnce(o, app, out, in, (uint32_t)i, &stale, &badLen, &sendErrors);
+        if (i < o->warmup)
+            continue;
+        if (rtt == 0)
+            lost++;
+        else
+            rtts[n++] = rtt;
+    }
+    double elapsed = (nowNs() - start) / 1e9;
+    double cpu = cpuSeconds() - cpu0;
+    echoStop(&e, echoThread);
+    qsort(rtts, (size_t)n, sizeof *rtts, compareU64);
+    uint64_t sum = 0;
+    for (long i = 0; i < n; i++)
+        sum += rtts[i];
+    printf("{\"mode\":\"ping\",\"size\":%d,\"replies\":%ld,\"lost\":%ld,\"stale\":%ld,"
+           "\"badlen\":%ld,\"send_errors\":%ld,\"elapsed_s\":%.6f,\"rtt_min_us\":%.1f,"
+           "\"rtt_mean_us\":%.1f,\"rtt_p50_us\":%.1f,\"rtt_p90_us\":%.1f,"
+           "\"rtt_p99_us\":%.1f,\"rtt_max_us\":%.1f,\"self_cpu_s\":%.3f}\n",
+           o->size, n, lost, stale, badLen, sendErrors, elapsed, percentile(rtts, n, 0),
+           n ? sum / 1e3 / n : 0.0, percentile(rtts, n, 50), percentile(rtts, n, 90),
+           percentile(rtts, n, 99), percentile(rtts, n, 100), cpu);
+    return 0;
+}
+
+/* ---- probe: is the path up?  One datagram every 50 ms until one returns ---- */
+
+static int probe(const struct options *o)
+{
+    struct options p = *o;
+    p.timeoutMs = 50;
+    p.size = HEADER;
+    int sink = sinkSocket(&p), app = appSocket(&p);
+    struct echo e;
+    pthread_t echoThread;
+    echoStart(&e, &echoThread, sink);
+    unsigned char out[HEADER], *in = calloc(MAX_SIZE + 1, 1);
+    if (in == NULL)
+        die("calloc");
+    long tries = 0, stale = 0, badLen = 0, sendErrors = 0;
+    uint64_t start = nowNs(), deadline = start + (uint64_t)(o->duration * 1e9);
+    int ok = 0;
+    while (!ok && nowNs() < deadline && tries < 100000) {
+        ok = pingOnce(&p, app, out, in, (uint32_t)tries, &stale, &badLen, &sendErrors) != 0;
+        tries++;
+    }
+    echoStop(&e, echoThread);
+    printf("{\"mode\":\"probe\",\"ok\":%s,\"tries\":%ld,\"elapsed_s\":%.3f}\n",
+           ok ? "true" : "false", tries, (nowNs() - start) / 1e9);
+    return ok ? 0 : 1;
+}
+
+int main(int argc, char **argv)
+{
+    struct options o = {
+        .size = 64, .count = 2000000, .warmup = 100, .window = 32,
+        .duration = 1.0, .timeoutMs = 200, .drainMs = 300,
+    };
+    int haveTarget = 0, haveSink = 0;
+    if (argc < 2)
+        usage("no mode");
+    o.mode = argv[1];
+    for (int i = 2; i < argc; i++) {
+        const char *name = argv[i], *value = i + 1 < argc ? argv[i + 1] : NULL;
+        if (value == NULL)
+            usage("an option lacks its value");
+        i++;
+        if (!strcmp(name, "--target")) {
+            o.targetLen = parseAddress(value, &o.target);
+            haveTarget = 1;
+        } else if (!strcmp(name, "--sink")) {
+            o.sinkLen = parseAddress(value, &o.sink);
+            haveSink = 1;
+        } else if (!strcmp(name, "--size"))
+            o.size = atoi(value);
+        else if (!strcmp(name, "--count"))
+            o.count = atol(value);
+        else if (!strcmp(name, "--warmup"))
+            o.warmup = atol(value);
+        else if (!strcmp(name, "--window"))
+            o.window = atoi(value);
+        else if (!strcmp(name, "--duration"))
+            o.duration = atof(value);
+        else if (!strcmp(name, "--timeout-ms"))
+            o.timeoutMs = atoi(value);
+        else if (!strcmp(name, "--drain-ms"))
+            o.drainMs = atoi(value);
+        else
+            usage("unknown option");
+    }
+    if (!haveTarget || !haveSink)
+        usage("--target and --sink are required");
+    if (o.size < HEADER || o.size > MAX_SIZE)
+        usage("--size must be 16..65507");
+    if (o.count < 1 || o.count > MAX_COUNT)
+        usage("--count must be 1..100000000");
+    if (o.warmup < 0 || o.warmup > MAX_COUNT)
+        usage("--warmup must be 0..100000000");
+    if (o.window < 1 || o.window > 4096)
+        usage("--window must be 1..4096");
+    if (!(o.duration > 0 && o.duration <= 600))
+        usage("--duration must be in (0, 600] seconds");
+    if (o.timeoutMs < 1 || o.timeoutMs > 10000 || o.drainMs < 1 || o.drainMs > 10000)
+        usage("--timeout-ms and --drain-ms must be 1..10000");
+    runId = (uint32_t)(nowNs() ^ ((uint64_t)getpid() << 16)) | 1u;
+    setvbuf(stdout, NULL, _IOLBF, 0);
+    if (!strcmp(o.mode, "blast"))
+        return blast(&o);
+    if (!strcmp(o.mode, "window"))
+        return window(&o);
+    if (!strcmp(o.mode, "ping"))
+        return ping(&o);
+    if (!strcmp(o.mode, "probe"))
+        return probe(&o);
+    usage("mode is blast, window, ping or probe");
+    return 2;
+}
