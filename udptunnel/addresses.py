@@ -96,11 +96,14 @@ def resolve(
     return infoFamily, str(sockaddr[0])
 
 
-def familyOf(literal: str) -> int:
+def showAddress(addr: tuple[str, int] | None) -> str:
     """
-    The address family of an IP literal.
+    C{host:port} for logs, an IPv6 host in brackets, C{nobody} for C{None}.
     """
-    return socket.AF_INET6 if ":" in literal else socket.AF_INET
+    if addr is None:
+        return "nobody"
+    host, port = addr[:2]
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 class UDPPlan(NamedTuple):

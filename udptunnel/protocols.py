@@ -21,6 +21,7 @@ from twisted.protocols.basic import Int16StringReceiver
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from .addresses import showAddress
 from .interfaces import ILink, IRelay
 from .sockopts import SocketSettings, tuneTCP, tuneUDP
 
@@ -82,7 +83,7 @@ class TunnelStreamProtocol(Int16StringReceiver):
         address = self.transport.getPeer()
         if isinstance(address, (IPv4Address, IPv6Address)):
             self.peerHost = address.host
-            self.peer = _show(address.host, address.port)
+            self.peer = showAddress((address.host, address.port))
         else:
             self.peer = str(getattr(address, "name", None) or address)
         sock = _socketOf(self.transport)
@@ -202,10 +203,6 @@ class TunnelFactory(Factory[TunnelStreamProtocol]):
         self.relay = relay
         self.settings = settings or SocketSettings()
         self.tls = tls
-
-
-def _show(host: str, port: int) -> str:
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 def _socketOf(transport: Any) -> socket.socket | None:

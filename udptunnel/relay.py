@@ -24,6 +24,7 @@ from zope.interface import implementer
 
 from . import StartupError
 from .access import AddressFilter
+from .addresses import showAddress
 from .interfaces import IDatagramSocket, ILink, IRelay
 from .stats import RateLimitedLog, TunnelStats
 
@@ -164,7 +165,7 @@ class Relay(MultiService):
             self._lastSummary = summary
             self.log.info("{summary}; link {link}, peer {peer}", summary=summary,
                           link=self.link.peer if self.link else "down",
-                          peer=_show(self.peer or self.learned))
+                          peer=showAddress(self.peer or self.learned))
 
     # The UDP side
 
@@ -174,7 +175,7 @@ class Relay(MultiService):
             "UDP bound on {host}:{port}, {mode}",
             host=transport.getHost().host,
             port=transport.getHost().port,
-            mode=f"peer {_show(self.peer)}" if self.peer else "phantom mode",
+            mode=f"peer {showAddress(self.peer)}" if self.peer else "phantom mode",
         )
 
     def udpStopped(self) -> None:
@@ -186,13 +187,13 @@ class Relay(MultiService):
         for data, addr in datagrams:
             if peer is not None:
                 if addr != peer:
-                    self._drop("foreign-source", "datagram from {source}", source=_show(addr))
+                    self._drop("foreign-source", "datagram from {source}", source=showAddress(addr))
                     continue
             elif addr != self.learned:
                 # Checked only when the source changes: the learned address
                 # was allowed already, so steady traffic pays nothing here.
                 if self.udpAllow is not None and not self.udpAllow.allows(addr[0]):
-                    self._drop("udp-not-allowed", "datagram from {source}", source=_show(addr))
+                    self._drop("udp-not-allowed", "datagram from {source}", source=showAddress(addr))
                     continue
                 self._learn(addr)
             carried.append(data)
@@ -208,12 +209,12 @@ class Relay(MultiService):
 
     def _learn(self, addr: tuple[str, int]) -> None:
         if self.learned is None:
-            self.log.info("phantom peer learned: {peer}", peer=_show(addr))
+            self.log.info("phantom peer learned: {peer}", peer=showAddress(addr))
         else:
             self.log.info(
                 "phantom peer changed: {old} -> {peer}",
-                old=_show(self.learned),
-                peer=_show(addr),
+                old=showAddress(self.learned),
+                peer=showAddress(addr),
             )
         self.learned = addr
 
@@ -281,11 +282,11 @@ class Relay(MultiService):
         """
         if error.errno == errno.EMSGSIZE:
             self._drop("oversize", "{size}-byte datagram too big for {peer}",
-                       size=size, peer=_show(destination))
+                       size=size, peer=showAddress(destination))
         else:
             reason = errno.errorcode.get(error.errno or 0, "send-error")
             self._drop(reason, "sending to {peer}: {error}",
-                       peer=_show(destination), error=error)
+                       peer=showAddress(destination), error=error)
 
     def linkLost(self, link: ILink, reason: Failure) -> None:
         lifetime = None
@@ -352,13 +353,6 @@ class _IdleWatch:
                            peer=relay.link.peer, timeout=self._timeout)
             relay.link.close()
             self._since = now
-
-
-def _show(addr: tuple[str, int] | None) -> str:
-    if addr is None:
-        return "nobody"
-    host, port = addr
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 def _describeBindError(error: Exception) -> str:
