@@ -16,12 +16,9 @@ from twisted.web.client import Agent, readBody
 
 from .certs import Authority
 from .test_integration import (
-    Collector,
-    Echo,
     RawLink,
     TunnelTestCase,
     freePort,
-    udpPort,
     waitUntil,
 )
 
@@ -33,15 +30,7 @@ class AllowTests(TunnelTestCase):
         A connection from outside --allow is closed at once and counted; the
         client's link stays the link and keeps relaying.
         """
-        echo = Echo()
-        echoPort = self.listen(echo)
-        tcpPort = freePort()
-        server = self.startServer(tcpPort, "127.0.0.1:0", "--allow", "127.0.0.1/32")
-        self.startEnd("client", "--tcp", f"127.0.0.1:{tcpPort}", "--udp", "127.0.0.1:0",
-                      "--peer", f"127.0.0.1:{echoPort}")
-        app = Collector()
-        self.listen(app)
-        serverUDP = ("127.0.0.1", udpPort(server))
+        server, _, app, _, serverUDP, tcpPort = self.startTunnel(("--allow", "127.0.0.1/32"))
         yield app.probe(serverUDP)
         link = server.link
 
@@ -68,22 +57,11 @@ class TLSTestCase(TunnelTestCase):
         cert, key = authority.issue(name)
         return ["--tls-cert", cert, "--tls-key", key, "--tls-ca", trusted.path]
 
-    def startPair(self, clientAuthority: Authority, clientTrusts: Authority) -> Any:
-        self.echo = Echo()
-        echoPort = self.listen(self.echo)
-        self.tcpPort = freePort()
-        self.server = self.startServer(
-            self.tcpPort, "127.0.0.1:0",
-            *self.tlsOptions(self.authority, "server", self.authority),
+    def startPair(self, clientAuthority: Authority, clientTrusts: Authority) -> None:
+        self.server, self.client, self.app, _, self.serverUDP, self.tcpPort = self.startTunnel(
+            tuple(self.tlsOptions(self.authority, "server", self.authority)),
+            tuple(self.tlsOptions(clientAuthority, "client", clientTrusts)),
         )
-        self.client = self.startEnd(
-            "client", "--tcp", f"127.0.0.1:{self.tcpPort}", "--udp", "127.0.0.1:0",
-            "--peer", f"127.0.0.1:{echoPort}",
-            *self.tlsOptions(clientAuthority, "client", clientTrusts),
-        )
-        self.app = Collector()
-        self.listen(self.app)
-        self.serverUDP = ("127.0.0.1", udpPort(self.server))
 
 
 class MutualTLSTests(TLSTestCase):
@@ -131,17 +109,11 @@ class MetricsTests(TunnelTestCase):
         """
         The counters are served in Prometheus' text format.
         """
-        echo = Echo()
-        echoPort = self.listen(echo)
-        tcpPort, metricsPort = freePort(), freePort()
-        server = self.startServer(
-            tcpPort, "127.0.0.1:0", "--metrics", f"tcp:{metricsPort}:interface=127.0.0.1"
+        metricsPort = freePort()
+        server, _, app, _, serverUDP, _ = self.startTunnel(
+            ("--metrics", f"tcp:{metricsPort}:interface=127.0.0.1")
         )
-        self.startEnd("client", "--tcp", f"127.0.0.1:{tcpPort}", "--udp", "127.0.0.1:0",
-                      "--peer", f"127.0.0.1:{echoPort}")
-        app = Collector()
-        self.listen(app)
-        yield app.probe(("127.0.0.1", udpPort(server)))
+        yield app.probe(serverUDP)
 
         response = yield Agent(reactor).request(
             b"GET", f"http://127.0.0.1:{metricsPort}/metrics".encode()

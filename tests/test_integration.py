@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import socket
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NamedTuple
 
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred, inlineCallbacks
@@ -179,6 +179,19 @@ def udpPort(relay: Relay) -> int:
     return int(relay.udp.getHost().port)
 
 
+class Tunnel(NamedTuple):
+    """
+    What L{TunnelTestCase.startTunnel} started.
+    """
+
+    server: Relay
+    client: Relay
+    app: Collector
+    echo: Echo
+    serverUDP: tuple[str, int]
+    tcpPort: int
+
+
 class TunnelTestCase(TestCase):
     """
     Helpers to start ends and application sockets that are stopped and
@@ -212,6 +225,28 @@ class TunnelTestCase(TestCase):
         return self.startEnd(
             "server", "--tcp", f"tcp:{tcpPort}:interface=127.0.0.1", "--udp", udp, *more
         )
+
+    def startTunnel(
+        self, serverOptions: tuple[str, ...] = (), clientOptions: tuple[str, ...] = ()
+    ) -> Tunnel:
+        """
+        The seed arrangement on loopback: an echo as the client's --peer, a
+        server in phantom mode, and an application socket.
+        """
+        echo = Echo()
+        echoPort = self.listen(echo)
+        tcpPort = freePort()
+        server = self.startServer(tcpPort, "127.0.0.1:0", *serverOptions)
+        client = self.startEnd(
+            "client",
+            "--tcp", f"127.0.0.1:{tcpPort}",
+            "--udp", "127.0.0.1:0",
+            "--peer", f"127.0.0.1:{echoPort}",
+            *clientOptions,
+        )
+        app = Collector()
+        self.listen(app)
+        return Tunnel(server, client, app, echo, ("127.0.0.1", udpPort(server)), tcpPort)
 
     def listen(self, protocol: DatagramProtocol, interface: str = "127.0.0.1") -> int:
         """
@@ -323,19 +358,7 @@ class ForeignSourceTests(TunnelTestCase):
         drop and never reaches the other end: a datagram the peer sends
         afterwards is the first thing the application receives.
         """
-        echo = Echo()
-        echoPort = self.listen(echo)
-        tcpPort = freePort()
-        server = self.startServer(tcpPort)
-        client = self.startEnd(
-            "client",
-            "--tcp", f"127.0.0.1:{tcpPort}",
-            "--udp", "127.0.0.1:0",
-            "--peer", f"127.0.0.1:{echoPort}",
-        )
-        app = Collector()
-        self.listen(app)
-        serverUDP = ("127.0.0.1", udpPort(server))
+        _, client, app, echo, serverUDP, _ = self.startTunnel()
         clientUDP = ("127.0.0.1", udpPort(client))
         yield app.probe(serverUDP)
         carried = client.stats.toTunnelDatagrams
@@ -452,19 +475,7 @@ class NewestLinkTests(TunnelTestCase):
         server closes the old connection, and frames written on the new
         one come out of the server's UDP socket to the application.
         """
-        echo = Echo()
-        echoPort = self.listen(echo)
-        tcpPort = freePort()
-        server = self.startServer(tcpPort)
-        client = self.startEnd(
-            "client",
-            "--tcp", f"127.0.0.1:{tcpPort}",
-            "--udp", "127.0.0.1:0",
-            "--peer", f"127.0.0.1:{echoPort}",
-        )
-        app = Collector()
-        self.listen(app)
-        serverUDP = ("127.0.0.1", udpPort(server))
+        server, client, app, _, serverUDP, tcpPort = self.startTunnel()
         yield app.probe(serverUDP)
         serverSide, clientSide = server.link, client.link
         assert serverSide is not None and clientSide is not None
