@@ -626,14 +626,6 @@ class SignalTests(FaultTestCase):
         self.addCleanup(self.killDaemon, pid)
         return pid
 
-    def killDaemon(self, pid: int) -> None:
-        if isAlive(pid):
-            os.kill(pid, signal.SIGTERM)
-            try:
-                waitFor(lambda: not isAlive(pid), "the daemon to exit", 10)
-            except AssertionError:
-                os.kill(pid, signal.SIGKILL)
-
     def read(self, path: str) -> str:
         try:
             with open(path, errors="replace") as f:

@@ -130,6 +130,18 @@ class TwistdTestCase(SynchronousTestCase):
         #: The output file of each process spawned, by PID.
         self.outputs: dict[int, str] = {}
 
+    def killDaemon(self, pid: int) -> None:
+        """
+        Stop the daemon we started, by the PID its pidfile gave, if it is
+        still running.
+        """
+        if isAlive(pid):
+            os.kill(pid, signal.SIGTERM)
+            try:
+                waitFor(lambda: not isAlive(pid), "the daemon to exit", 10)
+            except AssertionError:
+                os.kill(pid, signal.SIGKILL)
+
     def path(self, name: str) -> str:
         """
         C{name} in this test's temporary directory.
@@ -387,18 +399,6 @@ class DaemonTests(TwistdTestCase):
         waitFor(lambda: not os.path.exists(pidfile), "the pidfile to go", 10)
         with open(logfile) as f:
             self.assertIn("tunnel stopped", f.read())
-
-    def killDaemon(self, pid: int) -> None:
-        """
-        Stop the daemon we started, by the PID its pidfile gave, if it is
-        still running.
-        """
-        if isAlive(pid):
-            os.kill(pid, signal.SIGTERM)
-            try:
-                waitFor(lambda: not isAlive(pid), "the daemon to exit", 10)
-            except AssertionError:
-                os.kill(pid, signal.SIGKILL)
 
     def test_busyPort(self) -> None:
         """
