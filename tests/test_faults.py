@@ -55,6 +55,8 @@ LOCAL = "127.0.0.1"
 MAX_UDP = 65507
 #: The bound the issue sets on a tunnel end's resident memory under flood.
 RSS_LIMIT_KIB = 64 * 1024
+#: How far above its size before a flood an end may stay once the flood is over.
+RSS_REGROWTH_KIB = 8 * 1024
 #: How long traffic may take to resume after an end was restarted.
 RESUME_BOUND = 5.0
 #: Tuned link liveness for the silent-link test: keepalive probes after 2 s
@@ -563,6 +565,10 @@ class MemoryTests(FaultTestCase):
         self.assertFalse(sender.is_alive(), "the flood did not end")
         samples.append(rssKiB(process.pid))
         self.assertLess(max(samples), RSS_LIMIT_KIB)
+        # And nothing of the flood stays behind: back to within a few MiB of
+        # where it started (what the stalled link holds is bounded).
+        waitFor(lambda: rssKiB(process.pid) < before + RSS_REGROWTH_KIB,
+                f"RSS back near {before} KiB (now {rssKiB(process.pid)} KiB)", 10)
         self.assertGreater(len(samples), 10)
         self.assertGreater(sender.sent, 10_000)  # type: ignore[attr-defined]
         self.assertSurvived(process)
