@@ -116,6 +116,8 @@ class TunnelStreamProtocol(Int16StringReceiver):
         trips/s, measured.  Every 16-bit length is a valid frame, so nothing
         here can fail: C{MAX_LENGTH} is never exceeded.
         """
+        if self.refused:
+            return  # closing: its bytes are nobody's frames
         if self._unprocessed:
             data = self._unprocessed + data
         frames = []
