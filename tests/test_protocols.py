@@ -173,7 +173,11 @@ class StreamProtocolTests(SynchronousTestCase):
         transport = StringTransport()
         protocol.makeConnection(transport)
         self.assertTrue(transport.disconnecting)
+        protocol.dataReceived(frame(b"before the close took effect"))
+        protocol.connectionLost(Failure(ConnectionDone()))
         self.assertEqual(self.relay.links, [])
+        self.assertEqual(self.relay.frames, [])
+        self.assertEqual(self.relay.lost, [])
 
     def test_tlsLinkOnlyAfterHandshake(self) -> None:
         """
