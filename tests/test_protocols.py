@@ -6,14 +6,19 @@ from __future__ import annotations
 
 import socket
 import struct
+from typing import Any
 
 from hypothesis import given
 from hypothesis import strategies as st
+from twisted.internet import reactor
 from twisted.internet.address import IPv4Address, IPv6Address
+from twisted.internet.defer import Deferred, inlineCallbacks
 from twisted.internet.error import ConnectionDone
+from twisted.internet.protocol import ClientCreator, Protocol
+from twisted.internet.task import deferLater
 from twisted.internet.testing import StringTransport
 from twisted.python.failure import Failure
-from twisted.trial.unittest import SynchronousTestCase
+from twisted.trial.unittest import SynchronousTestCase, TestCase
 from zope.interface import implementer
 
 from udptunnel.interfaces import ILink, IRelay
@@ -225,3 +230,69 @@ class DatagramProtocolTests(SynchronousTestCase):
         self.assertEqual(relay.datagrams, [(b"", ("127.0.0.1", 1)), (b"data", ("::1", 2))])
         protocol.doStop()
         self.assertIsNone(relay.udp)
+
+
+class Reader(Protocol):
+    """
+    The far end of a real TCP connection: reads only when told to.
+    """
+
+    def __init__(self) -> None:
+        self.received = bytearray()
+        self.lost: Deferred[None] = Deferred()
+
+    def connectionMade(self) -> None:
+        assert self.transport is not None
+        self.transport.pauseProducing()  # type: ignore[attr-defined]
+
+    def dataReceived(self, data: bytes) -> None:
+        self.received += data
+
+    def connectionLost(self, reason: object = None) -> None:
+        self.lost.callback(None)
+
+
+class WriteThroughTests(TestCase):
+    """
+    Frames go straight to the socket when nothing is queued, and through
+    Twisted's buffer when the kernel's is full: in order either way.
+    """
+
+    @inlineCallbacks
+    def test_orderKeptWhenTheSocketFills(self) -> Any:
+        relay = RecordingRelay()
+        # A small kernel send buffer, so that the socket fills.
+        factory = TunnelFactory(relay, SocketSettings(tcpSendBuffer=16384))
+        port = reactor.listenTCP(0, factory, interface="127.0.0.1")
+        self.addCleanup(port.stopListening)
+        reader = yield ClientCreator(reactor, Reader).connectTCP(
+            "127.0.0.1", port.getHost().port
+        )
+        self.addCleanup(lambda: reader.lost)
+        self.addCleanup(reader.transport.loseConnection)
+        while not relay.links:
+            yield deferLater(reactor, 0.01, lambda: None)
+        link = relay.links[0]
+        self.addCleanup(link.abort)
+
+        link.sendFrames([b"first"])
+        self.assertFalse(link.transport.dataBuffer or link.transport._tempDataBuffer)
+        datagrams = [bytes([i % 251]) * 1400 for i in range(2000)]
+        for i in range(0, len(datagrams), 8):
+            link.sendFrames(datagrams[i : i + 8])
+        queued = len(link.transport.dataBuffer) + link.transport._tempDataLen
+        self.assertGreater(queued, 0, "the kernel took 2.8 MB at once: nothing tested")
+
+        # While the queue drains, more frames come, a reactor turn apart:
+        # each must wait behind what is queued, not jump ahead of it.
+        reader.transport.resumeProducing()
+        later = [b"later %d" % i for i in range(300)]
+        for datagram in later:
+            link.sendFrames([datagram])
+            yield deferLater(reactor, 0.001, lambda: None)
+        expected = b"".join(frame(d) for d in [b"first", *datagrams, *later])
+        for _ in range(1000):
+            if len(reader.received) >= len(expected):
+                break
+            yield deferLater(reactor, 0.01, lambda: None)
+        self.assertEqual(bytes(reader.received), expected)

@@ -89,7 +89,11 @@ class TunnelStreamProtocol(Int16StringReceiver):
         sock = _socketOf(self.transport)
         if sock is not None:
             tuneTCP(sock, self.factory.settings)
-        self._writeThrough = isinstance(self.transport, tcp.Connection)
+        # Plain TCP or Unix only: never past a TLS layer (wrapped, or started
+        # on the connection itself).
+        self._writeThrough = isinstance(self.transport, tcp.Connection) and not getattr(
+            self.transport, "TLS", False
+        )
         if not self.factory.relay.linkConnected(self):
             self.refused = True
             self.abort()
