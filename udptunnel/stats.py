@@ -33,7 +33,7 @@ class TunnelStats:
 
     def summary(self) -> str:
         """
-        One line, for the log at shutdown.
+        One line, for the log: every --stats-interval and at shutdown.
         """
         drops = ", ".join(f"{reason}={n}" for reason, n in sorted(self.drops.items()))
         return (
@@ -44,7 +44,7 @@ class TunnelStats:
             f"links up {self.linksUp}, lost {self.linksLost}, "
             f"replaced {self.linksReplaced}, refused {self.linksRefused}, "
             f"failed {self.linksFailed}; "
-            f"connects {self.connectAttempts}, failed {self.connectFailures}"
+            f"connection attempts {self.connectAttempts} (failed {self.connectFailures})"
         )
 
 
