@@ -163,7 +163,8 @@ class TunnelStreamProtocol(Int16StringReceiver):
         write: writing through cut the CPU per round trip from 28 to 18 us
         and raised pipelined round trips/s by 45%, measured.  Only on
         Twisted's own TCP and Unix connections, whose buffers this checks
-        (C{dataBuffer}, C{_tempDataBuffer}); TLS takes the ordinary path.
+        (C{dataBuffer}, C{_tempDataBuffer}) and whose C{socket} it writes to;
+        TLS takes the ordinary path.
         """
         transport: Any = self.transport
         if (
@@ -173,11 +174,17 @@ class TunnelStreamProtocol(Int16StringReceiver):
             and not transport.dataBuffer
             and not transport._tempDataBuffer
         ):
-            sent = transport.writeSomeData(data)
-            # Not an int: the connection is lost, the ordinary path will see.
-            if isinstance(sent, int):
-                if sent == len(data):
-                    return
+            # The socket's own send, not writeSomeData: that sends at most
+            # 128 KiB a call, so every batch of large datagrams would leave a
+            # remainder to copy and queue (-7% CPU per 1400-byte datagram,
+            # +10% pipelined round trips at 1400 bytes, measured).
+            try:
+                sent = transport.socket.send(data)
+            except OSError:
+                sent = 0  # EAGAIN, or an error the ordinary path will meet
+            if sent == len(data):
+                return
+            if sent:
                 data = data[sent:]
         transport.write(data)
 
