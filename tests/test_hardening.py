@@ -12,9 +12,11 @@ from typing import Any
 from twisted.internet import reactor
 from twisted.internet.defer import inlineCallbacks
 from twisted.internet.protocol import ClientCreator
+from twisted.logger import formatEvent
 from twisted.web.client import Agent, readBody
 
 from .certs import Authority
+from .fakes import captureLogEvents
 from .test_integration import (
     RawLink,
     TunnelTestCase,
@@ -115,12 +117,16 @@ class MetricsTests(TunnelTestCase):
         )
         yield app.probe(serverUDP)
 
+        events = captureLogEvents(self)
         response = yield Agent(reactor).request(
             b"GET", f"http://127.0.0.1:{metricsPort}/metrics".encode()
         )
         body = (yield readBody(response)).decode()
 
         self.assertEqual(response.code, 200)
+        self.assertFalse(
+            [e for e in events if "GET /metrics" in formatEvent(e)], "a scrape is no log line"
+        )
         self.assertIn(b"text/plain", response.headers.getRawHeaders(b"content-type")[0])
         carried = server.stats.toTunnelDatagrams
         self.assertGreaterEqual(carried, 1)

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
+from twisted.web import http
 from twisted.web.resource import Resource
 from twisted.web.server import Request, Site
 
@@ -82,9 +83,19 @@ class MetricsResource(Resource):
         return generate_latest(self._registry)
 
 
+class _QuietSite(Site):
+    """
+    A site that keeps no access log: a scrape every few seconds would
+    otherwise be a log line every few seconds, for ever.
+    """
+
+    noisy = False
+
+    def log(self, request: http.Request) -> None:
+        pass
+
+
 def metricsSite(relay: Relay) -> Site:
     registry = CollectorRegistry(auto_describe=True)
     registry.register(RelayCollector(relay))
-    site = Site(MetricsResource(registry))
-    site.noisy = False
-    return site
+    return _QuietSite(MetricsResource(registry))
