@@ -377,9 +377,9 @@ class ForeignSourceTests(TunnelTestCase):
         self.assertEqual(stranger.received, [])
 
 
-class IPv6Tests(TunnelTestCase):
+class IPv6TestCase(TunnelTestCase):
     """
-    Both sides of the tunnel work over IPv6.
+    Tests that need the IPv6 loopback, skipped where it is missing.
     """
 
     def setUp(self) -> None:
@@ -388,6 +388,12 @@ class IPv6Tests(TunnelTestCase):
                 s.bind(("::1", 0))
         except OSError as e:
             raise SkipTest(f"IPv6 loopback unavailable: {e}")
+
+
+class IPv6Tests(IPv6TestCase):
+    """
+    Both sides of the tunnel work over IPv6.
+    """
 
     @inlineCallbacks
     def test_roundTrip(self) -> Any:
@@ -421,6 +427,32 @@ class IPv6Tests(TunnelTestCase):
         received = [(data, source[:2]) for data, source in app.received]
         self.assertEqual(received, [(b"over IPv6", serverUDP)])
         self.assertEqual({source[:2] for source in echo.sources}, {("::1", clientUDP)})
+
+
+class DualStackTests(IPv6TestCase):
+    """
+    A phantom end bound to C{[::]} serves an IPv4 application too: the
+    kernel shows its address as C{::ffff:a.b.c.d}, and replies go there.
+    """
+
+    @inlineCallbacks
+    def test_ipv4AppThroughIPv6Socket(self) -> Any:
+        echo = Echo()
+        echoPort = self.listen(echo)
+        tcpPort = freePort()
+        server = self.startEnd(
+            "server", "--tcp", f"tcp:{tcpPort}:interface=127.0.0.1", "--udp", "[::]:0"
+        )
+        self.startEnd("client", "--tcp", f"127.0.0.1:{tcpPort}", "--udp", "127.0.0.1:0",
+                      "--peer", f"127.0.0.1:{echoPort}")
+        app = Collector()
+        appPort = self.listen(app)
+        serverUDP = ("127.0.0.1", udpPort(server))
+
+        replyFrom = yield app.probe(serverUDP)
+
+        self.assertEqual(replyFrom, serverUDP)
+        self.assertEqual(server.learned, ("::ffff:127.0.0.1", appPort))
 
 
 class ReconnectTests(TunnelTestCase):
