@@ -317,6 +317,23 @@ class FlowControlTests(RelayTestMixin, SynchronousTestCase):
         old.producer.pauseProducing()
         self.assertTrue(self.udp.reading)
 
+    def test_replacedLinkCannotResume(self) -> None:
+        """
+        The replaced link's transport calls stopProducing when it closes:
+        that must not resume reads the new, congested link paused.
+        """
+        relay = self.makeRelay()
+        old, new = FakeLink(), FakeLink()
+        relay.linkMade(old)
+        relay.linkMade(new)
+        assert old.producer is not None and new.producer is not None
+        new.producer.pauseProducing()
+        old.producer.stopProducing()
+        old.producer.resumeProducing()
+        self.assertFalse(self.udp.reading)
+        new.producer.resumeProducing()
+        self.assertTrue(self.udp.reading)
+
     def test_newLinkResumes(self) -> None:
         relay = self.makeRelay()
         old, new = FakeLink(), FakeLink()

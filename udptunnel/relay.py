@@ -48,10 +48,10 @@ class _UDPReadingProducer:
         self._relay.pauseReading(self._link)
 
     def resumeProducing(self) -> None:
-        self._relay.resumeReading()
+        self._relay.resumeReading(self._link)
 
     def stopProducing(self) -> None:
-        self._relay.resumeReading()
+        self._relay.resumeReading(self._link)
 
 
 @implementer(IRelay)
@@ -238,7 +238,7 @@ class Relay(MultiService):
         old, self.link = self.link, link
         self._linkSince = self._clock.seconds()
         self.stats.linksUp += 1
-        self.resumeReading()
+        self._resume()
         if old is not None:
             # A client that reconnects after a network change must not be
             # locked out by its own half-dead connection: newest wins.
@@ -293,7 +293,7 @@ class Relay(MultiService):
         if link is self.link:
             self.link = None
             self.stats.linksLost += 1
-            self.resumeReading()
+            self._resume()
             self.log.info(
                 "link down: {peer} ({why})", peer=link.peer, why=reason.getErrorMessage()
             )
@@ -311,12 +311,19 @@ class Relay(MultiService):
 
     # Flow control
 
+    # Only the active link's producer steers reading: a replaced link that
+    # ends (stopProducing) must not resume reads the new link has paused.
+
     def pauseReading(self, link: ILink) -> None:
         if link is self.link and self.udp is not None and not self._paused:
             self._paused = True
             self.udp.stopReading()
 
-    def resumeReading(self) -> None:
+    def resumeReading(self, link: ILink) -> None:
+        if link is self.link:
+            self._resume()
+
+    def _resume(self) -> None:
         if self._paused and self.udp is not None:
             self._paused = False
             self.udp.startReading()
