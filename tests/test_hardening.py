@@ -134,3 +134,20 @@ class MetricsTests(TunnelTestCase):
         self.assertIn("udptunnel_link_up 1.0", body)
         self.assertIn('udptunnel_links_total{event="up"} 1.0', body)
         self.assertIn('mode="phantom"', body)
+
+    @inlineCallbacks
+    def test_headIsQuiet(self) -> Any:
+        """
+        A HEAD (what some health checkers send) gets the GET's headers and
+        no body, and no warning in the log.
+        """
+        metricsPort = freePort()
+        self.startTunnel(("--metrics", f"tcp:{metricsPort}:interface=127.0.0.1"))
+        events = captureLogEvents(self)
+        response = yield Agent(reactor).request(
+            b"HEAD", f"http://127.0.0.1:{metricsPort}/metrics".encode()
+        )
+        body = yield readBody(response)
+        self.assertEqual((response.code, body), (200, b""))
+        self.assertGreater(int(response.headers.getRawHeaders(b"content-length")[0]), 100)
+        self.assertEqual([formatEvent(e) for e in events if "HEAD" in formatEvent(e)], [])

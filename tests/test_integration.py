@@ -452,7 +452,7 @@ class DualStackTests(IPv6TestCase):
         replyFrom = yield app.probe(serverUDP)
 
         self.assertEqual(replyFrom, serverUDP)
-        self.assertEqual(server.learned, ("::ffff:127.0.0.1", appPort))
+        self.assertEqual(server.learnedPeer, ("::ffff:127.0.0.1", appPort))
 
 
 class ReconnectTests(TunnelTestCase):

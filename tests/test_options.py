@@ -185,7 +185,7 @@ class MakeServiceTests(SynchronousTestCase):
         udp, tcp = list(relay)
         self.assertIsInstance(udp, UDPService)
         self.assertIsInstance(tcp, ClientService)
-        self.assertEqual(relay.peer, ("127.0.0.1", 5072))
+        self.assertEqual(relay.udpPeer, ("127.0.0.1", 5072))
 
     def test_busyPortIsOneLineError(self) -> None:
         busy = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)

@@ -118,7 +118,7 @@ class ReconnectTests(SynchronousTestCase):
         self.assertEqual(self.relay.stats.linksUp, 2)
         self.assertIsNotNone(self.relay.link)
         self.assertIs(self.relay.udp, self.udp)
-        self.assertEqual(self.relay.learned, ("127.0.0.1", 40000))
+        self.assertEqual(self.relay.learnedPeer, ("127.0.0.1", 40000))
 
     def test_failureLoggedWithReason(self) -> None:
         events = captureLogEvents(self)

@@ -13,7 +13,8 @@ from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 
 from udptunnel.access import AddressFilter, parseNetwork
-from udptunnel.relay import Relay
+from udptunnel.pending import DEFAULT_TIMEOUT
+from udptunnel.relay import CLOSE_GRACE, CONFIRM_AFTER, LINK_SILENT, Relay
 
 from .fakes import FakeLink, FakeUDPTransport, captureLogEvents
 
@@ -25,12 +26,21 @@ class RelayTestMixin:
     def makeRelay(self, peer: tuple[str, int] | None = None) -> Relay:
         self.clock = Clock()
         self.udp = FakeUDPTransport()
-        relay = Relay(self.clock, peer=peer)
+        relay = Relay(self.clock, udpPeer=peer)
         relay.udpStarted(self.udp)
         return relay
 
     def lose(self, relay: Relay, link: FakeLink) -> None:
         relay.linkLost(link, Failure(ConnectionDone()))
+
+    def replace(self, relay: Relay, old: FakeLink, new: FakeLink) -> None:
+        """
+        Make C{old} the link, then let C{new} take over from it.
+        """
+        relay.linkMade(old)
+        relay.linkMade(new)
+        self.clock.advance(LINK_SILENT)
+        assert relay.link is new
 
 
 class PhantomTests(RelayTestMixin, SynchronousTestCase):
@@ -44,7 +54,7 @@ class PhantomTests(RelayTestMixin, SynchronousTestCase):
         relay.linkMade(link)
         relay.datagramsReceived([(b"hello", APP)])
         self.assertEqual(link.frames, [b"hello"])
-        self.assertEqual(relay.learned, APP)
+        self.assertEqual(relay.learnedPeer, APP)
         relay.framesReceived(link, [b"reply"])
         self.assertEqual(self.udp.written, [(b"reply", APP)])
 
@@ -89,7 +99,7 @@ class PhantomTests(RelayTestMixin, SynchronousTestCase):
         relay = self.makeRelay()
         relay.datagramsReceived([(b"lost", APP)])
         self.assertEqual(relay.stats.drops["no-link"], 1)
-        self.assertEqual(relay.learned, APP)
+        self.assertEqual(relay.learnedPeer, APP)
 
 
 class FixedPeerTests(RelayTestMixin, SynchronousTestCase):
@@ -115,7 +125,7 @@ class FixedPeerTests(RelayTestMixin, SynchronousTestCase):
         relay.datagramsReceived([(b"other port", ("192.0.2.53", 5073))])
         self.assertEqual(link.frames, [])
         self.assertEqual(relay.stats.drops["foreign-source"], 2)
-        self.assertIsNone(relay.learned)
+        self.assertIsNone(relay.learnedPeer)
 
 
 class DropTests(RelayTestMixin, SynchronousTestCase):
@@ -227,34 +237,194 @@ class BatchTests(RelayTestMixin, SynchronousTestCase):
 
 
 class LinkTests(RelayTestMixin, SynchronousTestCase):
-    def test_newestLinkWins(self) -> None:
-        """
-        A new connection replaces the active one, which is aborted: a client
-        that reconnected must not be locked out by its half-dead old link.
-        """
+    """
+    Which connection is the link: a newcomer takes over when it sends its
+    first frame, or when the link has been silent for LINK_SILENT seconds;
+    one that stays silent beside a live link, or closes at once, never
+    touches the link.
+    """
+
+    def test_firstLinkAtOnce(self) -> None:
         relay = self.makeRelay()
+        link = FakeLink()
+        self.assertTrue(relay.linkConnected(link))
+        relay.linkMade(link)
+        self.assertIs(relay.link, link)
+        self.assertEqual(relay.stats.linksUp, 1)
+        self.assertEqual(relay.pendingCount(), 0)
+
+    def test_newcomerThatSendsTakesOver(self) -> None:
+        """
+        A client that reconnected after a network change sends its first
+        frame: it takes over at once, and the old connection is aborted.
+        """
+        relay = self.makeRelay(peer=POP)
         old, new = FakeLink("192.0.2.1:1"), FakeLink("192.0.2.1:2")
         relay.linkMade(old)
+        relay.framesReceived(old, [b"alive"])
         relay.linkMade(new)
+        self.assertIs(relay.link, old)
+        relay.framesReceived(new, [b"first"])
+        self.assertIs(relay.link, new)
         self.assertTrue(old.aborted)
         self.assertFalse(new.aborted)
-        relay.datagramsReceived([(b"x", APP)])
+        self.assertEqual(self.udp.written, [(b"alive", POP), (b"first", POP)])
+        relay.datagramsReceived([(b"x", POP)])
         self.assertEqual((old.frames, new.frames), ([], [b"x"]))
         self.assertEqual(relay.stats.linksReplaced, 1)
+        self.assertEqual(relay.stats.takeovers["first-frame"], 1)
 
-    def test_replacedLinkLossKeepsActive(self) -> None:
+    def test_silentNewcomerBesideLiveLink(self) -> None:
+        """
+        A connection that says nothing while the link carries frames (a port
+        scan, a health check that stays connected) never takes the link and
+        is closed at its deadline.
+        """
+        relay = self.makeRelay(peer=POP)
+        link, silent = FakeLink(), FakeLink("198.51.100.7:1")
+        relay.linkMade(link)
+        relay.linkConnected(silent)
+        relay.linkMade(silent)
+        for _ in range(int(DEFAULT_TIMEOUT) - 1):
+            self.clock.advance(1)
+            relay.framesReceived(link, [b"busy"])
+        self.assertIs(relay.link, link)
+        self.assertFalse(silent.aborted)
+        self.clock.advance(1)
+        self.assertTrue(silent.aborted)
+        self.lose(relay, silent)
+        self.assertIs(relay.link, link)
+        self.assertFalse(link.aborted)
+        self.assertEqual(relay.stats.pendingClosed["timeout"], 1)
+        self.assertEqual(relay.stats.linksReplaced, 0)
+        self.assertEqual(relay.pendingCount(), 0)
+
+    def test_silentNewcomerTakesOverSilentLink(self) -> None:
+        """
+        A reconnecting client whose application is quiet still gets the link
+        when the old one has gone silent: within LINK_SILENT seconds.
+        """
+        relay = self.makeRelay()
+        old, new = FakeLink(), FakeLink()
+        relay.linkMade(old)
+        self.clock.advance(1)
+        relay.linkMade(new)
+        self.clock.advance(LINK_SILENT - 1.5)
+        self.assertIs(relay.link, old)
+        self.clock.advance(0.5)
+        self.assertIs(relay.link, new)
+        self.assertTrue(old.aborted)
+        self.assertEqual(relay.stats.takeovers["link-silent"], 1)
+
+    def test_silentLinkTakenAtOnce(self) -> None:
+        relay = self.makeRelay()
+        old, new = FakeLink(), FakeLink()
+        relay.linkMade(old)
+        self.clock.advance(LINK_SILENT)
+        relay.linkMade(new)
+        self.assertIs(relay.link, new)
+
+    def test_framesPostponeSilentTakeover(self) -> None:
+        relay = self.makeRelay(peer=POP)
+        old, new = FakeLink(), FakeLink()
+        relay.linkMade(old)
+        relay.linkMade(new)
+        self.clock.advance(LINK_SILENT - 1)
+        relay.framesReceived(old, [b"still here"])
+        self.clock.advance(LINK_SILENT - 1)
+        self.assertIs(relay.link, old)
+        self.clock.advance(1)
+        self.assertIs(relay.link, new)
+
+    def test_takeoverStartsSilenceAnew(self) -> None:
+        """
+        Two silent newcomers do not hand the link on to each other at once.
+        """
+        relay = self.makeRelay()
+        old, one, two = FakeLink(), FakeLink(), FakeLink()
+        relay.linkMade(old)
+        relay.linkMade(one)
+        relay.linkMade(two)
+        self.clock.advance(LINK_SILENT)
+        self.assertIn(relay.link, (one, two))
+        self.assertEqual(relay.stats.linksReplaced, 1)
+        self.clock.advance(LINK_SILENT - 0.5)
+        self.assertEqual(relay.stats.linksReplaced, 1)
+
+    def test_closedAtOnceTouchesNothing(self) -> None:
+        """
+        Connect-and-close (a port scan, a TCP health check): the link stays.
+        """
+        relay = self.makeRelay()
+        link = FakeLink()
+        relay.linkMade(link)
+        for i in range(10):
+            probe = FakeLink(f"198.51.100.7:{i + 1}")
+            relay.linkConnected(probe)
+            relay.linkMade(probe)
+            self.lose(relay, probe)
+            self.clock.advance(1)
+            relay.framesReceived(link, [b"busy"])
+        self.assertIs(relay.link, link)
+        self.assertFalse(link.aborted)
+        self.assertEqual(relay.stats.pendingClosed["peer-closed"], 10)
+        self.assertEqual((relay.stats.linksUp, relay.stats.linksReplaced), (1, 0))
+
+    def test_lossPromotesWaitingNewcomer(self) -> None:
         relay = self.makeRelay()
         old, new = FakeLink(), FakeLink()
         relay.linkMade(old)
         relay.linkMade(new)
         self.lose(relay, old)
         self.assertIs(relay.link, new)
+        self.assertEqual(relay.stats.linksLost, 1)
+
+    def test_handshakeNotDoneIsNotReady(self) -> None:
+        """
+        A TLS connection is admitted (linkConnected) but may become the link
+        only after its handshake (linkMade), and is closed at the deadline
+        if it never gets there.
+        """
+        relay = self.makeRelay()
+        silent = FakeLink()
+        relay.linkConnected(silent)
+        self.assertIsNone(relay.link)
+        self.clock.advance(DEFAULT_TIMEOUT)
+        self.assertTrue(silent.aborted)
+        self.assertIsNone(relay.link)
+        self.assertEqual(relay.stats.pendingClosed["timeout"], 1)
+
+    def test_failedHandshakeCountsAsFailed(self) -> None:
+        relay = self.makeRelay()
+        link = FakeLink()
+        relay.linkConnected(link)
+        self.lose(relay, link)
+        self.assertEqual(relay.stats.linksFailed, 1)
+        self.assertEqual(relay.pendingCount(), 0)
+
+    def test_capClosesOldest(self) -> None:
+        self.clock = Clock()
+        self.udp = FakeUDPTransport()
+        relay = Relay(self.clock, maxPending=3)
+        relay.udpStarted(self.udp)
+        links = [FakeLink(f"198.51.100.7:{i + 1}") for i in range(5)]
+        for link in links:
+            relay.linkConnected(link)
+        self.assertEqual([link.aborted for link in links], [True, True, False, False, False])
+        self.assertEqual(relay.stats.pendingClosed["evicted"], 2)
+        self.assertEqual(relay.pendingCount(), 3)
+
+    def test_replacedLinkLossKeepsActive(self) -> None:
+        relay = self.makeRelay()
+        old, new = FakeLink(), FakeLink()
+        self.replace(relay, old, new)
+        self.lose(relay, old)
+        self.assertIs(relay.link, new)
 
     def test_framesFromReplacedLinkDropped(self) -> None:
         relay = self.makeRelay(peer=POP)
         old, new = FakeLink(), FakeLink()
-        relay.linkMade(old)
-        relay.linkMade(new)
+        self.replace(relay, old, new)
         relay.framesReceived(old, [b"stale"])
         self.assertEqual(self.udp.written, [])
         self.assertEqual(relay.stats.drops["replaced-link"], 1)
@@ -268,16 +438,95 @@ class LinkTests(RelayTestMixin, SynchronousTestCase):
         relay.datagramsReceived([(b"x", APP)])
         self.assertEqual(relay.stats.drops["no-link"], 1)
 
-    def test_stopAbortsLinkAndWaits(self) -> None:
+    def test_stopClosesCleanlyAndWaits(self) -> None:
+        relay = self.makeRelay()
+        relay.startService()
+        link, waiting = FakeLink(), FakeLink()
+        relay.linkMade(link)
+        relay.linkConnected(waiting)
+        stopped = relay.stopService()
+        self.assertTrue(link.closed and waiting.closed)
+        self.assertFalse(link.aborted)
+        self.lose(relay, link)
+        self.assertNoResult(stopped)
+        self.lose(relay, waiting)
+        self.successResultOf(stopped)
+        self.assertEqual(relay.stats.linksLost, 0)
+
+    def test_stopAbortsWhatDoesNotClose(self) -> None:
         relay = self.makeRelay()
         relay.startService()
         link = FakeLink()
         relay.linkMade(link)
         stopped = relay.stopService()
+        self.clock.advance(CLOSE_GRACE)
         self.assertTrue(link.aborted)
         self.assertNoResult(stopped)
         self.lose(relay, link)
         self.successResultOf(stopped)
+
+
+class ClientLinkTests(RelayTestMixin, SynchronousTestCase):
+    """
+    A client declares its link up once it proved itself, so a server that
+    closes it at once is a refused attempt, not a link up and down.
+    """
+
+    def makeClientRelay(self) -> Relay:
+        self.lifetimes: list[float] = []
+        self.clock = Clock()
+        self.udp = FakeUDPTransport()
+        relay = Relay(self.clock, udpPeer=POP, role="client",
+                      onLinkEnded=self.lifetimes.append)
+        relay.udpStarted(self.udp)
+        return relay
+
+    def test_closedAtOnceIsRefused(self) -> None:
+        events = captureLogEvents(self)
+        relay = self.makeClientRelay()
+        link = FakeLink()
+        relay.linkConnected(link)
+        relay.linkMade(link)
+        relay.datagramsReceived([(b"sent at once", POP)])
+        self.assertEqual(link.frames, [b"sent at once"])
+        self.lose(relay, link)
+        self.assertEqual((relay.stats.linksUp, relay.stats.linksLost), (0, 0))
+        self.assertEqual(relay.stats.linksFailed, 1)
+        self.assertEqual(self.lifetimes, [0.0])
+        text = " ".join(e.get("log_format", "") for e in events)
+        self.assertIn("before it carried anything", text)
+        self.assertNotIn("link up", text)
+
+    def test_upOnFirstFrame(self) -> None:
+        relay = self.makeClientRelay()
+        link = FakeLink()
+        relay.linkMade(link)
+        self.assertEqual(relay.stats.linksUp, 0)
+        relay.framesReceived(link, [b"hello"])
+        self.assertEqual(relay.stats.linksUp, 1)
+        self.lose(relay, link)
+        self.assertEqual((relay.stats.linksLost, relay.stats.linksFailed), (1, 0))
+
+    def test_upAfterAWhile(self) -> None:
+        relay = self.makeClientRelay()
+        link = FakeLink()
+        relay.linkMade(link)
+        self.clock.advance(CONFIRM_AFTER)
+        self.assertEqual(relay.stats.linksUp, 1)
+        self.clock.advance(10)
+        self.lose(relay, link)
+        self.assertEqual(relay.stats.linksLost, 1)
+        self.assertEqual(self.lifetimes, [CONFIRM_AFTER + 10])
+
+    def test_lossWordsSayWhoClosed(self) -> None:
+        events = captureLogEvents(self)
+        relay = self.makeClientRelay()
+        link = FakeLink()
+        relay.linkMade(link)
+        self.clock.advance(CONFIRM_AFTER)
+        self.lose(relay, link)
+        downs = [e for e in events if e.get("log_format", "").startswith("link down")]
+        self.assertEqual([e["why"] for e in downs], ["closed by the peer"])
 
 
 class FlowControlTests(RelayTestMixin, SynchronousTestCase):
@@ -311,8 +560,7 @@ class FlowControlTests(RelayTestMixin, SynchronousTestCase):
     def test_replacedLinkCannotPause(self) -> None:
         relay = self.makeRelay()
         old, new = FakeLink(), FakeLink()
-        relay.linkMade(old)
-        relay.linkMade(new)
+        self.replace(relay, old, new)
         assert old.producer is not None
         old.producer.pauseProducing()
         self.assertTrue(self.udp.reading)
@@ -324,8 +572,7 @@ class FlowControlTests(RelayTestMixin, SynchronousTestCase):
         """
         relay = self.makeRelay()
         old, new = FakeLink(), FakeLink()
-        relay.linkMade(old)
-        relay.linkMade(new)
+        self.replace(relay, old, new)
         assert old.producer is not None and new.producer is not None
         new.producer.pauseProducing()
         old.producer.stopProducing()
@@ -341,6 +588,7 @@ class FlowControlTests(RelayTestMixin, SynchronousTestCase):
         assert old.producer is not None
         old.producer.pauseProducing()
         relay.linkMade(new)
+        self.clock.advance(LINK_SILENT)
         self.assertTrue(self.udp.reading)
 
     def test_lossResumes(self) -> None:
@@ -387,7 +635,7 @@ class AccessTests(RelayTestMixin, SynchronousTestCase):
         relay.datagramsReceived([(b"ok", APP)])
         relay.datagramsReceived([(b"intruder", ("192.0.2.66", 5000))])
         self.assertEqual(link.frames, [b"ok"])
-        self.assertEqual(relay.learned, APP)
+        self.assertEqual(relay.learnedPeer, APP)
         self.assertEqual(relay.stats.drops["udp-not-allowed"], 1)
         relay.framesReceived(link, [b"reply"])
         self.assertEqual(self.udp.written, [(b"reply", APP)])
@@ -423,7 +671,7 @@ class LinkLifetimeTests(RelayTestMixin, SynchronousTestCase):
         """
         relay = self.makeReportingRelay()
         link = FakeLink()
-        link.established = False
+        relay.linkConnected(link)
         self.lose(relay, link)
         self.assertEqual(self.lifetimes, [0.0])
         self.assertEqual(relay.stats.linksFailed, 1)
@@ -431,8 +679,7 @@ class LinkLifetimeTests(RelayTestMixin, SynchronousTestCase):
     def test_replacedLinkReportsNothing(self) -> None:
         relay = self.makeReportingRelay()
         old, new = FakeLink(), FakeLink()
-        relay.linkMade(old)
-        relay.linkMade(new)
+        self.replace(relay, old, new)
         self.lose(relay, old)
         self.assertEqual(self.lifetimes, [])
 
@@ -494,3 +741,46 @@ class TimerTests(SynchronousTestCase):
         relay.datagramsReceived([(b"x", APP)])
         self.clock.advance(60)
         self.assertEqual(statsLines(), 2)
+
+
+class FlappingPhantomTests(RelayTestMixin, SynchronousTestCase):
+    """
+    Two applications sending alternately to one phantom end change its peer
+    at every datagram: counted each time, logged at a bounded rate.
+    """
+
+    def test_changesCountedLinesBounded(self) -> None:
+        events = captureLogEvents(self)
+        relay = self.makeRelay()
+        relay.linkMade(FakeLink())
+        one, two = ("127.0.0.1", 40001), ("127.0.0.1", 40002)
+        for i in range(1000):
+            relay.datagramsReceived([(b"x", one if i % 2 == 0 else two)])
+            if i % 100 == 99:
+                self.clock.advance(2)  # 1000 datagrams over 20 s
+        changed = [e for e in events if "phantom peer changed" in e.get("log_format", "")]
+        self.assertEqual(relay.stats.phantomChanges, 999)
+        # The first at once, then at most one per 10 s.
+        self.assertLessEqual(len(changed), 3)
+        self.assertGreaterEqual(len(changed), 2)
+        self.assertGreater(changed[-1]["held"], 0)
+        self.assertIn("phantom changes 999", relay.summary())
+
+
+class InternalErrorTests(RelayTestMixin, SynchronousTestCase):
+    def test_tracebackOnceThenRateLimited(self) -> None:
+        events = captureLogEvents(self)
+        relay = self.makeRelay()
+        for _ in range(50):
+            try:
+                raise ZeroDivisionError("a bug")
+            except ZeroDivisionError:
+                relay.internalError("frames", Failure())
+        self.assertEqual(relay.stats.internalErrors["frames"], 50)
+        failures = [e for e in events if "log_failure" in e]
+        self.assertEqual(len(failures), 1)
+        later = [e for e in events if "internal error while {where}: {error}" in e.get(
+            "log_format", "")]
+        self.assertEqual(len(later), 1)
+        self.assertIn("internal errors 50", relay.summary())
+        self.flushLoggedErrors(ZeroDivisionError)

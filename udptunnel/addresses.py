@@ -96,13 +96,24 @@ def resolve(
     return infoFamily, str(sockaddr[0])
 
 
+def showHost(host: str) -> str:
+    """
+    An IP literal as people write it: an IPv4 address seen through a
+    dual-stack IPv6 socket (C{::ffff:192.0.2.1}) as the IPv4 address it is.
+    """
+    if host.startswith("::ffff:") and "." in host:
+        return host[len("::ffff:"):]
+    return host
+
+
 def showAddress(addr: tuple[str, int] | None) -> str:
     """
-    C{host:port} for logs, an IPv6 host in brackets, C{nobody} for C{None}.
+    C{host:port} for logs and metrics, an IPv6 host in brackets, C{nobody}
+    for C{None}: the one formatter of addresses, everywhere.
     """
     if addr is None:
         return "nobody"
-    host, port = addr[:2]
+    host, port = showHost(addr[0]), addr[1]
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 

@@ -52,6 +52,13 @@ class IRelay(Interface):
         C{link} is closed, for C{reason} (a L{Failure}).
         """
 
+    def internalError(where, failure):
+        """
+        The protocol caught an exception of the tunnel's own code while
+        handing it traffic (C{where}: C{"datagrams"} or C{"frames"}): count
+        and log it; the caller goes on with the next read.
+        """
+
 
 class ILink(Interface):
     """
@@ -112,4 +119,9 @@ class IDatagramSocket(Interface):
     def getHost():
         """
         The bound address.
+        """
+
+    def getHandle():
+        """
+        The kernel socket, for the figures it keeps (its drop counter).
         """

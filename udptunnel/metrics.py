@@ -7,15 +7,23 @@ serves it from the reactor thread, so no thread pool is involved.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry, generate_latest
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    InfoMetricFamily,
+    Metric,
+)
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from twisted.web import http
 from twisted.web.resource import Resource
 from twisted.web.server import Request, Site
+
+from .addresses import showAddress, showHost
+from .stats import DROP_REASONS
 
 if TYPE_CHECKING:
     from .relay import Relay
@@ -24,13 +32,22 @@ if TYPE_CHECKING:
 class RelayCollector:
     """
     Reads the relay's counters at each scrape.
+
+    Every series a tunnel of this kind can have exists from the first
+    scrape, at 0 (so C{rate()} and alerts work before the first event), and
+    none it cannot have: a server has no connection attempts, a client no
+    refused connections.  Labels take a bounded set of values; the phantom
+    peer's ephemeral port is not one of them.
     """
 
     def __init__(self, relay: Relay) -> None:
         self._relay = relay
 
     def collect(self) -> Iterator[Metric]:
-        stats = self._relay.stats
+        relay = self._relay
+        relay.summary()  # reads the kernel's drops on the socket
+        stats = relay.stats
+        server = relay.role == "server"
         for direction, datagrams, size in (
             ("to_tunnel", stats.toTunnelDatagrams, stats.toTunnelBytes),
             ("from_tunnel", stats.fromTunnelDatagrams, stats.fromTunnelBytes),
@@ -39,36 +56,59 @@ class RelayCollector:
                            f"Datagrams carried {direction.replace('_', ' ')}.", datagrams)
             yield _counter(f"udptunnel_{direction}_bytes",
                            f"Bytes carried {direction.replace('_', ' ')}.", size)
-        drops = CounterMetricFamily("udptunnel_dropped_datagrams",
-                                    "Datagrams dropped, by reason.", labels=["reason"])
-        for reason, count in sorted(stats.drops.items()):
-            drops.add_metric([reason], count)
-        yield drops
-        links = CounterMetricFamily("udptunnel_links", "TCP links, by event.",
-                                    labels=["event"])
-        for event, count in (("up", stats.linksUp), ("lost", stats.linksLost),
-                             ("replaced", stats.linksReplaced),
-                             ("refused", stats.linksRefused),
-                             ("failed", stats.linksFailed)):
-            links.add_metric([event], count)
-        yield links
-        yield _counter("udptunnel_connect_attempts", "Client connection attempts.",
-                       stats.connectAttempts)
-        yield _counter("udptunnel_connect_failures", "Failed client connection attempts.",
-                       stats.connectFailures)
+        yield _labelled("udptunnel_dropped_datagrams", "Datagrams dropped, by reason.",
+                        "reason", stats.allDrops(), DROP_REASONS)
+        events = {"up": stats.linksUp, "lost": stats.linksLost, "failed": stats.linksFailed}
+        if server:
+            events.update(replaced=stats.linksReplaced, refused=stats.linksRefused)
+        yield _labelled("udptunnel_links", "TCP links, by event.", "event", events, ())
+        if server:
+            yield _labelled("udptunnel_link_takeovers",
+                            "Links taken over from a live one, by why the newcomer won.",
+                            "reason", stats.takeovers, ("first-frame", "link-silent"))
+        yield _labelled("udptunnel_pending_closed",
+                        "TCP connections closed before they became the link, by why.",
+                        "reason", stats.pendingClosed,
+                        ("timeout", "evicted", "peer-closed") if server else ("timeout",))
+        yield _labelled("udptunnel_internal_errors",
+                        "Exceptions in the tunnel's own code while handling traffic.",
+                        "where", stats.internalErrors, ("datagrams", "frames"))
+        if not server:
+            yield _counter("udptunnel_connect_attempts", "Client connection attempts.",
+                           stats.connectAttempts)
+            yield _counter("udptunnel_connect_failures", "Failed client connection attempts.",
+                           stats.connectFailures)
+        if relay.udpPeer is None:
+            yield _counter("udptunnel_phantom_changes",
+                           "Times the phantom end's source address changed.",
+                           stats.phantomChanges)
         yield GaugeMetricFamily("udptunnel_link_up", "1 while a TCP link is up.",
-                                value=int(self._relay.link is not None))
-        peer = self._relay.peer or self._relay.learned
-        info = GaugeMetricFamily("udptunnel_peer", "The UDP peer datagrams go to.",
-                                 labels=["address", "mode"])
-        if peer is not None:
-            info.add_metric([f"{peer[0]}:{peer[1]}",
-                             "fixed" if self._relay.peer else "phantom"], 1)
+                                value=int(relay.link is not None))
+        yield GaugeMetricFamily("udptunnel_pending_links",
+                                "TCP connections waiting to become the link.",
+                                value=relay.pendingCount())
+        info = InfoMetricFamily("udptunnel_peer", "Where datagrams out of the tunnel go: "
+                                "the fixed peer, or the phantom peer's host (no port).",
+                                labels=["address", "mode"])
+        if relay.udpPeer is not None:
+            info.add_metric([showAddress(relay.udpPeer), "fixed"], {})
+        elif relay.learnedPeer is not None:
+            info.add_metric([showHost(relay.learnedPeer[0]), "phantom"], {})
         yield info
 
 
 def _counter(name: str, documentation: str, value: int) -> CounterMetricFamily:
     return CounterMetricFamily(name, documentation, value=value)
+
+
+def _labelled(name: str, documentation: str, label: str, counts: Mapping[str, int],
+              known: Iterable[str]) -> CounterMetricFamily:
+    family = CounterMetricFamily(name, documentation, labels=[label])
+    values = dict.fromkeys(known, 0)
+    values.update(counts)
+    for value, count in sorted(values.items()):
+        family.add_metric([value], count)
+    return family
 
 
 class MetricsResource(Resource):
@@ -81,6 +121,15 @@ class MetricsResource(Resource):
     def render_GET(self, request: Request) -> bytes:
         request.setHeader(b"Content-Type", CONTENT_TYPE_LATEST.encode("ascii"))
         return generate_latest(self._registry)
+
+    def render_HEAD(self, request: Request) -> bytes:
+        """
+        The headers of a GET, without the body (Twisted would otherwise
+        render the GET and log a warning for every HEAD).
+        """
+        body = self.render_GET(request)
+        request.setHeader(b"Content-Length", str(len(body)).encode("ascii"))
+        return b""
 
 
 class _QuietSite(Site):

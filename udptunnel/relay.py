@@ -14,9 +14,9 @@ from collections.abc import Callable
 from typing import Any
 
 from twisted.application.service import MultiService
-from twisted.internet.defer import Deferred, DeferredList, succeed
-from twisted.internet.error import CannotListenError
-from twisted.internet.interfaces import IPushProducer, IReactorTime
+from twisted.internet.defer import Deferred, DeferredList
+from twisted.internet.error import CannotListenError, ConnectionDone, ConnectionLost
+from twisted.internet.interfaces import IDelayedCall, IPushProducer, IReactorTime
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -26,7 +26,26 @@ from . import StartupError
 from .access import AddressFilter
 from .addresses import showAddress
 from .interfaces import IDatagramSocket, ILink, IRelay
+from .kerneldrops import kernelDrops
+from .pending import DEFAULT_LIMIT, DEFAULT_TIMEOUT, PendingLinks
 from .stats import RateLimitedLog, TunnelStats
+
+#: A waiting connection takes over a link from which no frame came for this
+#: many seconds: long enough that a link carrying any steady traffic (even
+#: one datagram a second) is never taken over by a silent stranger, short
+#: enough that a client reconnecting after a network change, whose
+#: application is quiet, gets the link back within seconds.
+LINK_SILENT = 3.0
+#: A client declares its link up once a frame came or it lasted this long.
+CONFIRM_AFTER = 1.0
+#: Seconds a stop waits for connections to close cleanly before aborting.
+CLOSE_GRACE = 2.0
+
+_TAKEOVER_WORDS = {
+    "first-frame": "it sent its first frame",
+    "link-silent": f"no frame on the old link for {LINK_SILENT:g} s",
+    "no-link": "no link",
+}
 
 
 @implementer(IPushProducer)
@@ -59,9 +78,17 @@ class Relay(MultiService):
     """
     Joins one UDP socket to at most one TCP link at a time.
 
-    @ivar peer: the fixed destination C{(IP literal, port)} of datagrams
+    Every admitted TCP connection first waits in L{PendingLinks}; it becomes
+    the link when there is none, when it sends its first frame, or when the
+    current link has been silent (no frame from it) for L{LINK_SILENT}
+    seconds.  So a client that reconnects after a network change takes over
+    from its own half-dead connection, while a port scan, a health check or
+    a silent stranger never closes a link that carries traffic.
+
+    @ivar udpPeer: the fixed destination C{(IP literal, port)} of datagrams
         coming out of the tunnel, or C{None} in phantom mode, where they go
-        to C{learned}, the source of the newest datagram that came in.
+        to C{learnedPeer}, the source of the newest datagram that came in.
+    @ivar link: the TCP connection that carries the frames, or C{None}.
     """
 
     log = Logger()
@@ -69,13 +96,16 @@ class Relay(MultiService):
     def __init__(
         self,
         clock: IReactorTime,
-        peer: tuple[str, int] | None = None,
+        udpPeer: tuple[str, int] | None = None,
         exitOnStartupError: bool = False,
         allow: AddressFilter | None = None,
         udpAllow: AddressFilter | None = None,
         idleTimeout: float = 0,
         statsInterval: float = 0,
         onLinkEnded: Callable[[float], object] | None = None,
+        pendingTimeout: float = DEFAULT_TIMEOUT,
+        maxPending: int = DEFAULT_LIMIT,
+        role: str = "server",
     ) -> None:
         """
         @param allow: who may connect the TCP link (C{None}: anybody).
@@ -86,25 +116,41 @@ class Relay(MultiService):
         @param statsInterval: log the counters this often, when they changed
             (0: only at shutdown).
         @param onLinkEnded: called with the lifetime in seconds of each link
-            that ends (0 for a connection that never became the link), so
+            that ends (0 for a connection that never carried anything), so
             the client can back off from a server that drops it at once.
+        @param pendingTimeout: seconds a connection may wait to become the
+            link before it is closed.
+        @param maxPending: connections that may wait at once (0: no cap).
+        @param role: C{"client"} or C{"server"}.  A client's link is
+            declared up only once it proved itself (a frame came, or it
+            lasted L{CONFIRM_AFTER} seconds): a server that closes it at
+            once (its C{--allow}, its TLS) refused it, and that is a failed
+            attempt, not a link that came up and went down.
         """
         super().__init__()
-        self.peer = peer
-        self.learned: tuple[str, int] | None = None
+        self.udpPeer = udpPeer
+        self.learnedPeer: tuple[str, int] | None = None
         self.link: ILink | None = None
         self.udp: IDatagramSocket | None = None
         self.stats = TunnelStats()
         self.allow = allow
         self.udpAllow = udpAllow
+        self.role = role
         self._exitOnStartupError = exitOnStartupError
         self._clock = clock
         self._warn = RateLimitedLog(self.log, clock)
         self._paused = False
-        self._linkGone: list[Deferred[None]] = []
+        self._pending = PendingLinks(clock, self._pendingExpired, self._pendingEvicted,
+                                     pendingTimeout, maxPending)
+        self._ready: set[ILink] = set()
+        self._lastFrameAt = 0.0
+        self._confirm: IDelayedCall | None = None
+        self._stopping: list[tuple[ILink, Deferred[None]]] = []
         self._timers: list[tuple[LoopingCall, float]] = []
         self._onLinkEnded = onLinkEnded
         self._linkSince = 0.0
+        self._tracebacks: set[str] = set()
+        self._closedHere: set[ILink] = set()
         if idleTimeout > 0:
             self._idle = _IdleWatch(self, idleTimeout)
             self._every(min(idleTimeout / 4, 1.0), self._idle.check)
@@ -144,52 +190,87 @@ class Relay(MultiService):
             raise StartupError(message) from None
 
     def stopService(self) -> Deferred[Any]:
+        """
+        Close every connection cleanly (a FIN, so the peer logs a clean
+        close rather than a reset), and abort those still open after
+        L{CLOSE_GRACE} seconds, so a stop never hangs on a dead peer.
+        """
         for timer, _ in self._timers:
             if timer.running:
                 timer.stop()
-        link, self.link = self.link, None
-        gone: Deferred[None] = succeed(None)
-        if link is not None:
-            gone = Deferred()
-            self._linkGone.append(gone)
-            link.abort()
-        stopped = DeferredList([gone, super().stopService()])
+        self._cancelConfirm()
+        links = [link for link in (self.link, *self._pending) if link is not None]
+        self.link = None
+        self._closedHere.update(links)
+        for link in list(self._pending):
+            self._pending.remove(link)
+        waits = []
+        for link in links:
+            gone: Deferred[None] = Deferred()
+            self._stopping.append((link, gone))
+            waits.append(gone)
+            link.close()
+        if waits:
+            abortLater = self._clock.callLater(CLOSE_GRACE, self._abortAll, links)
+            DeferredList(waits).addCallback(lambda _: _cancel(abortLater))
+        stopped = DeferredList([*waits, super().stopService()])
         return stopped.addCallback(self._logSummary)
 
+    def _abortAll(self, links: list[ILink]) -> None:
+        for link in links:
+            if any(link is waiting for waiting, _ in self._stopping):
+                link.abort()
+
     def _logSummary(self, ignored: object) -> None:
-        self.log.info("tunnel stopped: {summary}", summary=self.stats.summary())
+        self.log.info("tunnel stopped: {summary}", summary=self.summary())
+
+    def summary(self) -> str:
+        """
+        The counters in one line, with the kernel's own drops on our UDP
+        socket read now.
+        """
+        self._readKernelDrops()
+        return self.stats.summary()
 
     def _logStatsIfChanged(self) -> None:
-        summary = self.stats.summary()
+        summary = self.summary()
         if summary != self._lastSummary:
             self._lastSummary = summary
-            self.log.info("{summary}; link {link}, peer {peer}", summary=summary,
+            self.log.info("{summary}; link {link}, UDP peer {peer}", summary=summary,
                           link=self.link.peer if self.link else "down",
-                          peer=showAddress(self.peer or self.learned))
+                          peer=showAddress(self.udpPeer or self.learnedPeer))
+
+    def _readKernelDrops(self) -> None:
+        udp = self.udp
+        getHandle = getattr(udp, "getHandle", None)
+        if getHandle is not None:
+            drops = kernelDrops(getHandle())
+            if drops is not None:
+                self.stats.kernelDrops = drops
 
     # The UDP side
 
     def udpStarted(self, transport: IDatagramSocket) -> None:
         self.udp = transport
+        host = transport.getHost()
         self.log.info(
-            "UDP bound on {host}:{port}, {mode}",
-            host=transport.getHost().host,
-            port=transport.getHost().port,
-            mode=f"peer {showAddress(self.peer)}" if self.peer else "phantom mode",
+            "UDP bound on {address}, {mode}",
+            address=showAddress((host.host, host.port)),
+            mode=f"peer {showAddress(self.udpPeer)}" if self.udpPeer else "phantom mode",
         )
 
     def udpStopped(self) -> None:
         self.udp = None
 
     def datagramsReceived(self, datagrams: list[tuple[bytes, tuple[str, int]]]) -> None:
-        peer = self.peer
+        peer = self.udpPeer
         carried = []
         for data, addr in datagrams:
             if peer is not None:
                 if addr != peer:
                     self._drop("foreign-source", "datagram from {source}", source=showAddress(addr))
                     continue
-            elif addr != self.learned:
+            elif addr != self.learnedPeer:
                 # Checked only when the source changes: the learned address
                 # was allowed already, so steady traffic pays nothing here.
                 if self.udpAllow is not None and not self.udpAllow.allows(addr[0]):
@@ -208,15 +289,22 @@ class Relay(MultiService):
         self.stats.toTunnelBytes += sum(map(len, carried))
 
     def _learn(self, addr: tuple[str, int]) -> None:
-        if self.learned is None:
+        """
+        A new source on a phantom end.  The first is logged at once; changes
+        are counted and their log lines rate-limited, as two applications
+        sending to one phantom end change it at every datagram.
+        """
+        if self.learnedPeer is None:
             self.log.info("phantom peer learned: {peer}", peer=showAddress(addr))
         else:
-            self.log.info(
+            self.stats.phantomChanges += 1
+            self._warn.info(
+                "phantom-changed",
                 "phantom peer changed: {old} -> {peer}",
-                old=showAddress(self.learned),
+                old=showAddress(self.learnedPeer),
                 peer=showAddress(addr),
             )
-        self.learned = addr
+        self.learnedPeer = addr
 
     # The TCP side
 
@@ -224,37 +312,89 @@ class Relay(MultiService):
         """
         Whether a new connection may go on to become the link: with
         C{--allow}, only from the allowed networks (a Unix socket's peer has
-        no address and is guarded by the file's permissions instead).
+        no address and is guarded by the file's permissions instead).  An
+        admitted connection starts waiting, with a deadline.
         """
         host = link.peerHost
-        if self.allow is None or host is None or self.allow.allows(host):
-            return True
-        self.stats.linksRefused += 1
-        self._warn.warn("refused", "refused TCP connection from {peer}: not in --allow",
-                        peer=link.peer)
-        return False
+        if self.allow is not None and host is not None and not self.allow.allows(host):
+            self.stats.linksRefused += 1
+            self._warn.warn("refused", "refused TCP connection from {peer}: not in --allow",
+                            peer=link.peer)
+            return False
+        self._pending.add(link)
+        return True
 
     def linkMade(self, link: ILink) -> None:
+        """
+        C{link} is ready to carry frames (its TLS handshake, if any, is
+        done): it becomes the link now if there is none or the current one
+        has gone silent, and otherwise waits for its first frame.
+        """
+        if link not in self._pending and link is not self.link:
+            self._pending.add(link)  # never announced by linkConnected
+        self._ready.add(link)
+        self._considerTakeover(link)
+
+    def _considerTakeover(self, link: ILink) -> None:
+        if self.link is None:
+            self._promote(link, "no-link")
+            return
+        silentFor = self._clock.seconds() - self._lastFrameAt
+        if silentFor >= LINK_SILENT:
+            self._promote(link, "link-silent")
+        else:
+            self._pending.checkLater(link, LINK_SILENT - silentFor, self._considerTakeover)
+
+    def _promote(self, link: ILink, reason: str) -> None:
+        self._pending.remove(link)
+        self._ready.discard(link)
         old, self.link = self.link, link
-        self._linkSince = self._clock.seconds()
-        self.stats.linksUp += 1
+        now = self._clock.seconds()
+        self._linkSince = self._lastFrameAt = now
+        self._cancelConfirm()
         self._resume()
         if old is not None:
             # A client that reconnects after a network change must not be
-            # locked out by its own half-dead connection: newest wins.
+            # locked out by its own half-dead connection; the newcomer proved
+            # itself (its first frame), or the old link went silent.
             self.stats.linksReplaced += 1
+            self.stats.takeovers[reason] += 1
             self.log.info(
-                "link from {peer} replaces link from {old}", peer=link.peer, old=old.peer
+                "link from {peer} replaces link from {old} ({why})",
+                peer=link.peer, old=old.peer, why=_TAKEOVER_WORDS[reason],
             )
             old.abort()
-        self.log.info("link up: {peer}", peer=link.peer)
+        if self.role == "client":
+            self._confirm = self._clock.callLater(CONFIRM_AFTER, self._confirmLink, link)
+        else:
+            self._linkUp(link)
         link.attachProducer(_UDPReadingProducer(self, link))
+
+    def _confirmLink(self, link: ILink) -> None:
+        self._confirm = None
+        if link is self.link:
+            self._linkUp(link)
+
+    def _linkUp(self, link: ILink) -> None:
+        self.stats.linksUp += 1
+        self.log.info("link up: {peer}", peer=link.peer)
+
+    def _cancelConfirm(self) -> None:
+        confirm, self._confirm = self._confirm, None
+        if confirm is not None and confirm.active():
+            confirm.cancel()
 
     def framesReceived(self, link: ILink, frames: list[bytes]) -> None:
         if link is not self.link:
-            self._drop("replaced-link", "frame from a replaced link", count=len(frames))
-            return
-        destination = self.peer or self.learned
+            if link not in self._ready:
+                self._drop("replaced-link", "frame from a replaced link", count=len(frames))
+                return
+            self._promote(link, "first-frame")
+        if self._confirm is not None:
+            self._cancelConfirm()
+            self._linkUp(link)
+        self._lastFrameAt = self._clock.seconds()
+        destination = self.udpPeer or self.learnedPeer
         if destination is None:
             self._drop("no-address", "no phantom peer learned yet", count=len(frames))
             return
@@ -290,24 +430,101 @@ class Relay(MultiService):
 
     def linkLost(self, link: ILink, reason: Failure) -> None:
         lifetime = None
+        why = describeLoss(reason, link in self._closedHere)
+        self._closedHere.discard(link)
         if link is self.link:
             self.link = None
-            self.stats.linksLost += 1
             self._resume()
-            self.log.info(
-                "link down: {peer} ({why})", peer=link.peer, why=reason.getErrorMessage()
-            )
             lifetime = self._clock.seconds() - self._linkSince
-        elif not link.established:
-            lifetime = 0.0
-            self.stats.linksFailed += 1
-            self._warn.warn("failed", "connection with {peer} ended before it became "
-                            "the link: {why}", peer=link.peer, why=reason.getErrorMessage())
+            if self._confirm is not None:
+                # Closed before it carried a frame or lasted CONFIRM_AFTER.
+                self._cancelConfirm()
+                lifetime = 0.0
+                self.stats.linksFailed += 1
+                self._warn.warn("closed-at-once", "connection to {peer} was closed by the "
+                                "server before it carried anything ({why}): refused by its "
+                                "--allow or TLS, or busy?", peer=link.peer, why=why)
+            else:
+                self.stats.linksLost += 1
+                self.log.info("link down: {peer} ({why})", peer=link.peer, why=why)
+            self._promoteWaiting()
+        elif self._pending.remove(link):
+            ready = link in self._ready
+            self._ready.discard(link)
+            if ready:
+                self._pendingClosed(link, "peer-closed", why)
+            else:
+                lifetime = 0.0
+                self.stats.linksFailed += 1
+                self._warn.warn("failed", "connection with {peer} ended before it became "
+                                "the link: {why}", peer=link.peer, why=why)
         if lifetime is not None and self._onLinkEnded is not None:
             self._onLinkEnded(lifetime)
-        gone, self._linkGone = self._linkGone, []
-        for d in gone:
-            d.callback(None)
+        for entry in [e for e in self._stopping if e[0] is link]:
+            self._stopping.remove(entry)
+            entry[1].callback(None)
+
+    def _promoteWaiting(self) -> None:
+        """
+        The link is gone: the newest connection that is ready takes it at
+        once (a client that reconnected, whose application is quiet).
+        """
+        newcomer = self._pending.newest(lambda link: link in self._ready)
+        if newcomer is not None:
+            self._promote(newcomer, "no-link")
+
+    # Pending connections that never became the link
+
+    def _pendingExpired(self, link: ILink) -> None:
+        self._ready.discard(link)
+        self._closedHere.add(link)
+        self._pendingClosed(link, "timeout", f"not the link after {self._pending.timeout:g} s")
+        link.abort()
+
+    def _pendingEvicted(self, link: ILink) -> None:
+        self._ready.discard(link)
+        self._closedHere.add(link)
+        self._pendingClosed(link, "evicted",
+                            f"{self._pending.limit} connections waiting, it was the oldest")
+        link.abort()
+
+    def _pendingClosed(self, link: ILink, reason: str, why: str) -> None:
+        self.stats.pendingClosed[reason] += 1
+        self._warn.warn("pending-" + reason, "closed TCP connection from {peer}, which never "
+                        "became the link: {why}", peer=link.peer, why=why)
+
+    def pendingCount(self) -> int:
+        """
+        How many connections are waiting to become the link.
+        """
+        return len(self._pending)
+
+    def closeLink(self) -> None:
+        """
+        Close the link cleanly (the idle timeout).
+        """
+        if self.link is not None:
+            self._closedHere.add(self.link)
+            self.link.close()
+
+    # Faults of our own
+
+    def internalError(self, where: str, failure: Failure) -> None:
+        """
+        Code of ours raised while handling traffic (a bug): count it and
+        log it (the traceback once per place, then rate-limited lines), and
+        go on with the next datagram or frame.  The link and the UDP socket
+        stay up: a bug that a datagram triggers must not turn into a
+        reconnect storm or a deaf socket.
+        """
+        self.stats.internalErrors[where] += 1
+        if where not in self._tracebacks:
+            self._tracebacks.add(where)
+            self.log.failure("internal error while {where}; the tunnel goes on "
+                             "(please report this)", failure, where=where)
+        else:
+            self._warn.warn("internal-error-" + where, "internal error while {where}: {error}",
+                            where=where, error=failure.getErrorMessage())
 
     # Flow control
 
@@ -358,8 +575,25 @@ class _IdleWatch:
         elif relay.link is not None and now - self._since >= self._timeout:
             relay.log.info("link {peer} idle for {timeout} s: closing it",
                            peer=relay.link.peer, timeout=self._timeout)
-            relay.link.close()
+            relay.closeLink()
             self._since = now
+
+
+def _cancel(call: IDelayedCall) -> None:
+    if call.active():
+        call.cancel()
+
+
+def describeLoss(reason: Failure, closedHere: bool = False) -> str:
+    """
+    Why a connection ended, in our words: Twisted's "Connection was closed
+    cleanly" or "in a non-clean fashion" do not say who closed it.
+    """
+    if reason.check(ConnectionDone):
+        return "closed here" if closedHere else "closed by the peer"
+    if reason.check(ConnectionLost):
+        return "closed here" if closedHere else "connection lost (reset or aborted)"
+    return reason.getErrorMessage()
 
 
 def _describeBindError(error: Exception) -> str:

@@ -11,6 +11,17 @@ from typing import Any
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
+#: The drop reason under which the kernel's drops on our socket appear.
+KERNEL_DROPS = "kernel-overflow"
+#: Every reason a datagram can be dropped for, so that each has a series
+#: from the start; a send error not listed appears under its errno name
+#: when it first happens.
+DROP_REASONS = (
+    "no-link", "no-address", "no-socket", "foreign-source", "udp-not-allowed",
+    "oversize", "replaced-link", KERNEL_DROPS,
+    "EAGAIN", "ENOBUFS", "ECONNREFUSED", "EHOSTUNREACH", "ENETUNREACH", "EPERM",
+)
+
 
 class TunnelStats:
     """
@@ -30,21 +41,50 @@ class TunnelStats:
         self.linksLost = 0
         self.connectAttempts = 0
         self.connectFailures = 0
+        #: Times a phantom end's source changed (two applications sharing
+        #: one phantom end change it at every datagram).
+        self.phantomChanges = 0
+        #: Links taken over from a live one, by why the newcomer won.
+        self.takeovers: Counter[str] = Counter()
+        #: Connections closed before they became the link, by why.
+        self.pendingClosed: Counter[str] = Counter()
+        #: Exceptions of our own code while handling traffic, by where.
+        self.internalErrors: Counter[str] = Counter()
+        #: Datagrams the kernel dropped on our UDP socket (its receive
+        #: buffer was full, e.g. while reading was paused), read from the
+        #: socket's own counter when the figures are reported.
+        self.kernelDrops = 0
+
+    def allDrops(self) -> Counter[str]:
+        """
+        Our drops by reason, and the kernel's on our socket as one more.
+        """
+        drops = Counter(self.drops)
+        if self.kernelDrops:
+            drops[KERNEL_DROPS] = self.kernelDrops
+        return drops
 
     def summary(self) -> str:
         """
         One line, for the log: every --stats-interval and at shutdown.
         """
-        drops = ", ".join(f"{reason}={n}" for reason, n in sorted(self.drops.items()))
+        allDrops = self.allDrops()
+        drops = ", ".join(f"{reason}={n}" for reason, n in sorted(allDrops.items()))
+        pending = ", ".join(f"{why}={n}" for why, n in sorted(self.pendingClosed.items()))
+        takeovers = ", ".join(f"{why}={n}" for why, n in sorted(self.takeovers.items()))
+        errors = sum(self.internalErrors.values())
         return (
             f"UDP->TCP {self.toTunnelDatagrams} datagrams {self.toTunnelBytes} bytes; "
             f"TCP->UDP {self.fromTunnelDatagrams} datagrams "
             f"{self.fromTunnelBytes} bytes; "
-            f"dropped {sum(self.drops.values())} ({drops or 'none'}); "
+            f"dropped {sum(allDrops.values())} ({drops or 'none'}); "
+            f"phantom changes {self.phantomChanges}; "
             f"links up {self.linksUp}, lost {self.linksLost}, "
-            f"replaced {self.linksReplaced}, refused {self.linksRefused}, "
-            f"failed {self.linksFailed}; "
+            f"replaced {self.linksReplaced} ({takeovers or 'none'}), "
+            f"refused {self.linksRefused}, failed {self.linksFailed}, "
+            f"closed waiting {sum(self.pendingClosed.values())} ({pending or 'none'}); "
             f"connection attempts {self.connectAttempts} (failed {self.connectFailures})"
+            + (f"; internal errors {errors}" if errors else "")
         )
 
 
@@ -62,6 +102,12 @@ class RateLimitedLog:
         self._suppressed: Counter[str] = Counter()
 
     def warn(self, kind: str, format: str, **fields: Any) -> None:
+        self._emit(self._log.warn, kind, format, fields)
+
+    def info(self, kind: str, format: str, **fields: Any) -> None:
+        self._emit(self._log.info, kind, format, fields)
+
+    def _emit(self, emit: Any, kind: str, format: str, fields: dict[str, Any]) -> None:
         now = self._clock.seconds()
         last = self._last.get(kind)
         if last is not None and now - last < self._interval:
@@ -71,4 +117,4 @@ class RateLimitedLog:
         held = self._suppressed.pop(kind, 0)
         if held:
             format += " ({held} more since the last such message)"
-        self._log.warn(format, held=held, **fields)
+        emit(format, held=held, **fields)

@@ -22,6 +22,8 @@ from .access import AddressFilter, parseNetwork
 from .addresses import HostPort, planUDP, splitHostPort
 from .datagram import UDPService
 from .logreopen import LogReopener
+from .pending import DEFAULT_LIMIT as DEFAULT_MAX_PENDING
+from .pending import DEFAULT_TIMEOUT as DEFAULT_PENDING_TIMEOUT
 from .protocols import MAX_DATAGRAM, TunnelDatagramProtocol, TunnelFactory
 from .reconnect import Backoff, ReportingEndpoint
 from .relay import Relay
@@ -107,6 +109,17 @@ def _seconds(text: str) -> float:
     return value
 
 
+def _positiveSeconds(text: str) -> float:
+    """
+    A duration in seconds, more than 0.
+    """
+    value = _seconds(text)
+    if value <= 0:
+        raise ValueError(f"expected a number of seconds, more than 0, not {text!r}")
+    return value
+
+
+_positiveSeconds.coerceDoc = ""  # type: ignore[attr-defined]
 _count.coerceDoc = ""  # type: ignore[attr-defined]
 _seconds.coerceDoc = ""  # type: ignore[attr-defined]
 _DEFAULTS = SocketSettings()
@@ -166,6 +179,12 @@ class _EndOptions(_WithExample):
         ["tls-key", None, None, "PEM private key of --tls-cert."],
         ["tls-ca", None, None,
          "PEM certificate of the CA that must have signed the peer's certificate."],
+        ["pending-timeout", None, DEFAULT_PENDING_TIMEOUT,
+         ("Seconds a TCP connection may take to become the link (TLS handshake, "
+          "first frame) before it is closed."), _positiveSeconds],
+        ["max-pending", None, DEFAULT_MAX_PENDING,
+         ("TCP connections that may wait to become the link at once; one more "
+          "closes the oldest (0: no cap)."), _count],
     ]
 
     def __init__(self) -> None:
@@ -347,13 +366,16 @@ def makeService(options: Options, reactor: Any = None) -> IService:
     backoff = Backoff()
     relay = Relay(
         reactor,
-        peer=plan.peer,
+        udpPeer=plan.peer,
         exitOnStartupError=_inForeground(options),
         allow=AddressFilter(end.get("allow", [])) if end.get("allow") else None,
         udpAllow=AddressFilter(end["udp-allow"]) if end["udp-allow"] else None,
         idleTimeout=end["idle-timeout"],
         statsInterval=end["stats-interval"],
         onLinkEnded=backoff.linkEnded if options.subCommand == "client" else None,
+        pendingTimeout=end["pending-timeout"],
+        maxPending=end["max-pending"],
+        role="client" if options.subCommand == "client" else "server",
     )
     settings, credentials = end["settings"], end["credentials"]
     UDPService(

@@ -1,0 +1,73 @@
+"""
+The Prometheus exposition: names, labels and which series exist.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, generate_latest
+from twisted.internet.task import Clock
+from twisted.trial.unittest import SynchronousTestCase
+
+from udptunnel.metrics import RelayCollector
+from udptunnel.relay import Relay
+from udptunnel.stats import DROP_REASONS
+
+from .fakes import FakeLink, FakeUDPTransport
+
+
+def scrape(relay: Relay) -> str:
+    registry = CollectorRegistry(auto_describe=True)
+    registry.register(RelayCollector(relay))
+    return generate_latest(registry).decode()
+
+
+def makeRelay(**options: object) -> Relay:
+    relay = Relay(Clock(), **options)  # type: ignore[arg-type]
+    relay.udpStarted(FakeUDPTransport())
+    return relay
+
+
+class SeriesTests(SynchronousTestCase):
+    def test_everyDropReasonFromTheStart(self) -> None:
+        text = scrape(makeRelay())
+        for reason in DROP_REASONS:
+            self.assertIn(f'udptunnel_dropped_datagrams_total{{reason="{reason}"}} 0.0', text)
+
+    def test_serverHasNoClientCounters(self) -> None:
+        text = scrape(makeRelay(role="server"))
+        self.assertNotIn("udptunnel_connect_attempts", text)
+        self.assertIn('udptunnel_links_total{event="refused"} 0.0', text)
+        self.assertIn('udptunnel_link_takeovers_total{reason="first-frame"} 0.0', text)
+        self.assertIn('udptunnel_pending_closed_total{reason="evicted"} 0.0', text)
+
+    def test_clientHasNoServerCounters(self) -> None:
+        text = scrape(makeRelay(role="client", udpPeer=("192.0.2.1", 5072)))
+        self.assertIn("udptunnel_connect_attempts_total 0.0", text)
+        self.assertNotIn('event="refused"', text)
+        self.assertNotIn('event="replaced"', text)
+        self.assertNotIn("udptunnel_link_takeovers", text)
+        self.assertNotIn("udptunnel_phantom_changes", text)
+
+    def test_fixedPeerInfo(self) -> None:
+        text = scrape(makeRelay(udpPeer=("2001:db8::1", 5072)))
+        self.assertIn('udptunnel_peer_info{address="[2001:db8::1]:5072",mode="fixed"} 1.0', text)
+
+    def test_phantomPeerInfoHasNoPort(self) -> None:
+        """
+        The ephemeral port would make a new series at each restart of the
+        application: the label carries the host only.
+        """
+        relay = makeRelay()
+        relay.linkMade(FakeLink())
+        relay.datagramsReceived([(b"x", ("::ffff:127.0.0.1", 40001))])
+        relay.datagramsReceived([(b"x", ("::ffff:127.0.0.1", 40002))])
+        text = scrape(relay)
+        self.assertIn('udptunnel_peer_info{address="127.0.0.1",mode="phantom"} 1.0', text)
+        self.assertEqual(text.count("udptunnel_peer_info{"), 1)
+        self.assertIn("udptunnel_phantom_changes_total 1.0", text)
+
+    def test_pendingGauge(self) -> None:
+        relay = makeRelay()
+        relay.linkMade(FakeLink())
+        relay.linkConnected(FakeLink())
+        self.assertIn("udptunnel_pending_links 1.0", scrape(relay))
