@@ -655,9 +655,12 @@ class SignalTests(FaultTestCase):
         roundTrip(app, (LOCAL, serverUDP), pop, (LOCAL, clientUDP), b"before", TIMEOUT)
         waitFor(lambda: "link up" in self.read(logfile), "the link in the log")
 
+        mode = os.stat(logfile).st_mode  # under this process's umask
         os.rename(logfile, logfile + ".1")
         os.kill(pid, signal.SIGHUP)
         waitFor(lambda: "reopened" in self.read(logfile), "a new log file saying reopened")
+        # Not the daemon's umask (0600): the mode of the file it replaces.
+        self.assertEqual(oct(os.stat(logfile).st_mode), oct(mode))
         old = self.read(logfile + ".1")
         self.assertIn("UDP bound on", old)
         self.assertIn("link up", old)

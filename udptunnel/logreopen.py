@@ -6,7 +6,9 @@ file was moved away, logging goes on in a new file at the original path.
 from __future__ import annotations
 
 import gc
+import os
 import signal
+import stat
 from typing import Any
 
 from twisted.application.service import Service
@@ -27,7 +29,23 @@ class LogReopener(Service):
 
     def startService(self) -> None:
         super().startService()
+        self._keepModes()
         self._previous = signal.signal(signal.SIGHUP, self._onSignal)
+
+    def _keepModes(self) -> None:
+        """
+        Make a reopened log file get the mode the first one had.  twistd
+        creates its log file before it daemonises, under the user's umask
+        (0644, say), and reopens it after, under the daemon's umask 077: the
+        new file would be 0600 and unreadable to the group that could read
+        the old one.
+        """
+        for logFile in _openLogFiles():
+            if logFile.defaultMode is None:
+                try:
+                    logFile.defaultMode = stat.S_IMODE(os.stat(logFile.path).st_mode)
+                except OSError:
+                    pass
 
     def stopService(self) -> None:
         signal.signal(signal.SIGHUP, self._previous or signal.SIG_DFL)
@@ -43,7 +61,11 @@ class LogReopener(Service):
         twistd keeps its L{BaseLogFile} to itself, so find the open ones
         among all objects; this is rare enough for that to be fine.
         """
-        files = [o for o in gc.get_objects() if isinstance(o, BaseLogFile) and not o.closed]
+        files = _openLogFiles()
         for logFile in files:
             logFile.reopen()
         self.log.info("SIGHUP: reopened {count} log file(s)", count=len(files))
+
+
+def _openLogFiles() -> list[BaseLogFile]:
+    return [o for o in gc.get_objects() if isinstance(o, BaseLogFile) and not o.closed]
