@@ -358,10 +358,17 @@ class ForegroundTests(TwistdTestCase):
         )
 
         self.assertRelays(app, pop, serverUDP, clientUDP)
+        self.assertIn(f"listening for the TCP link on 127.0.0.1:{tcp}", self.output(server))
+        self.assertNotIn("TunnelFactory", self.output(server))
 
-        for process in (client, server):
-            self.assertIn(self.stop(process), STOPPED_BY_SIGTERM, self.output(process))
-            self.assertIn("tunnel stopped", self.output(process))
+        self.assertIn(self.stop(server), STOPPED_BY_SIGTERM, self.output(server))
+        self.assertIn("tunnel stopped", self.output(server))
+        # The server closed the link cleanly: the client says so.
+        self.waitForOutput(client, "link down")
+        self.assertIn("(closed by the peer)", self.output(client))
+        self.assertNotIn("non-clean", self.output(client))
+        self.assertIn(self.stop(client), STOPPED_BY_SIGTERM, self.output(client))
+        self.assertIn("tunnel stopped", self.output(client))
 
 
 class DaemonTests(TwistdTestCase):

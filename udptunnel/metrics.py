@@ -143,6 +143,12 @@ class _QuietSite(Site):
     def log(self, request: http.Request) -> None:
         pass
 
+    def logPrefix(self) -> str:
+        """
+        The name Twisted's port gives the site in its own log lines.
+        """
+        return "udptunnel metrics"
+
 
 def metricsSite(relay: Relay) -> Site:
     registry = CollectorRegistry(auto_describe=True)

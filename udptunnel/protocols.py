@@ -43,6 +43,12 @@ class TunnelDatagramProtocol(DatagramProtocol):
         self.relay = relay
         self.settings = settings or SocketSettings()
 
+    def logPrefix(self) -> str:
+        """
+        The name Twisted's UDP port gives us in its own log lines.
+        """
+        return "udptunnel UDP"
+
     def startProtocol(self) -> None:
         sock = _socketOf(self.transport)
         if sock is not None:
@@ -209,6 +215,12 @@ class TunnelFactory(Factory[TunnelStreamProtocol]):
 
     protocol = TunnelStreamProtocol
     noisy = False
+
+    def logPrefix(self) -> str:
+        """
+        The name Twisted's TCP port gives us in its own log lines.
+        """
+        return "udptunnel TCP"
 
     def __init__(
         self, relay: IRelay, settings: SocketSettings | None = None, tls: bool = False

@@ -21,6 +21,7 @@ from twisted.python import usage
 from .access import AddressFilter, parseNetwork
 from .addresses import HostPort, planUDP, splitHostPort
 from .datagram import UDPService
+from .listening import AnnouncingEndpoint
 from .logreopen import LogReopener
 from .pending import DEFAULT_LIMIT as DEFAULT_MAX_PENDING
 from .pending import DEFAULT_TIMEOUT as DEFAULT_PENDING_TIMEOUT
@@ -353,6 +354,17 @@ def _daemonLogFile(options: usage.Options) -> bool:
     return parent.get("logfile") not in (None, "", "-")
 
 
+def _listener(description: str, factory: IProtocolFactory, format: str,
+              reactor: Any) -> IService:
+    """
+    C{strports.service} (which stops twistd with the reason when it cannot
+    listen), whose endpoint logs where it listens once it does.
+    """
+    service = strports.service(description, factory, reactor=reactor)
+    service.endpoint = AnnouncingEndpoint(service.endpoint, format)
+    return service
+
+
 def makeService(options: Options, reactor: Any = None) -> IService:
     """
     Wire the relay and its children: the UDP socket first (frames arriving
@@ -393,7 +405,8 @@ def makeService(options: Options, reactor: Any = None) -> IService:
             from .tls import serverFactory
 
             listening = serverFactory(credentials, factory)
-        strports.service(tcp, listening, reactor=reactor).setServiceParent(relay)
+        _listener(tcp, listening, "listening for the TCP link on {address}",
+                  reactor).setServiceParent(relay)
     else:
         endpoint: IStreamClientEndpoint
         if isinstance(tcp, HostPort):
@@ -415,9 +428,8 @@ def makeService(options: Options, reactor: Any = None) -> IService:
     if end["metrics"] is not None:
         from .metrics import metricsSite
 
-        strports.service(end["metrics"], metricsSite(relay), reactor=reactor).setServiceParent(
-            relay
-        )
+        _listener(end["metrics"], metricsSite(relay),
+                  "serving metrics on http://{address}/metrics", reactor).setServiceParent(relay)
     if _daemonLogFile(options):
         LogReopener(reactor).setServiceParent(relay)
     return relay
