@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import errno
 
+from twisted.internet.address import IPv6Address
 from twisted.internet.error import ConnectionDone
 from twisted.internet.task import Clock
 from twisted.logger import LogLevel
@@ -784,3 +785,25 @@ class InternalErrorTests(RelayTestMixin, SynchronousTestCase):
         self.assertEqual(len(later), 1)
         self.assertIn("internal errors 50", relay.summary())
         self.flushLoggedErrors(ZeroDivisionError)
+
+
+class AddressWordingTests(RelayTestMixin, SynchronousTestCase):
+    """
+    One way of writing addresses, in every log line.
+    """
+
+    def test_ipv6BoundAddressInBrackets(self) -> None:
+        events = captureLogEvents(self)
+        relay = Relay(Clock())
+        udp = FakeUDPTransport()
+        udp.getHost = lambda: IPv6Address("UDP", "::", 5073)  # type: ignore[method-assign]
+        relay.udpStarted(udp)
+        bound = [e for e in events if e.get("log_format", "").startswith("UDP bound on")]
+        self.assertEqual([e["address"] for e in bound], ["[::]:5073"])
+
+    def test_mappedIPv4PeerAsIPv4(self) -> None:
+        events = captureLogEvents(self)
+        relay = self.makeRelay()
+        relay.datagramsReceived([(b"x", ("::ffff:127.0.0.1", 40000))])
+        learned = [e for e in events if e.get("log_format", "").startswith("phantom peer")]
+        self.assertEqual([e["peer"] for e in learned], ["127.0.0.1:40000"])
