@@ -10,22 +10,24 @@ from typing import Any
 
 from hypothesis import given
 from hypothesis import strategies as st
-from twisted.internet import reactor
+from twisted.internet import abstract, reactor
 from twisted.internet.address import IPv4Address, IPv6Address
 from twisted.internet.defer import Deferred, inlineCallbacks
 from twisted.internet.error import ConnectionDone
 from twisted.internet.protocol import ClientCreator, Protocol
 from twisted.internet.task import deferLater
 from twisted.internet.testing import StringTransport
+from twisted.logger import LogLevel
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 from zope.interface import implementer
 
+from udptunnel import _twisted
 from udptunnel.interfaces import ILink, IRelay
 from udptunnel.protocols import TunnelDatagramProtocol, TunnelFactory
 from udptunnel.sockopts import SocketSettings
 
-from .fakes import FakeUDPTransport
+from .fakes import FakeUDPTransport, captureLogEvents
 
 
 @implementer(IRelay)
@@ -255,28 +257,44 @@ class Reader(Protocol):
 class WriteThroughTests(TestCase):
     """
     Frames go straight to the socket when nothing is queued, and through
-    Twisted's buffer when the kernel's is full: in order either way.
+    Twisted's buffer when the kernel's is full: in order either way.  When
+    the installed Twisted fails the write-through's check, every frame goes
+    through Twisted's buffer: in order too.
     """
 
     @inlineCallbacks
-    def test_orderKeptWhenTheSocketFills(self) -> Any:
-        relay = RecordingRelay()
-        # A small kernel send buffer, so that the socket fills.
-        factory = TunnelFactory(relay, SocketSettings(tcpSendBuffer=16384))
+    def connectLink(self, relay: RecordingRelay, factory: TunnelFactory) -> Any:
+        """
+        A link, served by C{factory}, to a L{Reader} that does not read yet.
+        """
         port = reactor.listenTCP(0, factory, interface="127.0.0.1")
         self.addCleanup(port.stopListening)
+        count = len(relay.links)
         reader = yield ClientCreator(reactor, Reader).connectTCP(
             "127.0.0.1", port.getHost().port
         )
         self.addCleanup(lambda: reader.lost)
         self.addCleanup(reader.transport.loseConnection)
-        while not relay.links:
+        for _ in range(500):
+            if len(relay.links) > count:
+                break
             yield deferLater(reactor, 0.01, lambda: None)
-        link = relay.links[0]
+        link = relay.links[-1]
         self.addCleanup(link.abort)
+        return link, reader
+
+    @inlineCallbacks
+    def checkOrderWhenTheSocketFills(self, writeThrough: bool) -> Any:
+        relay = RecordingRelay()
+        # A small kernel send buffer, so that the socket fills.
+        factory = TunnelFactory(relay, SocketSettings(tcpSendBuffer=16384))
+        link, reader = yield self.connectLink(relay, factory)
+        self.assertEqual(link._writeThrough, writeThrough)
 
         link.sendFrames([b"first"])
-        self.assertFalse(link.transport.dataBuffer or link.transport._tempDataBuffer)
+        queued = bool(link.transport.dataBuffer or link.transport._tempDataBuffer)
+        # Written through, nothing waits; else it waits for the next turn.
+        self.assertEqual(queued, not writeThrough)
         datagrams = [bytes([i % 251]) * 1400 for i in range(2000)]
         for i in range(0, len(datagrams), 8):
             link.sendFrames(datagrams[i : i + 8])
@@ -296,3 +314,33 @@ class WriteThroughTests(TestCase):
                 break
             yield deferLater(reactor, 0.01, lambda: None)
         self.assertEqual(bytes(reader.received), expected)
+        return factory
+
+    def test_orderKeptWhenTheSocketFills(self) -> Any:
+        return self.checkOrderWhenTheSocketFills(writeThrough=True)
+
+    @inlineCallbacks
+    def test_fallbackWhenTwistedChanged(self) -> Any:
+        """
+        A Twisted whose connections carry a buffer the write-through does not
+        know of: frames go through C{transport.write}, in order, and one
+        warning says so, however many connections follow.
+        """
+        self.patch(_twisted, "_connectionVerdict", None)
+        # What a release that added a send buffer would look like.
+        abstract.FileDescriptor._sendQueue = []  # type: ignore[attr-defined]
+        self.addCleanup(delattr, abstract.FileDescriptor, "_sendQueue")
+        events = captureLogEvents(self)
+
+        factory = yield self.checkOrderWhenTheSocketFills(writeThrough=False)
+        link, _ = yield self.connectLink(factory.relay, factory)
+        self.assertFalse(link._writeThrough)
+
+        warnings = [
+            e
+            for e in events
+            if e.get("log_level") == LogLevel.warn
+            and e.get("log_namespace") == "udptunnel._twisted"
+        ]
+        self.assertEqual(len(warnings), 1)
+        self.assertIn("_sendQueue looks like another send buffer", warnings[0]["problems"])

@@ -6,9 +6,9 @@ from __future__ import annotations
 
 import socket
 import struct
+from collections.abc import Callable
 from typing import Any, cast
 
-from twisted.internet import tcp
 from twisted.internet.address import IPv4Address, IPv6Address
 from twisted.internet.interfaces import (
     IConsumer,
@@ -21,6 +21,7 @@ from twisted.protocols.basic import Int16StringReceiver
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from ._twisted import writerFor
 from .addresses import showAddress
 from .interfaces import ILink, IRelay
 from .sockopts import SocketSettings, tuneTCP, tuneUDP
@@ -73,6 +74,10 @@ class TunnelStreamProtocol(Int16StringReceiver):
 
     peer = "?"
     peerHost: str | None = None
+    #: How L{sendFrames} writes, chosen at connection by
+    #: L{udptunnel._twisted.writerFor}: straight to the socket when Twisted's
+    #: buffers are empty (C{_writeThrough}), or C{transport.write}.
+    _write: Callable[[bytes], None]
     _writeThrough = False
     established = False
     refused = False
@@ -89,11 +94,7 @@ class TunnelStreamProtocol(Int16StringReceiver):
         sock = _socketOf(self.transport)
         if sock is not None:
             tuneTCP(sock, self.factory.settings)
-        # Plain TCP or Unix only: never past a TLS layer (wrapped, or started
-        # on the connection itself).
-        self._writeThrough = isinstance(self.transport, tcp.Connection) and not getattr(
-            self.transport, "TLS", False
-        )
+        self._write, self._writeThrough = writerFor(self.transport)
         if not self.factory.relay.linkConnected(self):
             self.refused = True
             self.abort()
@@ -152,41 +153,6 @@ class TunnelStreamProtocol(Int16StringReceiver):
             parts.append(pack(len(datagram)))
             parts.append(datagram)
         self._write(b"".join(parts))
-
-    def _write(self, data: bytes) -> None:
-        """
-        Write to the socket at once when nothing is queued before C{data},
-        and queue only what the kernel did not take.
-
-        Twisted's C{transport.write} always queues and sends on a later
-        reactor turn, which costs a turn and two C{epoll_ctl} calls per
-        write: writing through cut the CPU per round trip from 28 to 18 us
-        and raised pipelined round trips/s by 45%, measured.  Only on
-        Twisted's own TCP and Unix connections, whose buffers this checks
-        (C{dataBuffer}, C{_tempDataBuffer}) and whose C{socket} it writes to;
-        TLS takes the ordinary path.
-        """
-        transport: Any = self.transport
-        if (
-            self._writeThrough
-            and transport.connected
-            and not transport.disconnecting
-            and not transport.dataBuffer
-            and not transport._tempDataBuffer
-        ):
-            # The socket's own send, not writeSomeData: that sends at most
-            # 128 KiB a call, so every batch of large datagrams would leave a
-            # remainder to copy and queue (-7% CPU per 1400-byte datagram,
-            # +10% pipelined round trips at 1400 bytes, measured).
-            try:
-                sent = transport.socket.send(data)
-            except OSError:
-                sent = 0  # EAGAIN, or an error the ordinary path will meet
-            if sent == len(data):
-                return
-            if sent:
-                data = data[sent:]
-        transport.write(data)
 
     def close(self) -> None:
         assert self.transport is not None
