@@ -153,13 +153,13 @@ class ConnectionCheckTests(SynchronousTestCase):
 
     def test_renamedAttribute(self) -> None:
         problems = connectionProblems(Renamed)
-        self.assertIn("Renamed has no _tempDataBuffer", problems)
-        self.assertIn("Renamed._pendingWrites looks like another send buffer", problems)
+        self.assertIn("test_private.Renamed has no _tempDataBuffer", problems)
+        self.assertIn("test_private.Renamed._pendingWrites looks like another send buffer", problems)
 
     def test_extraBuffer(self) -> None:
         self.assertEqual(
             connectionProblems(ExtraBuffer),
-            ["ExtraBuffer._sendQueue looks like another send buffer"],
+            ["test_private.ExtraBuffer._sendQueue looks like another send buffer"],
         )
 
     def test_extraClassLevelBuffer(self) -> None:
@@ -168,32 +168,32 @@ class ConnectionCheckTests(SynchronousTestCase):
 
         self.assertEqual(
             connectionProblems(ClassBuffer),
-            ["ClassBuffer._outgoing looks like another send buffer"],
+            ["test_private.ClassBuffer._outgoing looks like another send buffer"],
         )
 
     def test_writeQueuesElsewhere(self) -> None:
         self.assertEqual(
             connectionProblems(HiddenBuffer),
-            ["HiddenBuffer.write does not queue into _tempDataBuffer"],
+            ["test_private.HiddenBuffer.write does not queue into _tempDataBuffer"],
         )
 
     def test_drainedBufferNotEmpty(self) -> None:
         self.assertEqual(
             connectionProblems(LazyDrain),
-            ["LazyDrain.doWrite leaves its buffers non-empty once all is sent"],
+            ["test_private.LazyDrain.doWrite leaves its buffers non-empty once all is sent"],
         )
 
     def test_checkRaising(self) -> None:
         self.assertEqual(
             connectionProblems(Broken),
-            ["checking Broken raised TypeError('new signature')"],
+            ["checking test_private.Broken raised TypeError('new signature')"],
         )
 
     def test_wrongType(self) -> None:
         class TextBuffer(tcp.Connection):
             dataBuffer = ""  # type: ignore[assignment]
 
-        self.assertIn("TextBuffer.dataBuffer is a str, not bytes", connectionProblems(TextBuffer))
+        self.assertIn("test_private.TextBuffer.dataBuffer is a str, not bytes", connectionProblems(TextBuffer))
 
 
 class WriterChoiceTests(SynchronousTestCase):

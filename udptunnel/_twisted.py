@@ -99,7 +99,7 @@ def connectionProblems(connectionClass: type[tcp.Connection] = tcp.Connection) -
     @param connectionClass: C{tcp.Connection}, or (in tests) a subclass
         that mimics a changed release.
     """
-    name = connectionClass.__name__
+    name = f"{connectionClass.__module__.rsplit('.', 1)[-1]}.{connectionClass.__name__}"
     problems: list[str] = []
     mine, peer = socket.socketpair()
     try:
@@ -173,7 +173,9 @@ def writerFor(transport: Any) -> tuple[Callable[[bytes], None], bool]:
     Only on Twisted's own TCP and Unix connections (whose buffers the
     write-through checks), never past a TLS layer (wrapped, or started on
     the connection itself), and only when L{writeThroughSupported}; else
-    C{transport.write}.
+    C{transport.write}.  (Twisted's Unix connections add a queue of file
+    descriptors to pass, C{_sendmsgQueue}, sent with the next write; the
+    tunnel never passes any, so writing past it reorders nothing.)
     """
     if (
         isinstance(transport, tcp.Connection)
