@@ -10,22 +10,29 @@ from typing import Any
 
 from hypothesis import given
 from hypothesis import strategies as st
-from twisted.internet import reactor
+from twisted.internet import abstract, reactor
 from twisted.internet.address import IPv4Address, IPv6Address
 from twisted.internet.defer import Deferred, inlineCallbacks
 from twisted.internet.error import ConnectionDone
 from twisted.internet.protocol import ClientCreator, Protocol
 from twisted.internet.task import deferLater
 from twisted.internet.testing import StringTransport
+from twisted.logger import LogLevel
+from twisted.protocols.basic import StringTooLongError
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 from zope.interface import implementer
 
+from udptunnel import _twisted
 from udptunnel.interfaces import ILink, IRelay
-from udptunnel.protocols import TunnelDatagramProtocol, TunnelFactory
+from udptunnel.protocols import (
+    TunnelDatagramProtocol,
+    TunnelFactory,
+    TunnelStreamProtocol,
+)
 from udptunnel.sockopts import SocketSettings
 
-from .fakes import FakeUDPTransport
+from .fakes import FakeUDPTransport, captureLogEvents
 
 
 @implementer(IRelay)
@@ -218,6 +225,164 @@ class StreamProtocolTests(SynchronousTestCase):
         self.assertEqual(self.relay.frames, datagrams)
 
 
+class Limited(TunnelStreamProtocol):
+    """
+    A subclass that refuses frames longer than 10 bytes, and records the
+    lengths it refused.
+    """
+
+    MAX_LENGTH = 10
+
+    def __init__(self) -> None:
+        self.exceeded: list[int] = []
+
+    def lengthLimitExceeded(self, length: int) -> None:
+        self.exceeded.append(length)
+        super().lengthLimitExceeded(length)
+
+
+class PausingRelay(RecordingRelay):
+    """
+    Pauses the link after each read it is given, as a consumer that wants
+    no more for now would.
+    """
+
+    def framesReceived(self, link, frames):
+        super().framesReceived(link, frames)
+        link.pauseProducing()
+
+
+class InheritedSurfaceTests(SynchronousTestCase):
+    """
+    What TunnelStreamProtocol keeps of Int16StringReceiver works: pausing,
+    the length limit, C{stringReceived}, C{sendString}.  Each is fed one
+    byte at a time and in one chunk, as Twisted's own test_basic does.
+    """
+
+    FRAMES = [b"a", b"", b"b" * 10, b"c" * 300]
+
+    def connect(self, relay: RecordingRelay | None = None, protocolClass: type = TunnelStreamProtocol):
+        self.relay = relay or RecordingRelay()
+        factory = TunnelFactory(self.relay)
+        factory.protocol = protocolClass
+        protocol = factory.buildProtocol(None)
+        self.transport = StringTransport(peerAddress=IPv4Address("TCP", "192.0.2.7", 4321))
+        protocol.makeConnection(self.transport)
+        return protocol
+
+    def feed(self, protocol, stream: bytes, oneByteAtATime: bool) -> None:
+        if oneByteAtATime:
+            for i in range(len(stream)):
+                protocol.dataReceived(stream[i : i + 1])
+        else:
+            protocol.dataReceived(stream)
+
+    def test_pausedDeliversNothingUntilResumed(self) -> None:
+        """
+        While paused, no frame reaches the relay, and the transport is told
+        to stop reading; on resume, the frames that came meanwhile are
+        delivered, in order, in one read.
+        """
+        stream = b"".join(frame(f) for f in self.FRAMES)
+        for oneByteAtATime in (True, False):
+            protocol = self.connect()
+            protocol.pauseProducing()
+            self.assertEqual(self.transport.producerState, "paused")
+            self.feed(protocol, stream + frame(b"half")[:3], oneByteAtATime)
+            self.assertEqual(self.relay.frames, [])
+            protocol.resumeProducing()
+            self.assertEqual(self.transport.producerState, "producing")
+            self.assertEqual(self.relay.frames, self.FRAMES)
+            self.assertEqual(self.relay.reads, [len(self.FRAMES)])
+            protocol.dataReceived(frame(b"half")[3:])
+            self.assertEqual(self.relay.frames, [*self.FRAMES, b"half"])
+
+    def test_pausedByTheRelay(self) -> None:
+        """
+        A relay that pauses the link while it handles a read gets nothing
+        more until it resumes it.
+        """
+        for oneByteAtATime in (True, False):
+            protocol = self.connect(PausingRelay())
+            protocol.dataReceived(frame(b"first"))
+            self.assertTrue(protocol.paused)
+            self.feed(protocol, b"".join(frame(f) for f in self.FRAMES), oneByteAtATime)
+            self.assertEqual(self.relay.frames, [b"first"])
+            protocol.resumeProducing()
+            self.assertEqual(self.relay.frames, [b"first", *self.FRAMES])
+            self.assertEqual(self.relay.reads, [1, len(self.FRAMES)])
+
+    def test_lengthLimitOfASubclass(self) -> None:
+        """
+        A subclass's lower C{MAX_LENGTH} makes a longer frame's length go to
+        C{lengthLimitExceeded} as soon as its prefix arrives, after the
+        frames before it; its bytes never reach the relay, and the base
+        class's C{lengthLimitExceeded} closes the connection.
+        """
+        for oneByteAtATime in (True, False):
+            protocol = self.connect(protocolClass=Limited)
+            limits = protocol.exceeded
+            stream = frame(b"x" * 10) + frame(b"y" * 11) + frame(b"after")
+            if oneByteAtATime:
+                for i in range(len(stream)):
+                    protocol.dataReceived(stream[i : i + 1])
+                    if limits:
+                        break
+                self.assertEqual(i, 13, "not at the prefix of the long frame")
+            else:
+                protocol.dataReceived(stream)
+            self.assertEqual(limits[0], 11)
+            self.assertEqual(self.relay.frames, [b"x" * 10])
+            self.assertTrue(self.transport.disconnecting)
+
+    def test_lengthLimitOnAnInstance(self) -> None:
+        """
+        As Twisted's test_basic does: C{MAX_LENGTH} set on the instance, and
+        C{lengthLimitExceeded} replaced.
+        """
+        protocol = self.connect()
+        limits: list[int] = []
+        protocol.lengthLimitExceeded = limits.append
+        protocol.MAX_LENGTH = 10
+        protocol.dataReceived(struct.pack("!H", 11))
+        self.assertEqual(limits, [11])
+        self.assertEqual(protocol.recvd, struct.pack("!H", 11))
+        protocol.dataReceived(b"x" * 11)
+        self.assertEqual(self.relay.frames, [])
+
+    def test_defaultLimitAcceptsEveryLength(self) -> None:
+        protocol = self.connect()
+        self.assertEqual(protocol.MAX_LENGTH, 65535)
+        protocol.lengthLimitExceeded = lambda length: self.fail(f"limit hit at {length}")
+        for oneByteAtATime in (True, False):
+            self.feed(protocol, frame(b"z" * 65535), oneByteAtATime)
+        self.assertEqual(self.relay.frames, [b"z" * 65535] * 2)
+
+    def test_stringReceivedDeliversOneFrame(self) -> None:
+        protocol = self.connect()
+        protocol.stringReceived(b"one frame")
+        self.assertEqual(self.relay.frames, [b"one frame"])
+        self.assertEqual(self.relay.reads, [1])
+
+    def test_sendStringInOrderWithSendFrames(self) -> None:
+        protocol = self.connect()
+        protocol.sendFrames([b"one"])
+        protocol.sendString(b"two")
+        protocol.sendFrames([b"three"])
+        self.assertEqual(self.transport.value(), frame(b"one") + frame(b"two") + frame(b"three"))
+        self.assertRaises(StringTooLongError, protocol.sendString, b"x" * 65536)
+
+    def test_recvdIsReadOnly(self) -> None:
+        """
+        C{recvd} shows the bytes not parsed yet; replacing it, which the base
+        class's parser honours, is refused rather than silently ignored.
+        """
+        protocol = self.connect()
+        protocol.dataReceived(frame(b"whole") + frame(b"half")[:3])
+        self.assertEqual(protocol.recvd, frame(b"half")[:3])
+        self.assertRaises(AttributeError, setattr, protocol, "recvd", b"")
+
+
 class DatagramProtocolTests(SynchronousTestCase):
     def test_forwardsAndAnnounces(self) -> None:
         relay = RecordingRelay()
@@ -255,28 +420,44 @@ class Reader(Protocol):
 class WriteThroughTests(TestCase):
     """
     Frames go straight to the socket when nothing is queued, and through
-    Twisted's buffer when the kernel's is full: in order either way.
+    Twisted's buffer when the kernel's is full: in order either way.  When
+    the installed Twisted fails the write-through's check, every frame goes
+    through Twisted's buffer: in order too.
     """
 
     @inlineCallbacks
-    def test_orderKeptWhenTheSocketFills(self) -> Any:
-        relay = RecordingRelay()
-        # A small kernel send buffer, so that the socket fills.
-        factory = TunnelFactory(relay, SocketSettings(tcpSendBuffer=16384))
+    def connectLink(self, relay: RecordingRelay, factory: TunnelFactory) -> Any:
+        """
+        A link, served by C{factory}, to a L{Reader} that does not read yet.
+        """
         port = reactor.listenTCP(0, factory, interface="127.0.0.1")
         self.addCleanup(port.stopListening)
+        count = len(relay.links)
         reader = yield ClientCreator(reactor, Reader).connectTCP(
             "127.0.0.1", port.getHost().port
         )
         self.addCleanup(lambda: reader.lost)
         self.addCleanup(reader.transport.loseConnection)
-        while not relay.links:
+        for _ in range(500):
+            if len(relay.links) > count:
+                break
             yield deferLater(reactor, 0.01, lambda: None)
-        link = relay.links[0]
+        link = relay.links[-1]
         self.addCleanup(link.abort)
+        return link, reader
+
+    @inlineCallbacks
+    def checkOrderWhenTheSocketFills(self, writeThrough: bool) -> Any:
+        relay = RecordingRelay()
+        # A small kernel send buffer, so that the socket fills.
+        factory = TunnelFactory(relay, SocketSettings(tcpSendBuffer=16384))
+        link, reader = yield self.connectLink(relay, factory)
+        self.assertEqual(link._writeThrough, writeThrough)
 
         link.sendFrames([b"first"])
-        self.assertFalse(link.transport.dataBuffer or link.transport._tempDataBuffer)
+        queued = bool(link.transport.dataBuffer or link.transport._tempDataBuffer)
+        # Written through, nothing waits; else it waits for the next turn.
+        self.assertEqual(queued, not writeThrough)
         datagrams = [bytes([i % 251]) * 1400 for i in range(2000)]
         for i in range(0, len(datagrams), 8):
             link.sendFrames(datagrams[i : i + 8])
@@ -296,3 +477,33 @@ class WriteThroughTests(TestCase):
                 break
             yield deferLater(reactor, 0.01, lambda: None)
         self.assertEqual(bytes(reader.received), expected)
+        return factory
+
+    def test_orderKeptWhenTheSocketFills(self) -> Any:
+        return self.checkOrderWhenTheSocketFills(writeThrough=True)
+
+    @inlineCallbacks
+    def test_fallbackWhenTwistedChanged(self) -> Any:
+        """
+        A Twisted whose connections carry a buffer the write-through does not
+        know of: frames go through C{transport.write}, in order, and one
+        warning says so, however many connections follow.
+        """
+        self.patch(_twisted, "_connectionVerdict", None)
+        # What a release that added a send buffer would look like.
+        abstract.FileDescriptor._sendQueue = []  # type: ignore[attr-defined]
+        self.addCleanup(delattr, abstract.FileDescriptor, "_sendQueue")
+        events = captureLogEvents(self)
+
+        factory = yield self.checkOrderWhenTheSocketFills(writeThrough=False)
+        link, _ = yield self.connectLink(factory.relay, factory)
+        self.assertFalse(link._writeThrough)
+
+        warnings = [
+            e
+            for e in events
+            if e.get("log_level") == LogLevel.warn
+            and e.get("log_namespace") == "udptunnel._twisted"
+        ]
+        self.assertEqual(len(warnings), 1)
+        self.assertIn("_sendQueue looks like another send buffer", warnings[0]["problems"])

@@ -6,9 +6,9 @@ from __future__ import annotations
 
 import socket
 import struct
+from collections.abc import Callable
 from typing import Any, cast
 
-from twisted.internet import tcp
 from twisted.internet.address import IPv4Address, IPv6Address
 from twisted.internet.interfaces import (
     IConsumer,
@@ -21,6 +21,7 @@ from twisted.protocols.basic import Int16StringReceiver
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from ._twisted import writerFor
 from .addresses import showAddress
 from .interfaces import ILink, IRelay
 from .sockopts import SocketSettings, tuneTCP, tuneUDP
@@ -71,14 +72,36 @@ class TunnelStreamProtocol(Int16StringReceiver):
     """
     One TCP connection of the tunnel: a 2-byte big-endian length, then that
     many bytes of datagram, back to back, both ways.
+
+    What it takes from C{Int16StringReceiver}, and what it changes:
+
+      - C{dataReceived} is its own parser (see there): faster, and it hands
+        the relay all the frames of one read in one call.  It honours what
+        the base class's parser does: C{MAX_LENGTH} and
+        C{lengthLimitExceeded}, and C{pauseProducing} (no frame is delivered
+        while paused; they wait, and come out on C{resumeProducing}).
+      - C{stringReceived} delivers one frame to the relay, for whatever
+        calls it; the parser does not.
+      - C{sendString} is the base class's: one frame, through
+        C{transport.write}, so in order with L{sendFrames} (which writes
+        through only when nothing is queued).
+      - C{recvd}, the base class's old view of the unparsed bytes, can be
+        read but not replaced.
     """
 
-    # Every length a 16-bit prefix can express is a valid frame; one too big
-    # for the UDP path is the relay's to drop and count, not a framing error.
-    MAX_LENGTH = 65535
+    #: Frames longer than this go to C{lengthLimitExceeded} (which closes the
+    #: connection) instead of to the relay.  Every length a 16-bit prefix can
+    #: express is a valid frame by default: one too big for the UDP path is
+    #: the relay's to drop and count, not a framing error.  Lower it in a
+    #: subclass (or on an instance) to refuse longer frames.
+    MAX_LENGTH = 0xFFFF
 
     peer = "?"
     peerHost: str | None = None
+    #: How L{sendFrames} writes, chosen at connection by
+    #: L{udptunnel._twisted.writerFor}: straight to the socket when Twisted's
+    #: buffers are empty (C{_writeThrough}), or C{transport.write}.
+    _write: Callable[[bytes], None]
     _writeThrough = False
     established = False
     refused = False
@@ -95,11 +118,7 @@ class TunnelStreamProtocol(Int16StringReceiver):
         sock = _socketOf(self.transport)
         if sock is not None:
             tuneTCP(sock, self.factory.settings)
-        # Plain TCP or Unix only: never past a TLS layer (wrapped, or started
-        # on the connection itself).
-        self._writeThrough = isinstance(self.transport, tcp.Connection) and not getattr(
-            self.transport, "TLS", False
-        )
+        self._write, self._writeThrough = writerFor(self.transport)
         if not self.factory.relay.linkConnected(self):
             self.refused = True
             self.abort()
@@ -123,13 +142,21 @@ class TunnelStreamProtocol(Int16StringReceiver):
         Int16StringReceiver's own parser hands each frame to C{stringReceived}
         through a C{struct} unpack and several attribute updates; reading the
         two length bytes directly is cheaper: 61k -> 66k pipelined round
-        trips/s, measured.  Every 16-bit length is a valid frame, so nothing
-        here can fail: C{MAX_LENGTH} is never exceeded.
+        trips/s, measured.  While paused, bytes only accumulate (the base
+        class's C{resumeProducing} parses them).  With the default
+        C{MAX_LENGTH} every 16-bit length is a valid frame, so the loop
+        checks none; a lower one takes L{_limitedDataReceived}.
         """
         if self.refused:
             return  # closing: its bytes are nobody's frames
         if self._unprocessed:
             data = self._unprocessed + data
+        if self.paused:
+            self._unprocessed = data
+            return
+        if self.MAX_LENGTH < 0xFFFF:
+            self._limitedDataReceived(data)
+            return
         frames = []
         end = len(data)
         offset = 0
@@ -143,6 +170,52 @@ class TunnelStreamProtocol(Int16StringReceiver):
         self._unprocessed = data[offset:] if offset else data
         if frames:
             self.factory.relay.framesReceived(self, frames)
+
+    def _limitedDataReceived(self, data: bytes) -> None:
+        """
+        L{dataReceived} when C{MAX_LENGTH} is below 65535: as the base class
+        does, a length prefix above it calls C{lengthLimitExceeded} as soon
+        as it arrives (the frames before it are delivered first, and the
+        unparsed bytes from that prefix on are kept), and nothing after it
+        is parsed.
+        """
+        limit = self.MAX_LENGTH
+        frames = []
+        end = len(data)
+        offset = 0
+        exceeded = None
+        while end - offset >= 2:
+            length = data[offset] << 8 | data[offset + 1]
+            if length > limit:
+                exceeded = length
+                break
+            start = offset + 2
+            stop = start + length
+            if stop > end:
+                break
+            frames.append(data[start:stop])
+            offset = stop
+        self._unprocessed = data[offset:] if offset else data
+        if frames:
+            self.factory.relay.framesReceived(self, frames)
+        if exceeded is not None:
+            self.lengthLimitExceeded(exceeded)
+
+    def stringReceived(self, string: bytes) -> None:
+        """
+        One frame, for whatever calls the base class's hook: it goes to the
+        relay as a read of one frame.  (L{dataReceived} does not call it.)
+        """
+        self.factory.relay.framesReceived(self, [string])
+
+    @property
+    def recvd(self) -> bytes:
+        """
+        The bytes received and not parsed into frames yet.  Read-only: the
+        base class let C{stringReceived} replace its parse buffer through
+        this attribute, which this parser does not support.
+        """
+        return self._unprocessed
 
     def connectionLost(self, reason: Failure | None = None) -> None:
         assert reason is not None
@@ -158,41 +231,6 @@ class TunnelStreamProtocol(Int16StringReceiver):
             parts.append(pack(len(datagram)))
             parts.append(datagram)
         self._write(b"".join(parts))
-
-    def _write(self, data: bytes) -> None:
-        """
-        Write to the socket at once when nothing is queued before C{data},
-        and queue only what the kernel did not take.
-
-        Twisted's C{transport.write} always queues and sends on a later
-        reactor turn, which costs a turn and two C{epoll_ctl} calls per
-        write: writing through cut the CPU per round trip from 28 to 18 us
-        and raised pipelined round trips/s by 45%, measured.  Only on
-        Twisted's own TCP and Unix connections, whose buffers this checks
-        (C{dataBuffer}, C{_tempDataBuffer}) and whose C{socket} it writes to;
-        TLS takes the ordinary path.
-        """
-        transport: Any = self.transport
-        if (
-            self._writeThrough
-            and transport.connected
-            and not transport.disconnecting
-            and not transport.dataBuffer
-            and not transport._tempDataBuffer
-        ):
-            # The socket's own send, not writeSomeData: that sends at most
-            # 128 KiB a call, so every batch of large datagrams would leave a
-            # remainder to copy and queue (-7% CPU per 1400-byte datagram,
-            # +10% pipelined round trips at 1400 bytes, measured).
-            try:
-                sent = transport.socket.send(data)
-            except OSError:
-                sent = 0  # EAGAIN, or an error the ordinary path will meet
-            if sent == len(data):
-                return
-            if sent:
-                data = data[sent:]
-        transport.write(data)
 
     def close(self) -> None:
         assert self.transport is not None
