@@ -9,10 +9,14 @@ import socket
 from typing import Any
 
 from twisted.internet import reactor
+from twisted.internet.defer import Deferred, inlineCallbacks
 from twisted.internet.protocol import DatagramProtocol
+from twisted.internet.task import deferLater
 from twisted.trial.unittest import TestCase
 
 from udptunnel.datagram import TunnelUDPPort, UDPService
+
+from .fakes import captureLogEvents
 
 
 class Counting(DatagramProtocol):
@@ -105,3 +109,49 @@ class ServiceTests(TestCase):
         return service.stopService().addCallback(
             lambda _: self.assertFalse(port.connected)
         )
+
+
+class RaisingOnce(Counting):
+    """
+    A protocol with a bug that shows on the first read only.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.raised = False
+        self.arrived: Deferred[None] = Deferred()
+
+    def datagramsReceived(self, datagrams: list[tuple[bytes, Any]]) -> None:
+        if not self.raised:
+            self.raised = True
+            raise ZeroDivisionError("a bug in the relay")
+        super().datagramsReceived(datagrams)
+        if not self.arrived.called:
+            self.arrived.callback(None)
+
+
+class GuardTests(TestCase):
+    """
+    An exception out of the protocol must not close the port: the reactor
+    treats one raised by doRead as a lost connection.
+    """
+
+    @inlineCallbacks
+    def test_socketStaysOpen(self) -> Any:
+        events = captureLogEvents(self)
+        protocol = RaisingOnce()
+        port = TunnelUDPPort(0, protocol, "127.0.0.1", 65535, reactor)
+        port.startListening()
+        self.addCleanup(port.stopListening)
+        sender = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.addCleanup(sender.close)
+        address = ("127.0.0.1", port.getHost().port)
+        sender.sendto(b"first", address)
+        yield deferLater(reactor, 0.2, lambda: None)
+        self.assertTrue(protocol.raised)
+        sender.sendto(b"second", address)
+        yield protocol.arrived.addTimeout(5, reactor)
+        self.assertEqual([d for d, _ in protocol.datagrams], [b"second"])
+        self.assertTrue(port.connected)
+        self.assertEqual(len([e for e in events if "log_failure" in e]), 1)
+        self.flushLoggedErrors(ZeroDivisionError)

@@ -73,6 +73,30 @@ class RecordingRelay:
     def linkLost(self, link, reason):
         self.lost.append(link)
 
+    errors: list[tuple[str, Failure]]
+
+    def internalError(self, where, failure):
+        self.errors = getattr(self, "errors", [])
+        self.errors.append((where, failure))
+
+
+class BuggyRelay(RecordingRelay):
+    """
+    A relay with a bug that shows on the first datagrams and frames only.
+    """
+
+    def datagramsReceived(self, datagrams):
+        if not hasattr(self, "raisedUDP"):
+            self.raisedUDP = True
+            raise KeyError("a bug")
+        super().datagramsReceived(datagrams)
+
+    def framesReceived(self, link, frames):
+        if not hasattr(self, "raisedTCP"):
+            self.raisedTCP = True
+            raise KeyError("a bug")
+        super().framesReceived(link, frames)
+
 
 def frame(data: bytes) -> bytes:
     return struct.pack("!H", len(data)) + data
@@ -507,3 +531,31 @@ class WriteThroughTests(TestCase):
         ]
         self.assertEqual(len(warnings), 1)
         self.assertIn("_sendQueue looks like another send buffer", warnings[0]["problems"])
+
+
+class GuardTests(SynchronousTestCase):
+    """
+    An exception of the relay's is reported to it, and traffic goes on.
+    """
+
+    def test_datagramsGoOn(self) -> None:
+        relay = BuggyRelay()
+        protocol = TunnelDatagramProtocol(relay)
+        protocol.datagramsReceived([(b"one", ("127.0.0.1", 1))])
+        protocol.datagramsReceived([(b"two", ("127.0.0.1", 1))])
+        self.assertEqual(relay.datagrams, [(b"two", ("127.0.0.1", 1))])
+        self.assertEqual([where for where, _ in relay.errors], ["datagrams"])
+        self.assertTrue(relay.errors[0][1].check(KeyError))
+
+    def test_linkSurvives(self) -> None:
+        relay = BuggyRelay()
+        protocol = TunnelFactory(relay).buildProtocol(IPv4Address("TCP", "127.0.0.1", 1))
+        assert protocol is not None
+        transport = StringTransport()
+        protocol.makeConnection(transport)
+        protocol.dataReceived(frame(b"lost") + frame(b"also lost"))
+        protocol.dataReceived(frame(b"next"))
+        self.assertEqual(relay.frames, [b"next"])
+        self.assertEqual([where for where, _ in relay.errors], ["frames"])
+        self.assertFalse(transport.disconnecting)
+        self.assertEqual(relay.lost, [])

@@ -24,15 +24,18 @@ import socket
 from collections.abc import Callable
 from errno import EAGAIN, ECONNREFUSED, EINTR, EWOULDBLOCK
 from inspect import getattr_static
-from typing import Any
+from typing import Any, cast
 
 from twisted.copyright import version as twistedVersion
 from twisted.internet import tcp, udp
+from twisted.internet.interfaces import IReactorTime
 from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from .interfaces import IDatagramSocket
+from .stats import RateLimitedLog
 
 log = Logger()
 
@@ -299,6 +302,8 @@ class TunnelUDPPort(udp.Port):
 
     maxDatagramsPerRead = 256
     protocol: Any
+    _failedOnce = False
+    _guard: RateLimitedLog | None = None
 
     def startListening(self) -> None:
         super().startListening()
@@ -321,10 +326,36 @@ class TunnelUDPPort(udp.Port):
                 if e.errno == ECONNREFUSED:
                     # The ICMP error of an earlier send: nothing to read.
                     continue
-                raise
+                self._readFailed(e)
+                break
             if trimAddress:
                 # Flow and scope ids off, as Twisted's own port does.
                 addr = addr[:2]
             append((data, addr))
         if datagrams:
-            self.protocol.datagramsReceived(datagrams)
+            try:
+                self.protocol.datagramsReceived(datagrams)
+            except Exception:  # noqa: BLE001 (a bug of ours, whatever it raises)
+                self._protocolFailed(Failure())
+
+    # Whatever goes wrong while reading, the socket stays open: an exception
+    # out of doRead makes the reactor close the port, and the tunnel would
+    # run on, deaf, relaying nothing UDP any more.
+
+    def _readFailed(self, error: OSError) -> None:
+        _guardLog(self).warn("read-error", "reading the UDP socket: {error}", error=error)
+
+    def _protocolFailed(self, failure: Failure) -> None:
+        if not self._failedOnce:
+            self._failedOnce = True
+            log.failure("internal error in the UDP protocol; the socket stays open",
+                        failure)
+        else:
+            _guardLog(self).warn("protocol-error", "internal error in the UDP protocol: "
+                                 "{error}", error=failure.getErrorMessage())
+
+
+def _guardLog(port: TunnelUDPPort) -> RateLimitedLog:
+    if port._guard is None:
+        port._guard = RateLimitedLog(log, cast(IReactorTime, port.reactor))
+    return port._guard

@@ -60,11 +60,19 @@ class TunnelDatagramProtocol(DatagramProtocol):
         self.relay.udpStopped()
 
     def datagramsReceived(self, datagrams: list[tuple[bytes, tuple[str, int]]]) -> None:
-        self.relay.datagramsReceived(datagrams)
+        """
+        Hand the relay one read's datagrams.  An exception of ours must not
+        reach the port (Twisted would close the socket for good): it is the
+        relay's to count and log, and the next read goes on.
+        """
+        try:
+            self.relay.datagramsReceived(datagrams)
+        except Exception:  # noqa: BLE001 (a bug of ours, whatever it raises)
+            self.relay.internalError("datagrams", Failure())
 
     def datagramReceived(self, datagram: bytes, addr: tuple[str, int]) -> None:
         # What a port other than TunnelUDPPort would call.
-        self.relay.datagramsReceived([(datagram, addr)])
+        self.datagramsReceived([(datagram, addr)])
 
 
 @implementer(ILink, IHandshakeListener)
@@ -169,7 +177,7 @@ class TunnelStreamProtocol(Int16StringReceiver):
             offset = stop
         self._unprocessed = data[offset:] if offset else data
         if frames:
-            self.factory.relay.framesReceived(self, frames)
+            self._deliver(frames)
 
     def _limitedDataReceived(self, data: bytes) -> None:
         """
@@ -197,16 +205,28 @@ class TunnelStreamProtocol(Int16StringReceiver):
             offset = stop
         self._unprocessed = data[offset:] if offset else data
         if frames:
-            self.factory.relay.framesReceived(self, frames)
+            self._deliver(frames)
         if exceeded is not None:
             self.lengthLimitExceeded(exceeded)
+
+    def _deliver(self, frames: list[bytes]) -> None:
+        """
+        Hand the relay complete frames.  The link survives an exception of
+        ours while they are handled: the stream was split into frames before
+        (so the framing stays in step), only that read's frames are lost,
+        and closing the link would turn one bug into a reconnect storm.
+        """
+        try:
+            self.factory.relay.framesReceived(self, frames)
+        except Exception:  # noqa: BLE001 (a bug of ours, whatever it raises)
+            self.factory.relay.internalError("frames", Failure())
 
     def stringReceived(self, string: bytes) -> None:
         """
         One frame, for whatever calls the base class's hook: it goes to the
         relay as a read of one frame.  (L{dataReceived} does not call it.)
         """
-        self.factory.relay.framesReceived(self, [string])
+        self._deliver([string])
 
     @property
     def recvd(self) -> bytes:
