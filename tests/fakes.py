@@ -20,13 +20,12 @@ class FakeLink:
     A TCP link that records the frames sent on it.
     """
 
-    def __init__(self, peer: str = "192.0.2.1:40000") -> None:
-        self.peer = peer
-        self.peerHost = peer.rsplit(":", 1)[0].strip("[]")
+    def __init__(self, remote: str = "192.0.2.1:40000") -> None:
+        self.remote = remote
+        self.remoteHost = remote.rsplit(":", 1)[0].strip("[]")
         self.frames: list[bytes] = []
         self.aborted = False
         self.closed = False
-        self.established = True
         self.producer: IPushProducer | None = None
 
     def sendFrames(self, datagrams: list[bytes]) -> None:

@@ -175,7 +175,7 @@ class StreamProtocolTests(SynchronousTestCase):
     def test_linkLifecycle(self) -> None:
         protocol = self.connect()
         self.assertEqual(self.relay.links, [protocol])
-        self.assertEqual(protocol.peer, "192.0.2.7:4321")
+        self.assertEqual(protocol.remote, "192.0.2.7:4321")
         protocol.connectionLost(Failure(ConnectionDone()))
         self.assertEqual(self.relay.lost, [protocol])
 
@@ -183,7 +183,7 @@ class StreamProtocolTests(SynchronousTestCase):
         protocol = self.connect(
             StringTransport(peerAddress=IPv6Address("TCP", "2001:db8::1", 9999))
         )
-        self.assertEqual(protocol.peer, "[2001:db8::1]:9999")
+        self.assertEqual(protocol.remote, "[2001:db8::1]:9999")
 
     def test_socketTuned(self) -> None:
         """

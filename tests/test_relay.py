@@ -625,7 +625,7 @@ class AccessTests(RelayTestMixin, SynchronousTestCase):
         relay = self.makeRelay()
         relay.allow = AddressFilter([parseNetwork("192.0.2.0/24")])
         link = FakeLink("/run/udptunnel.sock")
-        link.peerHost = None
+        link.remoteHost = None
         self.assertTrue(relay.linkConnected(link))
 
     def test_udpAllowFiltersPhantomSources(self) -> None:

@@ -31,20 +31,23 @@ class IRelay(Interface):
 
     def linkConnected(link):
         """
-        A TCP connection (an L{ILink}) is established; return whether it may
-        go on (and, after a TLS handshake if any, become the link).
+        A TCP connection (an L{ILink}) is established; return whether it is
+        admitted.  An admitted connection waits, with a deadline, to become
+        the link.
         """
 
     def linkMade(link):
         """
-        A TCP connection (an L{ILink}) is ready to carry frames: it becomes
-        the link.
+        C{link} is ready to carry frames (its TLS handshake, if any, is
+        done): it becomes the link now, or waits to take over (its first
+        frame, or a silent link).
         """
 
     def framesReceived(link, frames):
         """
         Complete frames arrived on C{link}: a list of C{bytes}, all that one
-        read of the connection completed.
+        read of the connection completed.  From a waiting connection, they
+        make it the link.
         """
 
     def linkLost(link, reason):
@@ -65,12 +68,8 @@ class ILink(Interface):
     One TCP connection carrying frames.
     """
 
-    peer = Attribute("The remote end, printable.")
-    peerHost = Attribute("The remote end's IP literal, or None (Unix socket).")
-    established = Attribute(
-        "Whether the connection got as far as becoming the link (after its TLS "
-        "handshake, if any)."
-    )
+    remote = Attribute("The TCP peer (the other end of the connection), printable.")
+    remoteHost = Attribute("The TCP peer's IP literal, or None (Unix socket).")
 
     def sendFrames(datagrams):
         """

@@ -104,14 +104,13 @@ class TunnelStreamProtocol(Int16StringReceiver):
     #: subclass (or on an instance) to refuse longer frames.
     MAX_LENGTH = 0xFFFF
 
-    peer = "?"
-    peerHost: str | None = None
+    remote = "?"
+    remoteHost: str | None = None
     #: How L{sendFrames} writes, chosen at connection by
     #: L{udptunnel._twisted.writerFor}: straight to the socket when Twisted's
     #: buffers are empty (C{_writeThrough}), or C{transport.write}.
     _write: Callable[[bytes], None]
     _writeThrough = False
-    established = False
     refused = False
     factory: TunnelFactory
 
@@ -119,10 +118,10 @@ class TunnelStreamProtocol(Int16StringReceiver):
         assert self.transport is not None
         address = self.transport.getPeer()
         if isinstance(address, (IPv4Address, IPv6Address)):
-            self.peerHost = address.host
-            self.peer = showAddress((address.host, address.port))
+            self.remoteHost = address.host
+            self.remote = showAddress((address.host, address.port))
         else:
-            self.peer = str(getattr(address, "name", None) or address)
+            self.remote = str(getattr(address, "name", None) or address)
         sock = _socketOf(self.transport)
         if sock is not None:
             tuneTCP(sock, self.factory.settings)
@@ -139,7 +138,6 @@ class TunnelStreamProtocol(Int16StringReceiver):
         self._establish()
 
     def _establish(self) -> None:
-        self.established = True
         self.factory.relay.linkMade(self)
 
     def dataReceived(self, data: bytes) -> None:

@@ -237,7 +237,7 @@ class Relay(MultiService):
         if summary != self._lastSummary:
             self._lastSummary = summary
             self.log.info("{summary}; link {link}, UDP peer {peer}", summary=summary,
-                          link=self.link.peer if self.link else "down",
+                          link=self.link.remote if self.link else "down",
                           peer=showAddress(self.udpPeer or self.learnedPeer))
 
     def _readKernelDrops(self) -> None:
@@ -315,11 +315,11 @@ class Relay(MultiService):
         no address and is guarded by the file's permissions instead).  An
         admitted connection starts waiting, with a deadline.
         """
-        host = link.peerHost
+        host = link.remoteHost
         if self.allow is not None and host is not None and not self.allow.allows(host):
             self.stats.linksRefused += 1
-            self._warn.warn("refused", "refused TCP connection from {peer}: not in --allow",
-                            peer=link.peer)
+            self._warn.warn("refused", "refused TCP connection from {remote}: not in --allow",
+                            remote=link.remote)
             return False
         self._pending.add(link)
         return True
@@ -360,8 +360,8 @@ class Relay(MultiService):
             self.stats.linksReplaced += 1
             self.stats.takeovers[reason] += 1
             self.log.info(
-                "link from {peer} replaces link from {old} ({why})",
-                peer=link.peer, old=old.peer, why=_TAKEOVER_WORDS[reason],
+                "link from {remote} replaces link from {old} ({why})",
+                remote=link.remote, old=old.remote, why=_TAKEOVER_WORDS[reason],
             )
             old.abort()
         if self.role == "client":
@@ -377,7 +377,7 @@ class Relay(MultiService):
 
     def _linkUp(self, link: ILink) -> None:
         self.stats.linksUp += 1
-        self.log.info("link up: {peer}", peer=link.peer)
+        self.log.info("link up: {remote}", remote=link.remote)
 
     def _cancelConfirm(self) -> None:
         confirm, self._confirm = self._confirm, None
@@ -441,12 +441,12 @@ class Relay(MultiService):
                 self._cancelConfirm()
                 lifetime = 0.0
                 self.stats.linksFailed += 1
-                self._warn.warn("closed-at-once", "connection to {peer} was closed by the "
+                self._warn.warn("closed-at-once", "connection to {remote} was closed by the "
                                 "server before it carried anything ({why}): refused by its "
-                                "--allow or TLS, or busy?", peer=link.peer, why=why)
+                                "--allow or TLS, or busy?", remote=link.remote, why=why)
             else:
                 self.stats.linksLost += 1
-                self.log.info("link down: {peer} ({why})", peer=link.peer, why=why)
+                self.log.info("link down: {remote} ({why})", remote=link.remote, why=why)
             self._promoteWaiting()
         elif self._pending.remove(link):
             ready = link in self._ready
@@ -456,8 +456,8 @@ class Relay(MultiService):
             else:
                 lifetime = 0.0
                 self.stats.linksFailed += 1
-                self._warn.warn("failed", "connection with {peer} ended before it became "
-                                "the link: {why}", peer=link.peer, why=why)
+                self._warn.warn("failed", "connection with {remote} ended before it became "
+                                "the link: {why}", remote=link.remote, why=why)
         if lifetime is not None and self._onLinkEnded is not None:
             self._onLinkEnded(lifetime)
         for entry in [e for e in self._stopping if e[0] is link]:
@@ -490,8 +490,8 @@ class Relay(MultiService):
 
     def _pendingClosed(self, link: ILink, reason: str, why: str) -> None:
         self.stats.pendingClosed[reason] += 1
-        self._warn.warn("pending-" + reason, "closed TCP connection from {peer}, which never "
-                        "became the link: {why}", peer=link.peer, why=why)
+        self._warn.warn("pending-" + reason, "closed TCP connection from {remote}, which never "
+                        "became the link: {why}", remote=link.remote, why=why)
 
     def pendingCount(self) -> int:
         """
@@ -573,8 +573,8 @@ class _IdleWatch:
         if carried != self._seen:
             self._seen, self._since = carried, now
         elif relay.link is not None and now - self._since >= self._timeout:
-            relay.log.info("link {peer} idle for {timeout} s: closing it",
-                           peer=relay.link.peer, timeout=self._timeout)
+            relay.log.info("link {remote} idle for {timeout} s: closing it",
+                           remote=relay.link.remote, timeout=self._timeout)
             relay.closeLink()
             self._since = now
 
