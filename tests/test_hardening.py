@@ -48,6 +48,22 @@ class AllowTests(TunnelTestCase):
         self.assertEqual(server.stats.linksUp, 1)
 
 
+    @inlineCallbacks
+    def test_refusedClientSaysSo(self) -> Any:
+        """
+        A client the server's --allow refuses never logs "link up": each
+        attempt is a failed one, with the likely reason.
+        """
+        events = captureLogEvents(self)
+        server, client, _, _, _, _ = self.startTunnel(("--allow", "127.0.0.2/32"))
+        yield waitUntil(lambda: client.stats.linksFailed >= 2, "two refused attempts")
+        self.assertEqual((client.stats.linksUp, client.stats.linksLost), (0, 0))
+        self.assertGreaterEqual(server.stats.linksRefused, 2)
+        lines = [formatEvent(e) for e in events]
+        self.assertFalse([line for line in lines if line.startswith("link up")], lines)
+        self.assertTrue([line for line in lines if "before it carried anything" in line], lines)
+
+
 class TLSTestCase(TunnelTestCase):
     def setUp(self) -> None:
         directory = tempfile.mkdtemp()
