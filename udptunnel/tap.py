@@ -250,7 +250,8 @@ class _EndOptions(_WithExample):
 
 class ServerOptions(_EndOptions):
     synopsis = "--tcp PORT|ENDPOINT [--udp [HOST:]PORT] [--peer HOST:PORT] [options]"
-    longdesc = "Listen for the tunnel's TCP link; the newest connection is the link."
+    longdesc = ("Listen for the tunnel's TCP link; a new connection takes it over with its "
+                "first frame, or from a link silent for 3 s.")
     optParameters = [
         [
             "tcp",
