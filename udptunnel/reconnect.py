@@ -10,6 +10,7 @@ import random
 from collections.abc import Callable
 
 from twisted.internet.defer import Deferred
+from twisted.internet.error import TimeoutError
 from twisted.internet.interfaces import (
     IProtocol,
     IProtocolFactory,
@@ -39,6 +40,9 @@ def retryDelay(attempt: int, random: Callable[[], float] = random.random) -> flo
     base = min(FIRST_DELAY * 2 ** min(attempt - 1, 16), MAX_DELAY)
     return base * (1 + JITTER * (2 * random() - 1))
 
+
+#: How long one connection attempt may take, in seconds (Twisted's default).
+CONNECT_TIMEOUT = 30.0
 
 #: A link that lasts less than this many seconds counts as a failed attempt.
 STABLE_LINK = 5.0
@@ -76,11 +80,20 @@ class ReportingEndpoint:
     log = Logger()
 
     def __init__(
-        self, endpoint: IStreamClientEndpoint, description: str, stats: TunnelStats
+        self,
+        endpoint: IStreamClientEndpoint,
+        description: str,
+        stats: TunnelStats,
+        timeout: float | None = CONNECT_TIMEOUT,
     ) -> None:
+        """
+        @param timeout: how long C{endpoint} lets an attempt take, in
+            seconds, to say so when it times out (C{None}: unknown).
+        """
         self._endpoint = endpoint
         self._description = description
         self._stats = stats
+        self._timeout = timeout
 
     def connect(self, protocolFactory: IProtocolFactory) -> Deferred[IProtocol]:
         self._stats.connectAttempts += 1
@@ -90,11 +103,14 @@ class ReportingEndpoint:
 
     def _failed(self, reason: Failure) -> Failure:
         self._stats.connectFailures += 1
-        self.log.warn(
-            "cannot connect to {where}: {why}",
-            where=self._description,
-            why=reason.getErrorMessage(),
-        )
+        if reason.check(TimeoutError):
+            # Twisted's "User timeout caused connection failure" reads as if
+            # --user-timeout had fired.
+            after = f" after {self._timeout:g} s" if self._timeout is not None else ""
+            why = f"connect timed out{after}"
+        else:
+            why = reason.getErrorMessage()
+        self.log.warn("cannot connect to {where}: {why}", where=self._description, why=why)
         return reason
 
     def __repr__(self) -> str:
