@@ -19,7 +19,7 @@ def _name(common: str) -> x509.Name:
 
 
 def _validity(builder: x509.CertificateBuilder) -> x509.CertificateBuilder:
-    now = datetime.datetime.now(datetime.UTC)
+    now = datetime.datetime.now(datetime.timezone.utc)
     return builder.not_valid_before(now - datetime.timedelta(days=1)).not_valid_after(
         now + datetime.timedelta(days=30)
     )

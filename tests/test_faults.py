@@ -59,6 +59,9 @@ RSS_LIMIT_KIB = 64 * 1024
 RSS_REGROWTH_KIB = 8 * 1024
 #: How long traffic may take to resume after an end was restarted.
 RESUME_BOUND = 5.0
+#: The user timeout every link had before it was derived from the keepalive
+#: settings; it decided when an idle link died, whatever the count said.
+OLD_USER_TIMEOUT = 60.0
 #: Tuned link liveness for the silent-link test: keepalive probes after 2 s
 #: of silence, every 1 s, 2 unanswered ones kill the link; unacknowledged
 #: data kills it after 4 s.
@@ -277,11 +280,14 @@ class SilentLinkTests(FaultTestCase):
     SERVER_ADDRESS = "198.18.0.1"  # RFC 2544 benchmarking block, only inside
     CLIENT_ADDRESS = "198.18.0.2"  # the namespaces this test makes
 
-    def test_linkGoesSilent(self) -> None:
+    def silentPair(self, *liveness: str) -> tuple[Namespaces, str, str, subprocess.Popen[bytes],
+                                                  subprocess.Popen[bytes], Stream]:
         """
-        With tuned keepalive and user timeout, the client notices the dead
-        link while it is down (it logs "link down"); once the veth is up
-        again it reconnects and traffic resumes.
+        A server and a client in two namespaces joined by a veth, both with
+        options C{liveness}, and a L{Stream} flowing through them.
+
+        @return: the namespaces, the server's namespace and its veth (take it
+            down to silence the path), the server, the client, the stream.
         """
         skipUnlessAble(whyNoNamespaces())
         spaces = Namespaces()
@@ -292,12 +298,12 @@ class SilentLinkTests(FaultTestCase):
         serverUDP, tcp, clientUDP, popPort = 5073, 9999, 34559, 5072
         server = self.end(
             "server", "udptunnel", "server", "--udp", f"{LOCAL}:{serverUDP}",
-            "--tcp", f"tcp:{tcp}:interface={self.SERVER_ADDRESS}", *LIVENESS,
+            "--tcp", f"tcp:{tcp}:interface={self.SERVER_ADDRESS}", *liveness,
             netns=serverSpace,
         )
         client = self.end(
             "client", "udptunnel", "client", "--tcp", f"{self.SERVER_ADDRESS}:{tcp}",
-            "--udp", f"{LOCAL}:{clientUDP}", "--peer", f"{LOCAL}:{popPort}", *LIVENESS,
+            "--udp", f"{LOCAL}:{clientUDP}", "--peer", f"{LOCAL}:{popPort}", *liveness,
             netns=clientSpace,
         )
         app = spaces.socket(serverSpace)
@@ -306,6 +312,15 @@ class SilentLinkTests(FaultTestCase):
         self.addCleanup(pop.close)
         stream = self.stream(app, (LOCAL, serverUDP), pop)
         self.assertFlows(stream, "before the link goes silent")
+        return spaces, serverSpace, serverVeth, server, client, stream
+
+    def test_linkGoesSilent(self) -> None:
+        """
+        With tuned keepalive and user timeout, the client notices the dead
+        link while it is down (it logs "link down"); once the veth is up
+        again it reconnects and traffic resumes.
+        """
+        spaces, serverSpace, serverVeth, server, client, stream = self.silentPair(*LIVENESS)
 
         spaces.ip(serverSpace, "link", "set", serverVeth, "down")
         down = time.monotonic()
@@ -317,6 +332,37 @@ class SilentLinkTests(FaultTestCase):
 
         self.waitForOutput(client, "link up", count=2, timeout=40)
         self.assertFlows(stream, "after the link came back", timeout=40)
+        self.assertSurvived(server, client)
+        self.assertIntact(stream)
+
+    def test_idleLinkDroppedByKeepalive(self) -> None:
+        """
+        Keepalive options alone (no --user-timeout) do what they say: an
+        idle link whose path goes dead is dropped after idle + interval x
+        count seconds of silence.  (The user timeout, once fixed at 60 s,
+        overrode the count on Linux: these settings took 60 s.)
+        """
+        idle, interval, count = 2, 1, 2
+        expected = idle + interval * count
+        spaces, serverSpace, serverVeth, server, client, stream = self.silentPair(
+            "--keepalive-idle", str(idle), "--keepalive-interval", str(interval),
+            "--keepalive-count", str(count),
+        )
+        # Idle: nothing in flight, so keepalive (not retransmission) decides.
+        stream.stop()
+        time.sleep(0.5)
+
+        spaces.ip(serverSpace, "link", "set", serverVeth, "down")
+        down = time.monotonic()
+        self.waitForOutput(client, "link down", timeout=expected + 15)
+        detected = time.monotonic() - down
+
+        # The idle clock started at the last packet, up to 0.5 s before the
+        # path went down; the kernel probes on its own timer, and the log
+        # line comes a moment later on a busy machine.
+        self.assertGreater(detected, expected - 1.5)
+        self.assertLess(detected, expected + 5)
+        self.assertLess(detected, OLD_USER_TIMEOUT / 4)
         self.assertSurvived(server, client)
         self.assertIntact(stream)
 

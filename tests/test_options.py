@@ -4,6 +4,8 @@ The command line: every option, every error, and the services it wires.
 
 from __future__ import annotations
 
+import io
+import os
 import shutil
 import socket
 import sys
@@ -14,16 +16,27 @@ from twisted.application.internet import (
     StreamServerEndpointService,
 )
 from twisted.internet import reactor
-from twisted.python import usage
+from twisted.logger import capturedLogs, formatEvent
+from twisted.python import reflect, usage
 from twisted.trial.unittest import SynchronousTestCase
 
-from udptunnel import StartupError
-from udptunnel.addresses import HostPort, UDPPlan
+from udptunnel import StartupError, _CleanStartupReport, sockopts
+from udptunnel.addresses import HostPort, UDPPlan, splitDescription
 from udptunnel.datagram import UDPService
 from udptunnel.logreopen import LogReopener
 from udptunnel.relay import Relay
-from udptunnel.sockopts import SocketSettings
-from udptunnel.tap import EXAMPLE, Options, makeService
+from udptunnel.sockopts import MAX_USER_TIMEOUT, SocketSettings, checkSettings
+from udptunnel.tap import (
+    EXAMPLE,
+    ClientOptions,
+    Options,
+    ServerOptions,
+    _connectTimeout,
+    _naming,
+    _secondsUpTo,
+    _wholeFrom,
+    makeService,
+)
 
 from .certs import Authority
 
@@ -334,3 +347,365 @@ class OptionalTLSTests(SynchronousTestCase):
             "--tls-cert", "c", "--tls-key", "k", "--tls-ca", "a",
         )
         self.assertIn("pip install 'udptunnel[tls]'", str(error))
+
+
+class ValidatorTests(SynchronousTestCase):
+    """
+    The coercers of numeric options, alone.
+    """
+
+    def test_wholeFrom(self) -> None:
+        coerce = _wholeFrom(1, 127)
+        self.assertEqual([coerce("1"), coerce("127")], [1, 127])
+        for bad in ("0", "128", "-1", "1.5", "", "many", "99999999999"):
+            error = self.assertRaises(ValueError, coerce, bad)
+            self.assertIn("from 1 to 127", str(error))
+            self.assertIn(repr(bad), str(error))
+
+    def test_secondsUpTo(self) -> None:
+        coerce = _secondsUpTo(MAX_USER_TIMEOUT)
+        self.assertEqual([coerce("0"), coerce("11.5"), coerce("2147483.647")],
+                         [0, 11.5, 2147483.647])
+        for bad in ("-1", "2147483.648", "3000000", "nan", "inf", "soon"):
+            error = self.assertRaises(ValueError, coerce, bad)
+            self.assertIn("2147483.647", str(error))
+
+    def test_namingNamesTheOption(self) -> None:
+        """
+        A coercer's L{ValueError} becomes a usage error that starts with the
+        option (Twisted's own says "Parameter type enforcement failed").
+        """
+        named = _naming("keepalive-idle", _wholeFrom(0, 5))
+        self.assertEqual(named("3"), 3)
+        error = self.assertRaises(usage.UsageError, named, "9")
+        self.assertTrue(str(error).startswith("--keepalive-idle: "), str(error))
+
+    def test_everyCoercedOptionNamed(self) -> None:
+        """
+        Every option with a coercer, whoever adds it, is wrapped: a bad value
+        names the option.
+        """
+        checked = []
+        for end, options, tcp in (("server", ServerOptions, "9999"), ("client", ClientOptions, "h:1")):
+            rows: list[list[object]] = []
+            reflect.accumulateClassList(options, "optParameters", rows)
+            for name, _, _, _, *coerce in rows:
+                if coerce and coerce[0] is not None:
+                    argv = [end, "--tcp", tcp, "--udp", "1", f"--{name}", "-7"]
+                    error = self.assertRaises(usage.UsageError, parse, *argv)
+                    self.assertTrue(str(error).startswith(f"--{name}: "), str(error))
+                    checked.append(name)
+        self.assertIn("keepalive-idle", checked)
+        self.assertIn("stats-interval", checked)
+
+
+class KernelLimitTests(SynchronousTestCase):
+    """
+    Each numeric option takes what the kernel takes, and nothing else, at
+    parse time: a value past it used to start a daemon whose every link
+    failed ("Unhandled Error"), or that warned on every connection.
+    """
+
+    BASE = ("server", "--tcp", "9999", "--udp", "5073")
+
+    def assertAccepted(self, option: str, value: str) -> None:
+        parse(*self.BASE, option, value)
+
+    def assertRefused(self, option: str, value: str) -> None:
+        error = self.assertRaises(usage.UsageError, parse, *self.BASE, option, value)
+        self.assertTrue(str(error).startswith(f"{option}: "), str(error))
+
+    def test_limits(self) -> None:
+        for option, lowest, highest in [
+            ("--keepalive-idle", "0", "32767"),
+            ("--keepalive-interval", "1", "32767"),
+            ("--keepalive-count", "1", "127"),
+            ("--user-timeout", "0", "2147483.647"),
+            ("--udp-rcvbuf", "0", "2147483647"),
+            ("--udp-sndbuf", "0", "2147483647"),
+            ("--tcp-rcvbuf", "0", "2147483647"),
+            ("--tcp-sndbuf", "0", "2147483647"),
+        ]:
+            self.assertAccepted(option, lowest)
+            self.assertAccepted(option, highest)
+            self.assertRefused(option, "-1")
+            self.assertRefused(option, str(float(highest) * 10))
+
+    def test_checkedOnAScratchSocket(self) -> None:
+        """
+        What gets past the bounds is tried on real sockets: a value this
+        kernel refuses names its option.
+        """
+        checkSettings(SocketSettings())
+        error = self.assertRaises(ValueError, checkSettings, SocketSettings(keepaliveIdle=40000))
+        self.assertIn("--keepalive-idle: the kernel refuses TCP_KEEPIDLE=40000", str(error))
+        error = self.assertRaises(ValueError, checkSettings, SocketSettings(userTimeout=3e6))
+        self.assertIn("--user-timeout", str(error))
+
+    def test_refusedAtRunTimeLoggedOncePerOption(self) -> None:
+        """
+        Should a socket still refuse an option, the warning names it by its
+        command-line name, once per process, not once per connection.
+        """
+        self.addCleanup(sockopts._warned.clear)
+        settings = SocketSettings(keepaliveIdle=40000, keepaliveCount=500)
+        with capturedLogs() as events:
+            for _ in range(3):
+                with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+                    sockopts.tuneTCP(sock, settings)
+        lines = [formatEvent(event) for event in events]
+        self.assertEqual(len(lines), 2, lines)
+        self.assertIn("--keepalive-idle", lines[0])
+        self.assertIn("--keepalive-count", lines[1])
+        self.assertNotIn("option 4", " ".join(lines))
+
+
+class UserTimeoutTests(SynchronousTestCase):
+    """
+    On Linux TCP_USER_TIMEOUT decides when keepalive gives up too, so unless
+    given it is the keepalive's own figure.
+    """
+
+    def test_derivedFromKeepalive(self) -> None:
+        self.assertEqual(SocketSettings().effectiveUserTimeout(), 15 + 10 * 4)
+        settings = SocketSettings(keepaliveIdle=7, keepaliveInterval=3, keepaliveCount=2)
+        self.assertEqual(settings.effectiveUserTimeout(), 7 + 3 * 2)
+
+    def test_given(self) -> None:
+        self.assertEqual(SocketSettings(userTimeout=4).effectiveUserTimeout(), 4)
+        self.assertEqual(SocketSettings(userTimeout=0).effectiveUserTimeout(), 0)
+
+    def test_withoutKeepalive(self) -> None:
+        self.assertEqual(SocketSettings(keepaliveIdle=0).effectiveUserTimeout(),
+                         sockopts.FALLBACK_USER_TIMEOUT)
+
+    def test_parsed(self) -> None:
+        base = ("server", "--tcp", "9999", "--udp", "5073")
+        self.assertIsNone(parse(*base).subOptions["settings"].userTimeout)
+        end = parse(*base, "--keepalive-idle", "2", "--keepalive-interval", "1",
+                    "--keepalive-count", "2").subOptions
+        self.assertEqual(end["settings"].effectiveUserTimeout(), 4)
+
+
+class EndpointCheckTests(SynchronousTestCase):
+    """
+    Endpoint descriptions checked in the user's terms at parse time, not
+    when Twisted binds them after the UDP socket.
+    """
+
+    def assertUsageError(self, fragment: str, *argv: str) -> None:
+        error = self.assertRaises(usage.UsageError, parse, *argv)
+        self.assertIn(fragment, str(error))
+
+    def test_serverPort(self) -> None:
+        for tcp in ("70000", "tcp:70000", "tcp:port=70000", "tcp6:70000:interface=\\:\\:"):
+            self.assertUsageError("--tcp: port must be", "server", "--tcp", tcp, "--udp", "1")
+        for tcp in ("0", "65535", "tcp:0:interface=127.0.0.1", "tcp6:port=9999"):
+            parse("server", "--tcp", tcp, "--udp", "1")
+
+    def test_metricsPort(self) -> None:
+        self.assertUsageError("--metrics: port must be",
+                              "server", "--tcp", "9999", "--udp", "1", "--metrics", "70000")
+
+    def test_unixSocketDirectory(self) -> None:
+        self.assertUsageError("--tcp: cannot make the socket /nonexistent/dir/s.sock",
+                              "server", "--tcp", "unix:/nonexistent/dir/s.sock", "--udp", "1")
+        directory = tempfile.mkdtemp()
+        self.addCleanup(shutil.rmtree, directory)
+        parse("server", "--tcp", f"unix:{directory}/s.sock", "--udp", "1")
+        parse("server", "--tcp", f"unix:address={directory}/s.sock:mode=600", "--udp", "1")
+
+    def test_tlsEndpointWithoutPyOpenSSL(self) -> None:
+        """
+        Without pyOpenSSL, Twisted's tls: parser fails with a NameError.
+        """
+        for module in ("OpenSSL", "twisted.internet.ssl"):
+            self.addCleanup(self.restoreModule, module, sys.modules.get(module))
+            sys.modules[module] = None  # type: ignore[assignment]
+        self.assertUsageError("--tcp: tls: endpoints need pyOpenSSL",
+                              "client", "--tcp", "tls:natbox:9999", "--udp", "1")
+        self.assertUsageError("--tcp: ssl: endpoints need pyOpenSSL",
+                              "server", "--tcp", "ssl:9999", "--udp", "1")
+
+    def restoreModule(self, name: str, module: object) -> None:
+        if module is None:
+            sys.modules.pop(name, None)
+        else:
+            sys.modules[name] = module  # type: ignore[assignment]
+
+    def test_splitDescription(self) -> None:
+        self.assertEqual(
+            splitDescription("tcp6:9999:interface=\\:\\:1:backlog=5"),
+            ("tcp6", ["9999"], {"interface": "::1", "backlog": "5"}),
+        )
+
+    def test_connectTimeout(self) -> None:
+        self.assertEqual(_connectTimeout(HostPort("natbox", 9999)), 30)
+        self.assertEqual(_connectTimeout("tcp:host=natbox:port=9999:timeout=5"), 5)
+        self.assertEqual(_connectTimeout("tls:natbox:9999"), 30)
+        self.assertIsNone(_connectTimeout("tor:natbox:9999"))
+
+
+class AddressFamilyTests(SynchronousTestCase):
+    """
+    --udp and --peer are resolved together; each error blames the option at
+    fault.
+    """
+
+    def assertUsageError(self, fragment: str, *argv: str) -> None:
+        error = self.assertRaises(usage.UsageError, parse, "server", "--tcp", "9999", *argv)
+        self.assertIn(fragment, str(error))
+
+    def test_udpUnresolvable(self) -> None:
+        self.assertUsageError("--udp: cannot resolve", "--udp", "nosuchhost.invalid:17073")
+
+    def test_literalsOfTwoFamilies(self) -> None:
+        self.assertUsageError("--udp is IPv6 and --peer IPv4",
+                              "--udp", "[::1]:1", "--peer", "127.0.0.1:2")
+        self.assertUsageError("--udp is IPv4 and --peer IPv6",
+                              "--udp", "127.0.0.1:1", "--peer", "[::1]:2")
+
+    def test_nameOnlyInTheOtherFamily(self) -> None:
+        """
+        A peer name with IPv4 addresses only, and an IPv6 --udp.
+        """
+        real = socket.getaddrinfo
+
+        def getaddrinfo(host: str, port: int, family: int = 0, *rest: object) -> object:
+            if host == "v4only.example":
+                if family == socket.AF_INET6:
+                    raise socket.gaierror(socket.EAI_ADDRFAMILY, "no IPv6")
+                return [(socket.AF_INET, socket.SOCK_DGRAM, 0, "", ("192.0.2.1", port))]
+            return real(host, port, family, *rest)  # type: ignore[arg-type]
+
+        self.patch(socket, "getaddrinfo", getaddrinfo)
+        self.assertUsageError("--peer: 'v4only.example' has no IPv6 address, and --udp is IPv6",
+                              "--udp", "[::1]:1", "--peer", "v4only.example:2")
+        plan = parse("server", "--tcp", "9999", "--udp", "1",
+                     "--peer", "v4only.example:2").subOptions["plan"]
+        self.assertEqual(plan.peer, ("192.0.2.1", 2))
+
+
+class _Runner(dict):  # type: ignore[type-arg]
+    """
+    Stands for twistd's or twist's options: the parent of ours.
+    """
+
+    def __init__(self, synopsis: str) -> None:
+        super().__init__(nodaemon=True)
+        self.synopsis = synopsis
+        self.subCommand = "udptunnel"
+
+    def getSynopsis(self) -> str:
+        return self.synopsis
+
+
+class UsageTextTests(SynchronousTestCase):
+    """
+    The synopsis reads as the command the user types, and a bad command line
+    under a runner shows a few lines, not the whole help.
+    """
+
+    def underRunner(self, synopsis: str = "Usage: twistd [options]") -> Options:
+        options = Options()
+        options.parent = _Runner(synopsis)  # type: ignore[assignment]
+        return options
+
+    def test_synopsis(self) -> None:
+        options = self.underRunner()
+        options.parseOptions(["server", "--tcp", "9999", "--udp", "1"])
+        self.assertEqual(
+            options.subOptions.getSynopsis(),
+            "Usage: twistd [twistd options] udptunnel server " + ServerOptions.synopsis,
+        )
+        self.assertEqual(options.getSynopsis(),
+                         "Usage: twistd [twistd options] udptunnel server|client [options]")
+
+    def test_synopsisUnderTwist(self) -> None:
+        options = self.underRunner("Usage: twist [options] plugin [plugin_options]")
+        options.parseOptions(["client", "--tcp", "h:1", "--udp", "1"])
+        self.assertTrue(options.subOptions.getSynopsis().startswith(
+            "Usage: twist [twist options] udptunnel client --tcp HOST:PORT"))
+
+    def test_usageErrorUnderRunner(self) -> None:
+        """
+        Status 1 (SystemExit with a message), the synopsis, where the help
+        is, and the error last.
+        """
+        options = self.underRunner()
+        exit = self.assertRaises(
+            SystemExit, options.parseOptions, ["server", "--udp", "1", "--keepalive-count", "0"])
+        lines = str(exit.code).splitlines()
+        self.assertEqual(lines, [
+            "Usage: twistd [twistd options] udptunnel server " + ServerOptions.synopsis,
+            "Run 'twistd udptunnel server --help' for the options.",
+            ("twistd udptunnel server: --keepalive-count: expected a whole number from 1 to "
+             "127, not '0'"),
+        ])
+
+    def test_usageErrorWithoutEnd(self) -> None:
+        exit = self.assertRaises(SystemExit, self.underRunner().parseOptions, [])
+        self.assertEqual(str(exit.code).splitlines()[-1], "twistd udptunnel: choose server or client")
+
+    def test_helpMarksRequiredAndDefaultsAlike(self) -> None:
+        text = parse("server", "--tcp", "9999", "--udp", "1").subOptions.getUsage(width=200)
+        self.assertRegex(text, r"--tcp=\s+Required\.")
+        self.assertIn("[default: 0]", text)
+        self.assertIn("[default: 300]", text)
+        self.assertNotRegex(text, r"\[default: \d+\.\d+\]")
+
+
+class StartupReportTests(SynchronousTestCase):
+    """
+    A daemonising twistd's parent prints the daemon's start-up error; ours
+    comes out as the message itself.  Twisted's own formatter and reporter
+    (twisted.scripts._twistd_unix) make the report here.
+    """
+
+    def report(self, error: Exception) -> str:
+        from twisted.scripts._twistd_unix import UnixApplicationRunner
+
+        data = UnixApplicationRunner._formatChildException(None, error)  # type: ignore[arg-type]
+        read, write = os.pipe()
+        self.addCleanup(os.close, read)
+        os.write(write, data)
+        os.close(write)
+        written = io.StringIO()
+        self.patch(sys, "__stderr__", _CleanStartupReport(written))
+        status = UnixApplicationRunner._waitForStart(None, read)  # type: ignore[arg-type]
+        self.assertEqual(status, 1)
+        return written.getvalue()
+
+    def test_startupError(self) -> None:
+        self.assertEqual(
+            self.report(StartupError("cannot listen on 127.0.0.1:5073: Address already in use")),
+            "udptunnel: cannot start: cannot listen on 127.0.0.1:5073: Address already in use\n",
+        )
+
+    def test_truncated(self) -> None:
+        """
+        twistd passes 100 bytes: a longer message says where the rest is.
+        """
+        text = self.report(StartupError("cannot listen on " + "x" * 200))
+        self.assertTrue(text.startswith("udptunnel: cannot start: cannot listen on xxx"), text)
+        self.assertTrue(text.endswith("... (the log file has the rest)\n"), text)
+
+    def test_otherErrorsUnchanged(self) -> None:
+        text = self.report(RuntimeError("something else"))
+        self.assertTrue(text.startswith("An error has occurred: b'"), text)
+        self.assertIn("RuntimeError: something else", text)
+        self.assertIn("Please look at log file", text)
+
+    def test_installedOnlyWhenDaemonising(self) -> None:
+        """
+        Under a twistd that will fork, and only there (twistd's -n comes
+        before the plugin's name, so it is known by then).
+        """
+        self.patch(sys, "__stderr__", sys.__stderr__)
+        for nodaemon in (True, False):
+            options = Options()
+            runner = _Runner("Usage: twistd [options]")
+            runner["nodaemon"] = nodaemon
+            options.parent = runner  # type: ignore[assignment]
+            options.parseOptions(["server", "--tcp", "9999", "--udp", "1"])
+            self.assertEqual(isinstance(sys.__stderr__, _CleanStartupReport), not nodaemon)

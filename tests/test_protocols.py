@@ -200,7 +200,8 @@ class StreamProtocolTests(SynchronousTestCase):
         self.assertEqual(sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE), 7)
         self.assertEqual(sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL), 3)
         self.assertEqual(sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT), 2)
-        self.assertEqual(sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT), 60000)
+        # No --user-timeout: the keepalive figure, 7 + 3 x 2 s.
+        self.assertEqual(sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT), 13000)
 
     def test_refusedConnectionAborted(self) -> None:
         self.relay = RecordingRelay()

@@ -6,10 +6,11 @@ from __future__ import annotations
 
 from twisted.application.internet import ClientService
 from twisted.internet.defer import Deferred, fail, succeed
-from twisted.internet.error import ConnectionDone, ConnectionRefusedError
+from twisted.internet.error import ConnectionDone, ConnectionRefusedError, TimeoutError
 from twisted.internet.interfaces import IStreamClientEndpoint
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
+from twisted.logger import formatEvent
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 from zope.interface import implementer
@@ -63,6 +64,11 @@ class RetryDelayTests(SynchronousTestCase):
     def test_jitterBounds(self) -> None:
         self.assertAlmostEqual(retryDelay(100, lambda: 0.0), MAX_DELAY * 0.8)
         self.assertAlmostEqual(retryDelay(100, lambda: 1.0), MAX_DELAY * 1.2)
+
+    def test_policyRoundsForTheLog(self) -> None:
+        delay = Backoff(lambda: 0.123456789)(1)
+        self.assertEqual(delay, round(delay, 2))
+        self.assertAlmostEqual(delay, retryDelay(1, lambda: 0.123456789), places=2)
 
     def test_hugeAttemptDoesNotOverflow(self) -> None:
         self.assertAlmostEqual(retryDelay(10**6, lambda: 0.5), MAX_DELAY)
@@ -126,6 +132,25 @@ class ReconnectTests(SynchronousTestCase):
         self.failureResultOf(endpoint.connect(TunnelFactory(self.relay)))
         self.assertEqual(events[0]["where"], "tcp:server:1")
         self.assertIn("refused", events[0]["why"])
+
+    def test_timeoutSaysSo(self) -> None:
+        """
+        A connection attempt that times out says "connect timed out after
+        N s", not Twisted's "User timeout caused connection failure", which
+        reads as if --user-timeout had fired.
+        """
+
+        @implementer(IStreamClientEndpoint)
+        class TimingOut:
+            def connect(self, factory):
+                return fail(TimeoutError())
+
+        events = captureLogEvents(self)
+        for timeout, expected in ((7, "connect timed out after 7 s"), (None, "connect timed out")):
+            endpoint = ReportingEndpoint(TimingOut(), "server:1", TunnelStats(), timeout=timeout)
+            self.failureResultOf(endpoint.connect(TunnelFactory(self.relay)), TimeoutError)
+            self.assertEqual(events[-1]["why"], expected)
+            self.assertNotIn("User timeout", formatEvent(events[-1]))
 
     def test_pendingAttemptCancelledOnStop(self) -> None:
         """

@@ -9,6 +9,7 @@ are L{ValueError}s with a message fit to show a user.
 from __future__ import annotations
 
 import ipaddress
+import os
 import re
 import socket
 from typing import NamedTuple
@@ -62,6 +63,45 @@ def splitHostPort(
     if text.startswith("["):
         _checkIPv6(host)
     return HostPort(host, parsePort(match.group("port"), allowZero))
+
+
+def splitDescription(description: str) -> tuple[str, list[str], dict[str, str]]:
+    """
+    An endpoint description's type, positional and keyword arguments, split
+    at the colons that no backslash escapes (as Twisted splits them), so
+    that its port or path can be checked in the user's terms.
+    """
+    parts, current, escaped = [], "", False
+    for char in description:
+        if escaped:
+            current, escaped = current + char, False
+        elif char == "\\":
+            escaped = True
+        elif char == ":":
+            parts.append(current)
+            current = ""
+        else:
+            current += char
+    parts.append(current)
+    positional = [part for part in parts[1:] if "=" not in part]
+    keywords = dict(part.split("=", 1) for part in parts[1:] if "=" in part)
+    return parts[0], positional, keywords
+
+
+def checkServerDescription(description: str) -> None:
+    """
+    Check what Twisted would find wrong in a server endpoint description
+    only when it binds it (after the UDP socket, naming no option): a port
+    out of range, a Unix socket in a directory that does not exist.
+    """
+    kind, positional, keywords = splitDescription(description)
+    where = keywords.get("port") or keywords.get("address") or (positional or [""])[0]
+    if kind in ("tcp", "tcp6", "ssl"):
+        parsePort(where, allowZero=True)
+    elif kind == "unix":
+        directory = os.path.dirname(where) or "."
+        if not os.path.isdir(directory):
+            raise ValueError(f"cannot make the socket {where}: no directory {directory}")
 
 
 def _isIPv6(host: str) -> bool:
@@ -128,23 +168,71 @@ class UDPPlan(NamedTuple):
     peer: tuple[str, int] | None
 
 
+_FAMILY_NAMES = {int(socket.AF_INET): "IPv4", int(socket.AF_INET6): "IPv6"}
+
+
+def _literalFamily(host: str) -> int | None:
+    """
+    The address family of an IP literal, C{None} for a name.
+    """
+    try:
+        version = ipaddress.ip_address(host).version
+    except ValueError:
+        return None
+    return int(socket.AF_INET6 if version == 6 else socket.AF_INET)
+
+
+def _resolvePeer(peer: HostPort, family: int) -> tuple[int, str]:
+    """
+    Resolve C{--peer} in the family of C{--udp}; when it has no address
+    there, say that the two options disagree, rather than that a literal
+    such as C{127.0.0.1} "cannot be resolved".
+    """
+    assert peer.host is not None
+    wanted = _FAMILY_NAMES.get(family)
+    if wanted is not None:
+        other = _literalFamily(peer.host)
+        if other is not None and other != family:
+            raise ValueError(
+                f"--udp is {wanted} and --peer {_FAMILY_NAMES[other]}: "
+                "give both in the same address family"
+            )
+    try:
+        return resolve(peer.host, peer.port, family)
+    except ValueError as e:
+        if wanted is not None:
+            try:
+                resolve(peer.host, peer.port)
+            except ValueError:
+                pass
+            else:
+                raise ValueError(
+                    f"--peer: {peer.host!r} has no {wanted} address, and --udp is {wanted}"
+                ) from None
+        raise ValueError(f"--peer: {e}") from None
+
+
 def planUDP(udp: HostPort | None, peer: HostPort | None) -> UDPPlan:
     """
     Resolve C{--udp} and C{--peer} together: the socket's address family
     decides which address of the peer to use, and without a local host the
     peer's family decides which wildcard to bind.  Resolving here, once, at
     start-up is what lets an unresolvable peer be a usage error.
+
+    @raise ValueError: a message that starts with the option to blame.
     """
     if udp is None and peer is None:
         raise ValueError("--udp is required unless --peer is given")
     family: int = socket.AF_UNSPEC
     interface = None
     if udp is not None and udp.host is not None:
-        family, interface = resolve(udp.host, udp.port, passive=True)
+        try:
+            family, interface = resolve(udp.host, udp.port, passive=True)
+        except ValueError as e:
+            raise ValueError(f"--udp: {e}") from None
     peerAddress = None
     if peer is not None:
-        assert peer.host is not None
-        family, literal = resolve(peer.host, peer.port, family)
+        family, literal = _resolvePeer(peer, family)
         peerAddress = (literal, peer.port)
     if interface is None:
         interface = "::" if family == socket.AF_INET6 else "0.0.0.0"

@@ -20,7 +20,7 @@ from .interfaces import ILink
 
 #: Seconds a connection may take to become the link (TLS handshake done,
 #: admitted, and then either the first frame or a silent link to take over).
-DEFAULT_TIMEOUT = 10.0
+DEFAULT_TIMEOUT = 10
 #: Connections that may wait at once; one more closes the oldest.
 DEFAULT_LIMIT = 64
 

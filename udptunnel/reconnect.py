@@ -10,6 +10,7 @@ import random
 from collections.abc import Callable
 
 from twisted.internet.defer import Deferred
+from twisted.internet.error import TimeoutError
 from twisted.internet.interfaces import (
     IProtocol,
     IProtocolFactory,
@@ -40,6 +41,9 @@ def retryDelay(attempt: int, random: Callable[[], float] = random.random) -> flo
     return base * (1 + JITTER * (2 * random() - 1))
 
 
+#: How long one connection attempt may take, in seconds (Twisted's default).
+CONNECT_TIMEOUT = 30.0
+
 #: A link that lasts less than this many seconds counts as a failed attempt.
 STABLE_LINK = 5.0
 
@@ -60,7 +64,9 @@ class Backoff:
         self._shortLinks = 0
 
     def __call__(self, attempt: int) -> float:
-        return retryDelay(attempt + self._shortLinks, self._random)
+        # Rounded: ClientService logs the delay as it is, and "in
+        # 0.5208733124871612 seconds" is noise in a log.
+        return round(retryDelay(attempt + self._shortLinks, self._random), 2)
 
     def linkEnded(self, lifetime: float) -> None:
         self._shortLinks = self._shortLinks + 1 if lifetime < STABLE_LINK else 0
@@ -76,11 +82,20 @@ class ReportingEndpoint:
     log = Logger()
 
     def __init__(
-        self, endpoint: IStreamClientEndpoint, description: str, stats: TunnelStats
+        self,
+        endpoint: IStreamClientEndpoint,
+        description: str,
+        stats: TunnelStats,
+        timeout: float | None = CONNECT_TIMEOUT,
     ) -> None:
+        """
+        @param timeout: how long C{endpoint} lets an attempt take, in
+            seconds, to say so when it times out (C{None}: unknown).
+        """
         self._endpoint = endpoint
         self._description = description
         self._stats = stats
+        self._timeout = timeout
 
     def connect(self, protocolFactory: IProtocolFactory) -> Deferred[IProtocol]:
         self._stats.connectAttempts += 1
@@ -90,11 +105,14 @@ class ReportingEndpoint:
 
     def _failed(self, reason: Failure) -> Failure:
         self._stats.connectFailures += 1
-        self.log.warn(
-            "cannot connect to {where}: {why}",
-            where=self._description,
-            why=reason.getErrorMessage(),
-        )
+        if reason.check(TimeoutError):
+            # Twisted's "User timeout caused connection failure" reads as if
+            # --user-timeout had fired.
+            after = f" after {self._timeout:g} s" if self._timeout is not None else ""
+            why = f"connect timed out{after}"
+        else:
+            why = reason.getErrorMessage()
+        self.log.warn("cannot connect to {where}: {why}", where=self._description, why=why)
         return reason
 
     def __repr__(self) -> str:

@@ -2,16 +2,35 @@
 Socket tuning: buffer sizes, and the TCP keepalive and user timeout that let
 a link whose peer vanished without a FIN or RST (cable pulled, NAT state
 lost) be noticed without any keepalive frames in the stream.
+
+Every option is named here by the command-line option that sets it, so that
+a value the kernel refuses is reported in the user's words: at parse time
+by L{checkSettings}, on a scratch socket, and (should a socket still refuse
+it) once per option by L{tuneUDP} and L{tuneTCP}.
 """
 
 from __future__ import annotations
 
 import socket
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 from twisted.logger import Logger
 
 log = Logger()
+
+#: The largest value setsockopt takes: a C int.  It bounds the buffer sizes,
+#: and TCP_USER_TIMEOUT, which is in milliseconds.
+MAX_INT = 2**31 - 1
+#: What Linux accepts for TCP_KEEPIDLE and TCP_KEEPINTVL, in seconds
+#: (MAX_TCP_KEEPIDLE, MAX_TCP_KEEPINTVL in include/net/tcp.h).
+MAX_KEEPALIVE_SECONDS = 32767
+#: ...and for TCP_KEEPCNT (MAX_TCP_KEEPCNT).
+MAX_KEEPALIVE_COUNT = 127
+#: The largest --user-timeout, in seconds: its milliseconds fit a C int.
+MAX_USER_TIMEOUT = MAX_INT / 1000
+#: The user timeout when none is given and keepalive is off.
+FALLBACK_USER_TIMEOUT = 60.0
 
 
 @dataclass(frozen=True)
@@ -19,9 +38,8 @@ class SocketSettings:
     """
     What to set on the tunnel's sockets; 0 leaves the kernel's default.
 
-    The keepalive defaults detect a silent peer in 15 + 4 x 10 = 55 s, and
-    the user timeout gives up on data unacknowledged for 60 s, so a dead link
-    is noticed within about a minute whether it was idle or busy.
+    @ivar userTimeout: C{TCP_USER_TIMEOUT} in seconds, or C{None} to derive
+        it from the keepalive figures (see L{effectiveUserTimeout}).
     """
 
     udpReceiveBuffer: int = 1 << 20
@@ -31,17 +49,98 @@ class SocketSettings:
     keepaliveIdle: int = 15
     keepaliveInterval: int = 10
     keepaliveCount: int = 4
-    userTimeout: float = 60.0
+    userTimeout: float | None = None
+
+    def keepaliveDetection(self) -> float:
+        """
+        Seconds of silence after which keepalive gives up on an idle link:
+        C{idle + interval x count} (0 with keepalive off).
+        """
+        if self.keepaliveIdle <= 0:
+            return 0.0
+        return float(self.keepaliveIdle + self.keepaliveInterval * self.keepaliveCount)
+
+    def effectiveUserTimeout(self) -> float:
+        """
+        The C{TCP_USER_TIMEOUT} to set, in seconds (0: none).
+
+        On Linux a user timeout also decides when keepalive gives up
+        (tcp(7)): an idle link is dropped at the first probe due after that
+        many seconds, whatever C{TCP_KEEPCNT} says.  So unless one is given,
+        it is the keepalive's own figure: the count then does what it says,
+        and a dead link is noticed as fast busy as idle (15 + 4 x 10 = 55 s
+        with the defaults).
+        """
+        if self.userTimeout is not None:
+            return self.userTimeout
+        return self.keepaliveDetection() or FALLBACK_USER_TIMEOUT
 
 
-def _set(sock: socket.socket, level: int, option: int | None, value: int) -> None:
-    if option is None or value <= 0:
-        return
+#: One socket option: the command-line option that sets it, the kernel's
+#: name for it, level, option (C{None} where the platform lacks it), value.
+_Option = tuple[str, str, int, int | None, int]
+
+
+def _udpOptions(settings: SocketSettings) -> Iterator[_Option]:
+    yield ("--udp-rcvbuf", "SO_RCVBUF", socket.SOL_SOCKET, socket.SO_RCVBUF,
+           settings.udpReceiveBuffer)
+    yield ("--udp-sndbuf", "SO_SNDBUF", socket.SOL_SOCKET, socket.SO_SNDBUF,
+           settings.udpSendBuffer)
+
+
+def _tcpOptions(settings: SocketSettings) -> Iterator[_Option]:
+    tcp = socket.IPPROTO_TCP
+    yield "TCP_NODELAY", "TCP_NODELAY", tcp, socket.TCP_NODELAY, 1
+    yield ("--tcp-rcvbuf", "SO_RCVBUF", socket.SOL_SOCKET, socket.SO_RCVBUF,
+           settings.tcpReceiveBuffer)
+    yield ("--tcp-sndbuf", "SO_SNDBUF", socket.SOL_SOCKET, socket.SO_SNDBUF,
+           settings.tcpSendBuffer)
+    if settings.keepaliveIdle > 0:
+        yield "--keepalive-idle", "SO_KEEPALIVE", socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1
+        yield ("--keepalive-idle", "TCP_KEEPIDLE", tcp, getattr(socket, "TCP_KEEPIDLE", None),
+               settings.keepaliveIdle)
+        yield ("--keepalive-interval", "TCP_KEEPINTVL", tcp,
+               getattr(socket, "TCP_KEEPINTVL", None), settings.keepaliveInterval)
+        yield ("--keepalive-count", "TCP_KEEPCNT", tcp, getattr(socket, "TCP_KEEPCNT", None),
+               settings.keepaliveCount)
+    yield ("--user-timeout", "TCP_USER_TIMEOUT", tcp, getattr(socket, "TCP_USER_TIMEOUT", None),
+           round(settings.effectiveUserTimeout() * 1000))
+
+
+def _refusal(sock: socket.socket, option: _Option) -> str | None:
+    """
+    Set one option; why the kernel refused it, or C{None}.
+    """
+    _, _, level, number, value = option
+    if number is None or value <= 0:
+        return None
     try:
-        sock.setsockopt(level, option, value)
+        sock.setsockopt(level, number, value)
     except OSError as e:
-        log.warn("cannot set socket option {option}={value}: {error}",
-                 option=option, value=value, error=e)
+        return e.strerror or str(e)
+    except (OverflowError, TypeError):
+        # An int too big for a C int is an OverflowError, or a TypeError
+        # once Python tries it as a buffer instead.
+        return "too large"
+    return None
+
+
+def _describe(option: _Option, reason: str) -> str:
+    name, kernelName, _, _, value = option
+    return f"{name}: the kernel refuses {kernelName}={value}: {reason}"
+
+
+#: The options whose failure was logged already: one line each per process,
+#: not one per connection.
+_warned: set[str] = set()
+
+
+def _set(sock: socket.socket, options: Iterator[_Option]) -> None:
+    for option in options:
+        reason = _refusal(sock, option)
+        if reason is not None and option[0] not in _warned:
+            _warned.add(option[0])
+            log.warn("cannot set {problem} (logged once)", problem=_describe(option, reason))
 
 
 def tuneUDP(sock: socket.socket, settings: SocketSettings) -> None:
@@ -49,8 +148,7 @@ def tuneUDP(sock: socket.socket, settings: SocketSettings) -> None:
     A large receive buffer absorbs bursts while the event loop is busy
     (the kernel caps it at C{net.core.rmem_max}).
     """
-    _set(sock, socket.SOL_SOCKET, socket.SO_RCVBUF, settings.udpReceiveBuffer)
-    _set(sock, socket.SOL_SOCKET, socket.SO_SNDBUF, settings.udpSendBuffer)
+    _set(sock, _udpOptions(settings))
 
 
 def tuneTCP(sock: socket.socket, settings: SocketSettings) -> None:
@@ -61,16 +159,19 @@ def tuneTCP(sock: socket.socket, settings: SocketSettings) -> None:
     """
     if sock.family not in (socket.AF_INET, socket.AF_INET6):
         return
-    _set(sock, socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    _set(sock, socket.SOL_SOCKET, socket.SO_RCVBUF, settings.tcpReceiveBuffer)
-    _set(sock, socket.SOL_SOCKET, socket.SO_SNDBUF, settings.tcpSendBuffer)
-    if settings.keepaliveIdle > 0:
-        _set(sock, socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
-        _set(sock, socket.IPPROTO_TCP, getattr(socket, "TCP_KEEPIDLE", None),
-             settings.keepaliveIdle)
-        _set(sock, socket.IPPROTO_TCP, getattr(socket, "TCP_KEEPINTVL", None),
-             settings.keepaliveInterval)
-        _set(sock, socket.IPPROTO_TCP, getattr(socket, "TCP_KEEPCNT", None),
-             settings.keepaliveCount)
-    _set(sock, socket.IPPROTO_TCP, getattr(socket, "TCP_USER_TIMEOUT", None),
-         int(settings.userTimeout * 1000))
+    _set(sock, _tcpOptions(settings))
+
+
+def checkSettings(settings: SocketSettings) -> None:
+    """
+    Try every setting on scratch sockets, so that a value this kernel
+    refuses is a usage error now rather than a warning on every link.
+
+    @raise ValueError: naming the first option refused.
+    """
+    for kind, options in ((socket.SOCK_DGRAM, _udpOptions), (socket.SOCK_STREAM, _tcpOptions)):
+        with socket.socket(socket.AF_INET, kind) as scratch:
+            for option in options(settings):
+                reason = _refusal(scratch, option)
+                if reason is not None:
+                    raise ValueError(_describe(option, reason))

@@ -4,7 +4,8 @@ The twistd plugin's command line and service wiring, and nothing else.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import re
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
@@ -18,17 +19,31 @@ from twisted.internet.endpoints import (
 from twisted.internet.interfaces import IProtocolFactory, IStreamClientEndpoint
 from twisted.python import usage
 
+from . import reportStartupErrorsCleanly
 from .access import AddressFilter, parseNetwork
-from .addresses import HostPort, planUDP, splitHostPort
+from .addresses import (
+    HostPort,
+    checkServerDescription,
+    planUDP,
+    splitDescription,
+    splitHostPort,
+)
 from .datagram import UDPService
 from .listening import AnnouncingEndpoint
 from .logreopen import LogReopener
 from .pending import DEFAULT_LIMIT as DEFAULT_MAX_PENDING
 from .pending import DEFAULT_TIMEOUT as DEFAULT_PENDING_TIMEOUT
 from .protocols import MAX_DATAGRAM, TunnelDatagramProtocol, TunnelFactory
-from .reconnect import Backoff, ReportingEndpoint
+from .reconnect import CONNECT_TIMEOUT, Backoff, ReportingEndpoint
 from .relay import Relay
-from .sockopts import SocketSettings
+from .sockopts import (
+    MAX_INT,
+    MAX_KEEPALIVE_COUNT,
+    MAX_KEEPALIVE_SECONDS,
+    MAX_USER_TIMEOUT,
+    SocketSettings,
+    checkSettings,
+)
 
 if TYPE_CHECKING:
     from .tls import Credentials
@@ -79,13 +94,56 @@ def _validate(check: Any, what: str, value: str, option: str = "--tcp") -> None:
         raise usage.UsageError(f"{option}: bad {what} {value!r}: {e}") from None
 
 
+def _haveTLS() -> bool:
+    """
+    Whether Twisted's TLS (pyOpenSSL) can be imported: C{tls:} and C{ssl:}
+    endpoints need it, and without it Twisted fails with a C{NameError}.
+    Only asked when such an endpoint is given (it costs megabytes).
+    """
+    try:
+        import twisted.internet.ssl  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def _needTLS(kind: str, option: str) -> None:
+    if kind in ("tls", "ssl") and not _haveTLS():
+        raise usage.UsageError(
+            f"{option}: {kind}: endpoints need pyOpenSSL: pip install 'udptunnel[tls]'"
+        )
+
+
 def _serverEndpoint(value: str, option: str) -> str:
     """
-    A server endpoint description; a bare port means C{tcp:PORT}.
+    A server endpoint description; a bare port means C{tcp:PORT}.  Its port
+    and its socket's directory are checked here: Twisted would only find
+    them wrong when it binds, after the UDP socket, and without naming the
+    option.
     """
-    description = f"tcp:{value}" if value.isdigit() else value
-    _validate(serverFromString, "server endpoint", description, option)
-    return description
+    if value.isdigit():
+        value = f"tcp:{value}"
+    kind = splitDescription(value)[0]
+    _needTLS(kind, option)
+    _validate(serverFromString, "server endpoint", value, option)
+    with _blaming(option):
+        checkServerDescription(value)
+    return value
+
+
+def _connectTimeout(tcp: HostPort | str) -> float | None:
+    """
+    How long one connection attempt may take, in seconds, so that a timeout
+    can be reported as such; C{None} for an endpoint type we do not know.
+    """
+    if isinstance(tcp, HostPort):
+        return CONNECT_TIMEOUT
+    kind, _, keywords = splitDescription(tcp)
+    try:
+        return float(keywords["timeout"])
+    except (KeyError, ValueError):
+        # Twisted's default for each of its client endpoints.
+        return CONNECT_TIMEOUT if kind in ("tcp", "ssl", "tls", "unix") else None
 
 
 def _count(text: str) -> int:
@@ -121,21 +179,139 @@ def _positiveSeconds(text: str) -> float:
 
 
 _positiveSeconds.coerceDoc = ""  # type: ignore[attr-defined]
+
+
+def _wholeFrom(low: int, high: int) -> Callable[[str], int]:
+    """
+    A coercer of whole numbers from C{low} to C{high}: what the kernel takes
+    for a socket option, so that anything else is refused at parse time.
+    """
+
+    def coerce(text: str) -> int:
+        if not text.isdigit() or not low <= int(text) <= high:
+            raise ValueError(f"expected a whole number from {low} to {high}, not {text!r}")
+        return int(text)
+
+    coerce.coerceDoc = ""  # type: ignore[attr-defined]
+    return coerce
+
+
+def _secondsUpTo(high: float) -> Callable[[str], float]:
+    """
+    A coercer of durations from 0 to C{high} seconds.
+    """
+
+    def coerce(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            value = -1.0
+        if not 0 <= value <= high:
+            raise ValueError(f"expected a number of seconds from 0 to {high}, not {text!r}")
+        return value
+
+    coerce.coerceDoc = ""  # type: ignore[attr-defined]
+    return coerce
+
+
+def _naming(name: str, coerce: Callable[[str], Any]) -> Callable[[str], Any]:
+    """
+    C{coerce}, but a bad value is a usage error that names option C{name}:
+    Twisted would say "Parameter type enforcement failed" without saying
+    which parameter.
+    """
+
+    def named(text: str) -> Any:
+        try:
+            return coerce(text)
+        except ValueError as e:
+            raise usage.UsageError(f"--{name}: {e}") from None
+
+    named.coerceDoc = getattr(coerce, "coerceDoc", "")  # type: ignore[attr-defined]
+    return named
+
+
 _count.coerceDoc = ""  # type: ignore[attr-defined]
 _seconds.coerceDoc = ""  # type: ignore[attr-defined]
 _DEFAULTS = SocketSettings()
+_BUFFER = _wholeFrom(0, MAX_INT)
+
+
+def _runnerName(runner: Any) -> tuple[str, str]:
+    """
+    The program the user ran (C{twistd}, C{twist}) and the name they gave
+    the plugin, from the runner's options (the parent of ours).
+    """
+    synopsis = runner.getSynopsis() if hasattr(runner, "getSynopsis") else ""
+    found = re.match(r"Usage: (.+?) \[options\]", synopsis)
+    program = found.group(1) if found else "twistd"
+    plugin = getattr(runner, "subCommand", None) or "udptunnel"
+    return program, plugin
 
 
 class _WithExample(usage.Options):
     """
-    Every --help ends with the seed example, kept verbatim (a longdesc would
-    be re-wrapped).
+    What all our option parsers share: every --help ends with the seed
+    example, kept verbatim (a longdesc would be re-wrapped); the synopsis
+    reads as the command the user types; and a bad value names its option.
     """
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        """
+        Wrap each coercer of the class's C{optParameters} with L{_naming},
+        so that every option, whoever adds it, names itself in its errors.
+        """
+        super().__init_subclass__(**kwargs)
+        parameters = cls.__dict__.get("optParameters", [])
+        for row in parameters:
+            if len(row) > 4 and row[4] is not None:
+                row[4] = _naming(row[0], row[4])
+
+    def _top(self) -> _WithExample:
+        """
+        The plugin's own top-level options (whose parent is the runner's).
+        """
+        options = self
+        while isinstance(options.parent, _WithExample):
+            options = options.parent
+        return options
+
+    def commandLine(self) -> str:
+        """
+        What the user typed to get here: C{twistd udptunnel server}.
+        """
+        top = self._top()
+        program, plugin = _runnerName(top.parent)
+        words = [program, plugin] + ([top.subCommand] if top is not self else [])
+        return " ".join(str(word) for word in words)
+
+    def getSynopsis(self) -> str:
+        # Twisted joins every parent's synopsis, which repeats ours
+        # ("udptunnel server|client [options] server --tcp ...").
+        top = self._top()
+        program, plugin = _runnerName(top.parent)
+        words = [program, f"[{program.split()[-1]} options]", plugin]
+        if top is not self:
+            words.append(str(top.subCommand))
+        return "Usage: " + " ".join(words + [getattr(self, "synopsis", "[options]")])
 
     def getUsage(self, width: int | None = None) -> str:
         text = super().getUsage(width)
         # A parent shows its subcommand's usage when parsing failed in it.
         return text if EXAMPLE in text else text + "\n" + EXAMPLE
+
+    def usageError(self, error: usage.UsageError) -> str:
+        """
+        What to show for a bad command line: the short synopsis of the
+        command that failed, where to find the rest, and the error last,
+        in one line (not the 60 lines of the full help).
+        """
+        command = self.commandLine()
+        return (
+            f"{self.getSynopsis()}\n"
+            f"Run '{command} --help' for the options.\n"
+            f"{command}: {error}"
+        )
 
 
 class _EndOptions(_WithExample):
@@ -148,27 +324,31 @@ class _EndOptions(_WithExample):
         ["peer", None, None, _PEER_HELP],
         ["udp-rcvbuf", None, _DEFAULTS.udpReceiveBuffer,
          ("UDP socket receive buffer, bytes (capped by net.core.rmem_max; 0: "
-         "the system's default)."), _count],
+         "the system's default)."), _BUFFER],
         ["udp-sndbuf", None, _DEFAULTS.udpSendBuffer,
-         "UDP socket send buffer, bytes (0: the system's default).", _count],
+         "UDP socket send buffer, bytes (0: the system's default).", _BUFFER],
         ["tcp-rcvbuf", None, 0,
-         "TCP receive buffer, bytes (0: the kernel's autotuning).", _count],
+         "TCP receive buffer, bytes (0: the kernel's autotuning).", _BUFFER],
         ["tcp-sndbuf", None, 0,
-         "TCP send buffer, bytes (0: the kernel's autotuning).", _count],
+         "TCP send buffer, bytes (0: the kernel's autotuning).", _BUFFER],
         ["keepalive-idle", None, _DEFAULTS.keepaliveIdle,
          ("Seconds of silence on the link before TCP keepalive probes start "
-         "(0: no keepalive)."), _count],
+         "(0: no keepalive)."), _wholeFrom(0, MAX_KEEPALIVE_SECONDS)],
         ["keepalive-interval", None, _DEFAULTS.keepaliveInterval,
-         "Seconds between TCP keepalive probes.", _count],
+         "Seconds between TCP keepalive probes.", _wholeFrom(1, MAX_KEEPALIVE_SECONDS)],
         ["keepalive-count", None, _DEFAULTS.keepaliveCount,
-         "Unanswered keepalive probes before the link is declared dead.", _count],
-        ["user-timeout", None, _DEFAULTS.userTimeout,
+         "Unanswered keepalive probes before the link is declared dead.",
+         _wholeFrom(1, MAX_KEEPALIVE_COUNT)],
+        ["user-timeout", None, None,
          ("Seconds sent data may stay unacknowledged before the link is declared "
-         "dead (TCP_USER_TIMEOUT; 0: the kernel's default)."), _seconds],
-        ["idle-timeout", None, 0.0,
+          "dead (TCP_USER_TIMEOUT; on Linux it also ends an idle link, at the "
+          "first keepalive probe due after it; 0: the kernel's default). "
+          "Default: idle + interval x count, 55 with the default keepalive."),
+         _secondsUpTo(MAX_USER_TIMEOUT)],
+        ["idle-timeout", None, 0,
          ("Close the link after this many seconds without a datagram either way "
          "(the client reconnects at once; 0: never)."), _seconds],
-        ["stats-interval", None, 300.0,
+        ["stats-interval", None, 300,
          ("Log the counters every this many seconds, when they changed (0: only "
          "at shutdown)."), _seconds],
         ["metrics", None, None,
@@ -185,7 +365,7 @@ class _EndOptions(_WithExample):
           "first frame) before it is closed."), _positiveSeconds],
         ["max-pending", None, DEFAULT_MAX_PENDING,
          ("TCP connections that may wait to become the link at once; one more "
-          "closes the oldest (0: no cap)."), _count],
+          "closes the oldest (0: no cap)."), _wholeFrom(0, 1_000_000)],
     ]
 
     def __init__(self) -> None:
@@ -212,7 +392,11 @@ class _EndOptions(_WithExample):
         with _blaming("--peer"):
             if self["peer"] is not None:
                 peer = splitHostPort(self["peer"])
+        try:
             self["plan"] = planUDP(udp, peer)
+        except ValueError as e:
+            # planUDP names the option to blame.
+            raise usage.UsageError(str(e)) from None
         if self["udp-allow"] and self["peer"] is not None:
             raise usage.UsageError("--udp-allow is for phantom mode: not with --peer")
         if self["metrics"] is not None:
@@ -227,6 +411,10 @@ class _EndOptions(_WithExample):
             keepaliveCount=self["keepalive-count"],
             userTimeout=self["user-timeout"],
         )
+        try:
+            checkSettings(self["settings"])
+        except ValueError as e:
+            raise usage.UsageError(str(e)) from None
         self["credentials"] = self.loadCredentials()
 
     def loadCredentials(self) -> Credentials | None:
@@ -258,8 +446,9 @@ class ServerOptions(_EndOptions):
             None,
             None,
             (
-                "Where to listen: a port (all interfaces) or a Twisted server endpoint "
-                "(tcp:9999:interface=127.0.0.1, tcp6:9999, ssl:..., unix:..., systemd:...)."
+                "Required. Where to listen: a port (all interfaces) or a Twisted "
+                "server endpoint (tcp:9999:interface=127.0.0.1, tcp6:9999, ssl:..., "
+                "unix:..., systemd:...)."
             ),
         ],
     ]
@@ -288,8 +477,9 @@ class ClientOptions(_EndOptions):
             None,
             None,
             (
-                "Where to connect: HOST:PORT ([IPv6]:PORT; names resolve to IPv4 and "
-                "IPv6) or a Twisted client endpoint (tcp:..., tls:..., unix:...)."
+                "Required. Where to connect: HOST:PORT ([IPv6]:PORT; names resolve "
+                "to IPv4 and IPv6) or a Twisted client endpoint (tcp:..., tls:..., "
+                "unix:...)."
             ),
         ],
         ["tls-name", None, None,
@@ -298,7 +488,9 @@ class ClientOptions(_EndOptions):
     ]
 
     def parseTCP(self, value: str) -> HostPort | str:
-        if value.split(":")[0] in _ENDPOINT_TYPES:
+        kind = value.split(":")[0]
+        if kind in _ENDPOINT_TYPES:
+            _needTLS(kind, "--tcp")
             _validate(clientFromString, "client endpoint", value)
             return value
         try:
@@ -331,6 +523,25 @@ class Options(_WithExample):
         ["client", None, ClientOptions, "Connect the TCP link, reconnecting forever."],
     ]
 
+    def parseOptions(self, options: list[str] | None = None) -> None:
+        """
+        Under a runner (twistd, twist), end a bad command line here, with
+        status 1 and L{usageError}'s few lines: twistd would print the whole
+        help before the error, and twist exit with status 64.  Parsed on its
+        own (as in tests), it raises L{usage.UsageError} as usual.
+        """
+        try:
+            super().parseOptions(options)
+        except usage.UsageError as e:
+            if self.parent is None:
+                raise
+            failed: _WithExample = getattr(self, "subOptions", None) or self
+            raise SystemExit(failed.usageError(e)) from None
+        if _daemonising(self):
+            # twistd forks before the tunnel binds, and it is the parent that
+            # reports what went wrong: see reportStartupErrorsCleanly.
+            reportStartupErrorsCleanly()
+
     def postOptions(self) -> None:
         if self.subCommand is None:
             raise usage.UsageError("choose server or client")
@@ -343,6 +554,15 @@ def _inForeground(options: usage.Options) -> bool:
     """
     parent = getattr(options, "parent", None)
     return parent is not None and bool(parent.get("nodaemon", True))
+
+
+def _daemonising(options: usage.Options) -> bool:
+    """
+    Whether twistd will fork a daemon, whose start-up errors its parent
+    reports.
+    """
+    parent = getattr(options, "parent", None)
+    return parent is not None and not parent.get("nodaemon", True)
 
 
 def _daemonLogFile(options: usage.Options) -> bool:
@@ -412,7 +632,7 @@ def makeService(options: Options, reactor: Any = None) -> IService:
         endpoint: IStreamClientEndpoint
         if isinstance(tcp, HostPort):
             assert tcp.host is not None
-            endpoint = HostnameEndpoint(reactor, tcp.host, tcp.port)
+            endpoint = HostnameEndpoint(reactor, tcp.host, tcp.port, timeout=CONNECT_TIMEOUT)
             where = f"{tcp.host}:{tcp.port}"
         else:
             endpoint, where = clientFromString(reactor, tcp), tcp
@@ -421,7 +641,7 @@ def makeService(options: Options, reactor: Any = None) -> IService:
 
             endpoint = clientEndpoint(credentials, end["tls-name"], endpoint)
         internet.ClientService(
-            ReportingEndpoint(endpoint, where, relay.stats),
+            ReportingEndpoint(endpoint, where, relay.stats, timeout=_connectTimeout(tcp)),
             factory,
             retryPolicy=backoff,
             clock=reactor,
