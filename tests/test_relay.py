@@ -15,7 +15,8 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from udptunnel.access import AddressFilter, parseNetwork
 from udptunnel.pending import DEFAULT_TIMEOUT
-from udptunnel.relay import CLOSE_GRACE, CONFIRM_AFTER, LINK_SILENT, Relay
+from udptunnel.relay import CONFIRM_AFTER, LINK_SILENT, Relay
+from udptunnel.tunnel import CLOSE_GRACE
 
 from .fakes import FakeLink, FakeUDPTransport, captureLogEvents
 
@@ -731,7 +732,7 @@ class TimerTests(SynchronousTestCase):
         relay = self.start(statsInterval=60)
 
         def statsLines() -> int:
-            return sum(1 for e in events if "{summary}; link" in e.get("log_format", ""))
+            return sum(1 for e in events if "{summary}; {state}" in e.get("log_format", ""))
 
         relay.datagramsReceived([(b"x", APP)])
         self.clock.advance(60)

@@ -9,26 +9,22 @@ links are child services, so the UDP socket outlives every TCP connection.
 
 from __future__ import annotations
 
-import errno
 from collections.abc import Callable
 from typing import Any
 
-from twisted.application.service import MultiService
-from twisted.internet.defer import Deferred, DeferredList
-from twisted.internet.error import CannotListenError, ConnectionDone, ConnectionLost
+from twisted.internet.defer import Deferred
+from twisted.internet.error import ConnectionDone, ConnectionLost
 from twisted.internet.interfaces import IDelayedCall, IPushProducer, IReactorTime
-from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from . import StartupError
 from .access import AddressFilter
 from .addresses import showAddress
 from .interfaces import IDatagramSocket, ILink, IRelay
-from .kerneldrops import kernelDrops
 from .pending import DEFAULT_LIMIT, DEFAULT_TIMEOUT, PendingLinks
-from .stats import RateLimitedLog, TunnelStats
+from .session import Session
+from .tunnel import TunnelService
 
 #: A waiting connection takes over a link from which no frame came for this
 #: many seconds: long enough that a link carrying any steady traffic (even
@@ -38,8 +34,6 @@ from .stats import RateLimitedLog, TunnelStats
 LINK_SILENT = 3.0
 #: A client declares its link up once a frame came or it lasted this long.
 CONFIRM_AFTER = 1.0
-#: Seconds a stop waits for connections to close cleanly before aborting.
-CLOSE_GRACE = 2.0
 
 _TAKEOVER_WORDS = {
     "first-frame": "it sent its first frame",
@@ -74,7 +68,7 @@ class _UDPReadingProducer:
 
 
 @implementer(IRelay)
-class Relay(MultiService):
+class Relay(TunnelService):
     """
     Joins one UDP socket to at most one TCP link at a time.
 
@@ -127,131 +121,59 @@ class Relay(MultiService):
             once (its C{--allow}, its TLS) refused it, and that is a failed
             attempt, not a link that came up and went down.
         """
-        super().__init__()
+        super().__init__(clock, exitOnStartupError, statsInterval, role)
         self.udpPeer = udpPeer
         self.learnedPeer: tuple[str, int] | None = None
-        self.link: ILink | None = None
         self.udp: IDatagramSocket | None = None
-        self.stats = TunnelStats()
+        #: The one session: the UDP peer (fixed, or learned) and the link.
+        self.session = Session(None, udpPeer, self._drop, traffic=self.stats)
         self.allow = allow
         self.udpAllow = udpAllow
-        self.role = role
-        self._exitOnStartupError = exitOnStartupError
-        self._clock = clock
-        self._warn = RateLimitedLog(self.log, clock)
         self._paused = False
         self._pending = PendingLinks(clock, self._pendingExpired, self._pendingEvicted,
                                      pendingTimeout, maxPending)
         self._ready: set[ILink] = set()
         self._lastFrameAt = 0.0
         self._confirm: IDelayedCall | None = None
-        self._stopping: list[tuple[ILink, Deferred[None]]] = []
-        self._timers: list[tuple[LoopingCall, float]] = []
         self._onLinkEnded = onLinkEnded
         self._linkSince = 0.0
-        self._tracebacks: set[str] = set()
-        self._closedHere: set[ILink] = set()
         if idleTimeout > 0:
             self._idle = _IdleWatch(self, idleTimeout)
             self._every(min(idleTimeout / 4, 1.0), self._idle.check)
-        if statsInterval > 0:
-            self._lastSummary = ""
-            self._every(statsInterval, self._logStatsIfChanged)
 
-    def _every(self, interval: float, call: Any) -> None:
-        timer = LoopingCall(call)
-        timer.clock = self._clock
-        self._timers.append((timer, interval))
-
-    # Starting and stopping
-
-    def privilegedStartService(self) -> None:
-        self._startChildren(super().privilegedStartService)
-
-    def startService(self) -> None:
-        # twist never calls privilegedStartService: the children bind here.
-        self._startChildren(super().startService)
-        for timer, interval in self._timers:
-            timer.start(interval, now=False)
-
-    def _startChildren(self, start: Any) -> None:
+    @property
+    def link(self) -> ILink | None:
         """
-        Turn a failure to bind into a one-line error: a L{StartupError}, which
-        a daemonising twistd reports through its parent, or in the foreground
-        a L{SystemExit}, so the user sees the reason instead of a traceback.
+        The TCP connection that carries the frames, or C{None}.
         """
-        try:
-            start()
-        except (CannotListenError, OSError, OverflowError, ValueError) as e:
-            message = _describeBindError(e)
-            if self._exitOnStartupError:
-                raise SystemExit(f"udptunnel: cannot start: {message}") from None
-            self.log.critical("cannot start: {message}", message=message)
-            raise StartupError(message) from None
+        return self.session.link
+
+    @link.setter
+    def link(self, link: ILink | None) -> None:
+        self.session.link = link
 
     def stopService(self) -> Deferred[Any]:
         """
-        Close every connection cleanly (a FIN, so the peer logs a clean
-        close rather than a reset), and abort those still open after
-        L{CLOSE_GRACE} seconds, so a stop never hangs on a dead peer.
+        Close the link and the waiting connections cleanly, then stop.
         """
-        for timer, _ in self._timers:
-            if timer.running:
-                timer.stop()
         self._cancelConfirm()
         links = [link for link in (self.link, *self._pending) if link is not None]
         self.link = None
-        self._closedHere.update(links)
         for link in list(self._pending):
             self._pending.remove(link)
-        waits = []
-        for link in links:
-            gone: Deferred[None] = Deferred()
-            self._stopping.append((link, gone))
-            waits.append(gone)
-            link.close()
-        if waits:
-            abortLater = self._clock.callLater(CLOSE_GRACE, self._abortAll, links)
-            DeferredList(waits).addCallback(lambda _: _cancel(abortLater))
-        stopped = DeferredList([*waits, super().stopService()])
-        return stopped.addCallback(self._logSummary)
+        return self.stopWith(links)
 
-    def _abortAll(self, links: list[ILink]) -> None:
-        for link in links:
-            if any(link is waiting for waiting, _ in self._stopping):
-                link.abort()
+    def state(self) -> str:
+        return (f"link {self.link.remote if self.link else 'down'}, "
+                f"UDP peer {showAddress(self.udpPeer or self.learnedPeer)}")
 
-    def _logSummary(self, ignored: object) -> None:
-        self.log.info("tunnel stopped: {summary}", summary=self.summary())
-
-    def summary(self) -> str:
-        """
-        The counters in one line, with the kernel's own drops on our UDP
-        socket read now.
-        """
-        self._readKernelDrops()
-        return self.stats.summary()
-
-    def _logStatsIfChanged(self) -> None:
-        summary = self.summary()
-        if summary != self._lastSummary:
-            self._lastSummary = summary
-            self.log.info("{summary}; link {link}, UDP peer {peer}", summary=summary,
-                          link=self.link.remote if self.link else "down",
-                          peer=showAddress(self.udpPeer or self.learnedPeer))
-
-    def _readKernelDrops(self) -> None:
-        udp = self.udp
-        getHandle = getattr(udp, "getHandle", None)
-        if getHandle is not None:
-            drops = kernelDrops(getHandle())
-            if drops is not None:
-                self.stats.kernelDrops = drops
+    def udpSockets(self) -> list[IDatagramSocket]:
+        return [self.udp] if self.udp is not None else []
 
     # The UDP side
 
     def udpStarted(self, transport: IDatagramSocket) -> None:
-        self.udp = transport
+        self.udp = self.session.udp = transport
         host = transport.getHost()
         self.log.info(
             "UDP bound on {address}, {mode}",
@@ -260,7 +182,7 @@ class Relay(MultiService):
         )
 
     def udpStopped(self) -> None:
-        self.udp = None
+        self.udp = self.session.udp = None
 
     def datagramsReceived(self, datagrams: list[tuple[bytes, tuple[str, int]]]) -> None:
         peer = self.udpPeer
@@ -278,15 +200,8 @@ class Relay(MultiService):
                     continue
                 self._learn(addr)
             carried.append(data)
-        if not carried:
-            return
-        link = self.link
-        if link is None:
-            self._drop("no-link", "no TCP link", count=len(carried))
-            return
-        link.sendFrames(carried)
-        self.stats.toTunnelDatagrams += len(carried)
-        self.stats.toTunnelBytes += sum(map(len, carried))
+        if carried:
+            self.session.toTunnel(carried)
 
     def _learn(self, addr: tuple[str, int]) -> None:
         """
@@ -304,7 +219,7 @@ class Relay(MultiService):
                 old=showAddress(self.learnedPeer),
                 peer=showAddress(addr),
             )
-        self.learnedPeer = addr
+        self.learnedPeer = self.session.peer = addr
 
     # The TCP side
 
@@ -394,39 +309,7 @@ class Relay(MultiService):
             self._cancelConfirm()
             self._linkUp(link)
         self._lastFrameAt = self._clock.seconds()
-        destination = self.udpPeer or self.learnedPeer
-        if destination is None:
-            self._drop("no-address", "no phantom peer learned yet", count=len(frames))
-            return
-        udp = self.udp
-        if udp is None:
-            self._drop("no-socket", "UDP socket closed", count=len(frames))
-            return
-        sendTo = udp.sendTo
-        sent = size = 0
-        for data in frames:
-            try:
-                sendTo(data, destination)
-            except OSError as e:
-                self._sendFailed(e, len(data), destination)
-            else:
-                sent += 1
-                size += len(data)
-        self.stats.fromTunnelDatagrams += sent
-        self.stats.fromTunnelBytes += size
-
-    def _sendFailed(self, error: OSError, size: int, destination: tuple[str, int]) -> None:
-        """
-        The UDP side never blocks: a datagram the kernel refuses is dropped
-        and counted by reason.
-        """
-        if error.errno == errno.EMSGSIZE:
-            self._drop("oversize", "{size}-byte datagram too big for {peer}",
-                       size=size, peer=showAddress(destination))
-        else:
-            reason = errno.errorcode.get(error.errno or 0, "send-error")
-            self._drop(reason, "sending to {peer}: {error}",
-                       peer=showAddress(destination), error=error)
+        self.session.fromTunnel(frames)
 
     def linkLost(self, link: ILink, reason: Failure) -> None:
         lifetime = None
@@ -460,9 +343,7 @@ class Relay(MultiService):
                                 "the link: {why}", remote=link.remote, why=why)
         if lifetime is not None and self._onLinkEnded is not None:
             self._onLinkEnded(lifetime)
-        for entry in [e for e in self._stopping if e[0] is link]:
-            self._stopping.remove(entry)
-            entry[1].callback(None)
+        self.linkGone(link)
 
     def _promoteWaiting(self) -> None:
         """
@@ -507,25 +388,6 @@ class Relay(MultiService):
             self._closedHere.add(self.link)
             self.link.close()
 
-    # Faults of our own
-
-    def internalError(self, where: str, failure: Failure) -> None:
-        """
-        Code of ours raised while handling traffic (a bug): count it and
-        log it (the traceback once per place, then rate-limited lines), and
-        go on with the next datagram or frame.  The link and the UDP socket
-        stay up: a bug that a datagram triggers must not turn into a
-        reconnect storm or a deaf socket.
-        """
-        self.stats.internalErrors[where] += 1
-        if where not in self._tracebacks:
-            self._tracebacks.add(where)
-            self.log.failure("internal error while {where}; the tunnel goes on "
-                             "(please report this)", failure, where=where)
-        else:
-            self._warn.warn("internal-error-" + where, "internal error while {where}: {error}",
-                            where=where, error=failure.getErrorMessage())
-
     # Flow control
 
     # Only the active link's producer steers reading: a replaced link that
@@ -544,13 +406,6 @@ class Relay(MultiService):
         if self._paused and self.udp is not None:
             self._paused = False
             self.udp.startReading()
-
-    # Helpers
-
-    def _drop(self, reason: str, format: str, count: int = 1, **fields: Any) -> None:
-        self.stats.drops[reason] += count
-        self._warn.warn(reason, "dropped datagram (" + reason + "): " + format, **fields)
-
 
 class _IdleWatch:
     """
@@ -579,11 +434,6 @@ class _IdleWatch:
             self._since = now
 
 
-def _cancel(call: IDelayedCall) -> None:
-    if call.active():
-        call.cancel()
-
-
 def describeLoss(reason: Failure, closedHere: bool = False) -> str:
     """
     Why a connection ended, in our words: Twisted's "Connection was closed
@@ -594,12 +444,3 @@ def describeLoss(reason: Failure, closedHere: bool = False) -> str:
     if reason.check(ConnectionLost):
         return "closed here" if closedHere else "connection lost (reset or aborted)"
     return reason.getErrorMessage()
-
-
-def _describeBindError(error: Exception) -> str:
-    if isinstance(error, CannotListenError):
-        where = f"{error.interface or '*'}:{error.port}"
-        socketError = error.socketError
-        why = getattr(socketError, "strerror", None) or str(socketError)
-        return f"cannot listen on {where}: {why}"
-    return str(error)

@@ -11,6 +11,8 @@ from typing import Any
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
+from .session import Traffic
+
 #: The drop reason under which the kernel's drops on our socket appear.
 KERNEL_DROPS = "kernel-overflow"
 #: Every reason a datagram can be dropped for, so that each has a series
@@ -23,16 +25,13 @@ DROP_REASONS = (
 )
 
 
-class TunnelStats:
+class TunnelStats(Traffic):
     """
     Plain attributes rather than a dict: they are bumped once per datagram.
     """
 
     def __init__(self) -> None:
-        self.toTunnelDatagrams = 0
-        self.toTunnelBytes = 0
-        self.fromTunnelDatagrams = 0
-        self.fromTunnelBytes = 0
+        super().__init__()
         self.drops: Counter[str] = Counter()
         self.linksUp = 0
         self.linksReplaced = 0

@@ -1,0 +1,142 @@
+"""
+The session: one UDP peer and one TCP link, and the datagrams between them.
+
+Every arrangement of the tunnel is made of sessions; what differs is who
+owns them and how a datagram finds its own:
+
+  - single link (the default): one session, whose link is whichever
+    connection took it last and whose peer is the fixed C{--peer} or the
+    learned phantom source (L{udptunnel.relay.Relay});
+  - a client with C{--sessions}: one session per UDP source on the shared
+    socket, each with its own outgoing connection
+    (L{udptunnel.sessions.ClientSessions});
+  - a server with C{--sessions}: one session per TCP connection, each with
+    its own UDP socket connected to C{--peer}
+    (L{udptunnel.sessions.ServerSessions}).
+
+A session only carries: its owner decides which datagrams and frames are
+its, and what to do when it has no link.
+"""
+
+from __future__ import annotations
+
+import errno
+from collections.abc import Callable
+from typing import Any
+
+from .addresses import showAddress
+from .interfaces import IDatagramSocket, ILink
+
+
+class Traffic:
+    """
+    What crossed a tunnel or a session, each way.  Plain attributes: they
+    are bumped once per read.
+    """
+
+    def __init__(self) -> None:
+        self.toTunnelDatagrams = 0
+        self.toTunnelBytes = 0
+        self.fromTunnelDatagrams = 0
+        self.fromTunnelBytes = 0
+
+    def add(self, other: Traffic) -> None:
+        self.toTunnelDatagrams += other.toTunnelDatagrams
+        self.toTunnelBytes += other.toTunnelBytes
+        self.fromTunnelDatagrams += other.fromTunnelDatagrams
+        self.fromTunnelBytes += other.fromTunnelBytes
+
+    def datagrams(self) -> int:
+        return self.toTunnelDatagrams + self.fromTunnelDatagrams
+
+
+#: How a session reports a drop: C{drop(reason, format, count=1, **fields)}.
+Drop = Callable[..., None]
+
+
+class Session:
+    """
+    Carries datagrams from C{peer} into C{link} as frames, and frames from
+    C{link} to C{peer} as datagrams, through C{udp}, counting them in
+    C{traffic}.
+
+    @ivar peer: C{(IP literal, port)} the datagrams out of the tunnel go
+        to, or C{None} while a phantom end has learned nobody.
+    @ivar link: the L{ILink} that carries the frames, or C{None}.
+    """
+
+    def __init__(
+        self,
+        udp: IDatagramSocket | None,
+        peer: tuple[str, int] | None,
+        drop: Drop,
+        traffic: Traffic | None = None,
+        link: ILink | None = None,
+    ) -> None:
+        self.udp = udp
+        self.peer = peer
+        self.link = link
+        self.traffic = traffic if traffic is not None else Traffic()
+        self._drop = drop
+
+    def toTunnel(self, datagrams: list[bytes]) -> None:
+        """
+        Frame C{datagrams} into the link, in one write.
+        """
+        link = self.link
+        if link is None:
+            self._drop("no-link", "no TCP link", count=len(datagrams))
+            return
+        link.sendFrames(datagrams)
+        traffic = self.traffic
+        traffic.toTunnelDatagrams += len(datagrams)
+        traffic.toTunnelBytes += sum(map(len, datagrams))
+
+    def fromTunnel(self, frames: list[bytes]) -> None:
+        """
+        Send each frame to the peer as a datagram.  The UDP side never
+        blocks: a datagram the kernel refuses is dropped and counted by
+        reason.
+        """
+        destination = self.peer
+        if destination is None:
+            self._drop("no-address", "no phantom peer learned yet", count=len(frames))
+            return
+        udp = self.udp
+        if udp is None:
+            self._drop("no-socket", "UDP socket closed", count=len(frames))
+            return
+        sendTo = udp.sendTo
+        sent = size = 0
+        for data in frames:
+            try:
+                sendTo(data, destination)
+            except OSError as e:
+                self._sendFailed(e, len(data), destination)
+            else:
+                sent += 1
+                size += len(data)
+        traffic = self.traffic
+        traffic.fromTunnelDatagrams += sent
+        traffic.fromTunnelBytes += size
+
+    def _sendFailed(self, error: OSError, size: int, destination: tuple[str, int]) -> None:
+        if error.errno == errno.EMSGSIZE:
+            self._drop("oversize", "{size}-byte datagram too big for {peer}",
+                       size=size, peer=showAddress(destination))
+        else:
+            reason = errno.errorcode.get(error.errno or 0, "send-error")
+            self._drop(reason, "sending to {peer}: {error}",
+                       peer=showAddress(destination), error=error)
+
+    def describe(self) -> dict[str, Any]:
+        """
+        The fields of a session's log lines.
+        """
+        traffic = self.traffic
+        return {
+            "peer": showAddress(self.peer),
+            "remote": self.link.remote if self.link is not None else "none",
+            "toTunnel": traffic.toTunnelBytes,
+            "fromTunnel": traffic.fromTunnelBytes,
+        }

@@ -1,0 +1,210 @@
+"""
+What every arrangement of the tunnel shares: the service that binds its
+children with a one-line error on failure, the counters and their periodic
+line, rate-limited drops, the guard against our own bugs, and a clean stop
+that closes the connections it is given.
+
+The single-link L{udptunnel.relay.Relay} and the session-keeping
+L{udptunnel.sessions} services are its subclasses; they decide where each
+datagram goes.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from twisted.application.service import MultiService
+from twisted.internet.defer import Deferred, DeferredList
+from twisted.internet.error import CannotListenError
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.internet.task import LoopingCall
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from . import StartupError
+from .interfaces import IDatagramSocket, ILink
+from .kerneldrops import kernelDrops
+from .stats import RateLimitedLog, TunnelStats
+
+#: Seconds a stop waits for connections to close cleanly before aborting.
+CLOSE_GRACE = 2.0
+
+
+class TunnelService(MultiService):
+    """
+    The base of the services that own a tunnel's state.
+
+    @ivar stats: the tunnel's counters.
+    @ivar role: C{"client"} or C{"server"}.
+    """
+
+    log = Logger()
+
+    def __init__(
+        self,
+        clock: IReactorTime,
+        exitOnStartupError: bool = False,
+        statsInterval: float = 0,
+        role: str = "server",
+    ) -> None:
+        super().__init__()
+        self.stats = TunnelStats()
+        self.role = role
+        self._clock = clock
+        self._exitOnStartupError = exitOnStartupError
+        self._warn = RateLimitedLog(self.log, clock)
+        self._timers: list[tuple[LoopingCall, float]] = []
+        self._stopping: list[tuple[ILink, Deferred[None]]] = []
+        self._closedHere: set[ILink] = set()
+        self._tracebacks: set[str] = set()
+        if statsInterval > 0:
+            self._lastSummary = ""
+            self._every(statsInterval, self._logStatsIfChanged)
+
+    def _every(self, interval: float, call: Any) -> None:
+        timer = LoopingCall(call)
+        timer.clock = self._clock
+        self._timers.append((timer, interval))
+
+    # What subclasses tell
+
+    def state(self) -> str:
+        """
+        The state for the stats line (the link, the peer, the sessions).
+        """
+        raise NotImplementedError()
+
+    def udpSockets(self) -> list[IDatagramSocket]:
+        """
+        The tunnel's UDP sockets, whose kernel drops are counted.
+        """
+        raise NotImplementedError()
+
+    # Starting and stopping
+
+    def privilegedStartService(self) -> None:
+        self._startChildren(super().privilegedStartService)
+
+    def startService(self) -> None:
+        # twist never calls privilegedStartService: the children bind here.
+        self._startChildren(super().startService)
+        for timer, interval in self._timers:
+            timer.start(interval, now=False)
+
+    def _startChildren(self, start: Any) -> None:
+        """
+        Turn a failure to bind into a one-line error: a L{StartupError}, which
+        a daemonising twistd reports through its parent, or in the foreground
+        a L{SystemExit}, so the user sees the reason instead of a traceback.
+        """
+        try:
+            start()
+        except (CannotListenError, OSError, OverflowError, ValueError) as e:
+            message = _describeBindError(e)
+            if self._exitOnStartupError:
+                raise SystemExit(f"udptunnel: cannot start: {message}") from None
+            self.log.critical("cannot start: {message}", message=message)
+            raise StartupError(message) from None
+
+    def stopWith(self, links: list[ILink]) -> Deferred[Any]:
+        """
+        Stop the timers and the children, and close C{links} cleanly (a
+        FIN, so each peer logs a clean close rather than a reset), aborting
+        those still open after L{CLOSE_GRACE} seconds so that a stop never
+        hangs on a dead peer; then log the summary.
+        """
+        for timer, _ in self._timers:
+            if timer.running:
+                timer.stop()
+        self._closedHere.update(links)
+        waits = []
+        for link in links:
+            gone: Deferred[None] = Deferred()
+            self._stopping.append((link, gone))
+            waits.append(gone)
+            link.close()
+        if waits:
+            abortLater = self._clock.callLater(CLOSE_GRACE, self._abortAll, links)
+            DeferredList(waits).addCallback(lambda _: _cancel(abortLater))
+        stopped = DeferredList([*waits, super().stopService()])
+        return stopped.addCallback(self._logSummary)
+
+    def linkGone(self, link: ILink) -> None:
+        """
+        C{link} is closed: a stop waiting for it may go on.
+        """
+        for entry in [e for e in self._stopping if e[0] is link]:
+            self._stopping.remove(entry)
+            entry[1].callback(None)
+
+    def _abortAll(self, links: list[ILink]) -> None:
+        for link in links:
+            if any(link is waiting for waiting, _ in self._stopping):
+                link.abort()
+
+    # The counters
+
+    def _logSummary(self, ignored: object) -> None:
+        self.log.info("tunnel stopped: {summary}", summary=self.summary())
+
+    def summary(self) -> str:
+        """
+        The counters in one line, with the kernel's own drops on our UDP
+        sockets read now.
+        """
+        self._readKernelDrops()
+        return self.stats.summary()
+
+    def _logStatsIfChanged(self) -> None:
+        summary = self.summary()
+        if summary != self._lastSummary:
+            self._lastSummary = summary
+            self.log.info("{summary}; {state}", summary=summary, state=self.state())
+
+    def _readKernelDrops(self) -> None:
+        total, found = 0, False
+        for udp in self.udpSockets():
+            getHandle = getattr(udp, "getHandle", None)
+            drops = kernelDrops(getHandle()) if getHandle is not None else None
+            if drops is not None:
+                total += drops
+                found = True
+        if found:
+            self.stats.kernelDrops = max(self.stats.kernelDrops, total)
+
+    def _drop(self, reason: str, format: str, count: int = 1, **fields: Any) -> None:
+        self.stats.drops[reason] += count
+        self._warn.warn(reason, "dropped datagram (" + reason + "): " + format, **fields)
+
+    # Faults of our own
+
+    def internalError(self, where: str, failure: Failure) -> None:
+        """
+        Code of ours raised while handling traffic (a bug): count it and
+        log it (the traceback once per place, then rate-limited lines), and
+        go on with the next datagram or frame.  The link and the UDP socket
+        stay up: a bug that a datagram triggers must not turn into a
+        reconnect storm or a deaf socket.
+        """
+        self.stats.internalErrors[where] += 1
+        if where not in self._tracebacks:
+            self._tracebacks.add(where)
+            self.log.failure("internal error while {where}; the tunnel goes on "
+                             "(please report this)", failure, where=where)
+        else:
+            self._warn.warn("internal-error-" + where, "internal error while {where}: {error}",
+                            where=where, error=failure.getErrorMessage())
+
+
+def _cancel(call: IDelayedCall) -> None:
+    if call.active():
+        call.cancel()
+
+
+def _describeBindError(error: Exception) -> str:
+    if isinstance(error, CannotListenError):
+        where = f"{error.interface or '*'}:{error.port}"
+        socketError = error.socketError
+        why = getattr(socketError, "strerror", None) or str(socketError)
+        return f"cannot listen on {where}: {why}"
+    return str(error)
