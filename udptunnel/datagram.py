@@ -7,15 +7,24 @@ Twisted's private API.
 
 from __future__ import annotations
 
+import socket
+from errno import ECONNREFUSED
 from typing import Any
 
 from twisted.application.service import Service
+from twisted.internet.address import IPv4Address, IPv6Address
 from twisted.internet.defer import Deferred, succeed
+from twisted.internet.interfaces import IReadDescriptor
 from twisted.internet.protocol import DatagramProtocol
+from twisted.python.failure import Failure
+from zope.interface import implementer
 
 from ._twisted import TunnelUDPPort
+from .interfaces import IDatagramSocket
+from .protocols import MAX_DATAGRAM
+from .sockopts import SocketSettings, tuneUDP
 
-__all__ = ["TunnelUDPPort", "UDPService"]
+__all__ = ["SessionSocket", "TunnelUDPPort", "UDPService", "connectedPort"]
 
 
 class UDPService(Service):
@@ -55,3 +64,108 @@ class UDPService(Service):
         if port is None:
             return succeed(None)
         return port.stopListening()
+
+
+@implementer(IReadDescriptor, IDatagramSocket)
+class SessionSocket:
+    """
+    The UDP socket of one server session (C{--sessions}): an ephemeral port,
+    connected to the peer, so the kernel delivers only what the peer sends
+    it.
+
+    Not a Twisted C{udp.Port}: a port logs "starting on" and "Closed" lines
+    of its own for every socket, two lines a session that no rate limit
+    reaches, and a server opens one per connection.  This reads through the
+    reactor's public C{addReader}, with the same bounded, batched read as
+    L{TunnelUDPPort}.
+    """
+
+    maxDatagramsPerRead = 256
+
+    def __init__(self, sock: socket.socket, protocol: DatagramProtocol, reactor: Any) -> None:
+        self.socket = sock
+        self.protocol = protocol
+        self._reactor = reactor
+        self._peer = sock.getpeername()[:2]
+        self._reading = False
+        self.sendTo = self._sendTo
+        protocol.makeConnection(self)  # type: ignore[arg-type]
+        self.startReading()
+
+    def fileno(self) -> int:
+        return self.socket.fileno()
+
+    def logPrefix(self) -> str:
+        return "udptunnel session UDP"
+
+    def doRead(self) -> None:
+        recv = self.socket.recv
+        peer = self._peer
+        datagrams = []
+        for _ in range(self.maxDatagramsPerRead):
+            try:
+                datagrams.append((recv(MAX_DATAGRAM), peer))
+            except BlockingIOError:
+                break
+            except OSError as e:
+                if e.errno == ECONNREFUSED:
+                    continue  # the ICMP error of an earlier send
+                break  # nothing else is expected; the next turn tries again
+        if datagrams:
+            self.protocol.datagramsReceived(datagrams)  # type: ignore[attr-defined]
+
+    def _sendTo(self, data: bytes, addr: tuple[str, int]) -> None:
+        # Connected: the kernel sends to the peer (addr is always it).
+        self.socket.send(data)
+
+    def connectionLost(self, reason: Failure) -> None:
+        self.stopListening()
+
+    def stopReading(self) -> None:
+        if self._reading:
+            self._reading = False
+            self._reactor.removeReader(self)
+
+    def startReading(self) -> None:
+        if not self._reading and self.socket.fileno() != -1:
+            self._reading = True
+            self._reactor.addReader(self)
+
+    def getHost(self) -> IPv4Address | IPv6Address:
+        host, port = self.socket.getsockname()[:2]
+        kind = IPv6Address if self.socket.family == socket.AF_INET6 else IPv4Address
+        return kind("UDP", host, port)
+
+    def getHandle(self) -> socket.socket:
+        return self.socket
+
+    def stopListening(self) -> None:
+        self.stopReading()
+        if self.socket.fileno() != -1:
+            self.socket.close()
+            self.protocol.doStop()
+
+
+def connectedPort(
+    protocol: DatagramProtocol,
+    interface: str,
+    peer: tuple[str, int],
+    settings: SocketSettings,
+    reactor: Any,
+) -> SessionSocket:
+    """
+    A UDP socket of a server session: an ephemeral port on C{interface},
+    connected to C{peer}; raises L{OSError} when none can be had (out of
+    descriptors or ports).
+    """
+    family = socket.AF_INET6 if ":" in interface else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_DGRAM)
+    try:
+        sock.setblocking(False)
+        sock.bind((interface, 0))
+        sock.connect(peer)
+        tuneUDP(sock, settings)
+    except BaseException:
+        sock.close()
+        raise
+    return SessionSocket(sock, protocol, reactor)

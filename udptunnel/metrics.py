@@ -26,7 +26,7 @@ from .addresses import showAddress, showHost
 from .stats import DROP_REASONS
 
 if TYPE_CHECKING:
-    from .relay import Relay
+    from .tunnel import TunnelService
 
 
 class RelayCollector:
@@ -40,7 +40,7 @@ class RelayCollector:
     peer's ephemeral port is not one of them.
     """
 
-    def __init__(self, relay: Relay) -> None:
+    def __init__(self, relay: TunnelService) -> None:
         self._relay = relay
 
     def collect(self) -> Iterator[Metric]:
@@ -78,22 +78,37 @@ class RelayCollector:
                            stats.connectAttempts)
             yield _counter("udptunnel_connect_failures", "Failed client connection attempts.",
                            stats.connectFailures)
-        if relay.udpPeer is None:
-            yield _counter("udptunnel_phantom_changes",
-                           "Times the phantom end's source address changed.",
-                           stats.phantomChanges)
-        yield GaugeMetricFamily("udptunnel_link_up", "1 while a TCP link is up.",
-                                value=int(relay.link is not None))
+        sessions = relay.sessionCount()
+        if sessions is None:
+            if relay.udpPeer is None:
+                yield _counter("udptunnel_phantom_changes",
+                               "Times the phantom end's source address changed.",
+                               stats.phantomChanges)
+            yield GaugeMetricFamily("udptunnel_link_up", "1 while a TCP link is up.",
+                                    value=relay.linksUp())
+        else:
+            yield GaugeMetricFamily("udptunnel_sessions", "Sessions open (--sessions).",
+                                    value=sessions)
+            yield GaugeMetricFamily("udptunnel_session_links_up",
+                                    "Sessions whose TCP connection is up.",
+                                    value=relay.linksUp())
+            yield _labelled("udptunnel_sessions", "Sessions, by event.", "event", {
+                "opened": stats.sessionsOpened, "closed": stats.sessionsClosed,
+                "expired": stats.sessionsExpired,
+                **({"refused": stats.sessionsRefused, "failed": stats.sessionsFailed}
+                   if server else {"evicted": stats.sessionsEvicted}),
+            }, ())
         yield GaugeMetricFamily("udptunnel_pending_links",
                                 "TCP connections waiting to become the link.",
                                 value=relay.pendingCount())
         info = InfoMetricFamily("udptunnel_peer", "Where datagrams out of the tunnel go: "
                                 "the fixed peer, or the phantom peer's host (no port).",
                                 labels=["address", "mode"])
+        learned = getattr(relay, "learnedPeer", None)
         if relay.udpPeer is not None:
             info.add_metric([showAddress(relay.udpPeer), "fixed"], {})
-        elif relay.learnedPeer is not None:
-            info.add_metric([showHost(relay.learnedPeer[0]), "phantom"], {})
+        elif learned is not None:
+            info.add_metric([showHost(learned[0]), "phantom"], {})
         yield info
 
 
@@ -150,7 +165,7 @@ class _QuietSite(Site):
         return "udptunnel metrics"
 
 
-def metricsSite(relay: Relay) -> Site:
+def metricsSite(relay: TunnelService) -> Site:
     registry = CollectorRegistry(auto_describe=True)
     registry.register(RelayCollector(relay))
     return _QuietSite(MetricsResource(registry))

@@ -170,6 +170,9 @@ class Relay(TunnelService):
     def udpSockets(self) -> list[IDatagramSocket]:
         return [self.udp] if self.udp is not None else []
 
+    def linksUp(self) -> int:
+        return int(self.link is not None)
+
     # The UDP side
 
     def udpStarted(self, transport: IDatagramSocket) -> None:

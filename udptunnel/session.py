@@ -63,7 +63,14 @@ class Session:
     @ivar peer: C{(IP literal, port)} the datagrams out of the tunnel go
         to, or C{None} while a phantom end has learned nobody.
     @ivar link: the L{ILink} that carries the frames, or C{None}.
+    @ivar since: when the session began (its owner's clock).
+    @ivar congested: whether its link's send buffer is full, where the
+        session cannot pause its socket (it shares it): its datagrams are
+        then dropped.
     """
+
+    since = 0.0
+    congested = False
 
     def __init__(
         self,

@@ -53,6 +53,13 @@ class TunnelStats(Traffic):
         #: buffer was full, e.g. while reading was paused), read from the
         #: socket's own counter when the figures are reported.
         self.kernelDrops = 0
+        #: Sessions (C{--sessions}): opened, ended, and ended for a reason.
+        self.sessionsOpened = 0
+        self.sessionsClosed = 0
+        self.sessionsExpired = 0
+        self.sessionsEvicted = 0
+        self.sessionsRefused = 0
+        self.sessionsFailed = 0
 
     def allDrops(self) -> Counter[str]:
         """
@@ -83,6 +90,10 @@ class TunnelStats(Traffic):
             f"refused {self.linksRefused}, failed {self.linksFailed}, "
             f"closed waiting {sum(self.pendingClosed.values())} ({pending or 'none'}); "
             f"connection attempts {self.connectAttempts} (failed {self.connectFailures})"
+            + (f"; sessions opened {self.sessionsOpened}, closed {self.sessionsClosed} "
+               f"(idle {self.sessionsExpired}, evicted {self.sessionsEvicted}), "
+               f"refused {self.sessionsRefused}, failed {self.sessionsFailed}"
+               if self.sessionsOpened or self.sessionsRefused or self.sessionsFailed else "")
             + (f"; internal errors {errors}" if errors else "")
         )
 

@@ -28,7 +28,7 @@ from .addresses import (
     splitDescription,
     splitHostPort,
 )
-from .datagram import UDPService
+from .datagram import UDPService, connectedPort
 from .listening import AnnouncingEndpoint
 from .logreopen import LogReopener
 from .pending import DEFAULT_LIMIT as DEFAULT_MAX_PENDING
@@ -36,6 +36,13 @@ from .pending import DEFAULT_TIMEOUT as DEFAULT_PENDING_TIMEOUT
 from .protocols import MAX_DATAGRAM, TunnelDatagramProtocol, TunnelFactory
 from .reconnect import CONNECT_TIMEOUT, Backoff, ReportingEndpoint
 from .relay import Relay
+from .sessions import (
+    DEFAULT_MAX_SESSIONS,
+    DEFAULT_SESSION_IDLE,
+    ClientSessions,
+    ServerSessions,
+    connectFrom,
+)
 from .sockopts import (
     MAX_INT,
     MAX_KEEPALIVE_COUNT,
@@ -44,6 +51,7 @@ from .sockopts import (
     SocketSettings,
     checkSettings,
 )
+from .tunnel import TunnelService
 
 if TYPE_CHECKING:
     from .tls import Credentials
@@ -58,6 +66,11 @@ Example (an app on the NAT box reaches pop.example.net:5072 via a relay host):
 _UDP_HELP = (
     "Local UDP address to bind, [HOST:]PORT ([::1]:5073 for IPv6; without HOST: "
     "all interfaces). Required unless --peer is given (then an ephemeral port)."
+)
+SESSIONS_HELP = (
+    "Many sessions instead of one link: a client opens a TCP connection per UDP "
+    "source (phantom mode); a server gives each connection its own UDP socket, "
+    "connected to --peer."
 )
 _PEER_HELP = (
     "HOST:PORT: fixed destination of datagrams coming out of the tunnel; only "
@@ -363,9 +376,20 @@ class _EndOptions(_WithExample):
         ["pending-timeout", None, DEFAULT_PENDING_TIMEOUT,
          ("Seconds a TCP connection may take to become the link (TLS handshake, "
           "first frame) before it is closed."), _positiveSeconds],
+        ["session-idle", None, DEFAULT_SESSION_IDLE,
+         ("With --sessions: end a session after this many seconds without a "
+          "datagram either way (0: never)."), _seconds],
+        ["max-sessions", None, DEFAULT_MAX_SESSIONS,
+         ("With --sessions: sessions at once; at the cap a client closes its least "
+          "recently active session for a new source, a server refuses the new "
+          "connection."), _wholeFrom(1, 1_000_000)],
         ["max-pending", None, DEFAULT_MAX_PENDING,
          ("TCP connections that may wait to become the link at once; one more "
           "closes the oldest (0: no cap)."), _wholeFrom(0, 1_000_000)],
+    ]
+
+    optFlags: list[list[Any]] = [
+        ["sessions", None, SESSIONS_HELP],
     ]
 
     def __init__(self) -> None:
@@ -416,6 +440,15 @@ class _EndOptions(_WithExample):
         except ValueError as e:
             raise usage.UsageError(str(e)) from None
         self["credentials"] = self.loadCredentials()
+        if self["sessions"]:
+            if self["idle-timeout"]:
+                raise usage.UsageError(
+                    "--idle-timeout is for the single link: with --sessions each session "
+                    "ends after --session-idle")
+            self.checkSessions()
+
+    def checkSessions(self) -> None:
+        raise NotImplementedError()
 
     def loadCredentials(self) -> Credentials | None:
         files = [self["tls-cert"], self["tls-key"], self["tls-ca"]]
@@ -467,6 +500,23 @@ class ServerOptions(_EndOptions):
     def parseTCP(self, value: str) -> str:
         return _serverEndpoint(value, "--tcp")
 
+    def postOptions(self) -> None:
+        if self["sessions"] and self["peer"] is None:
+            self.checkSessions()  # before --udp's own complaint, which is beside the point
+        super().postOptions()
+
+    def checkSessions(self) -> None:
+        if self["peer"] is None:
+            raise usage.UsageError(
+                "server --sessions needs --peer: each connection gets its own UDP socket "
+                "connected to the peer. A listening end in phantom mode cannot tell which "
+                "connection a datagram is for: put --sessions on the connecting end "
+                "(client --sessions, in phantom mode) instead")
+        if self["plan"].port != 0:
+            raise usage.UsageError(
+                "--udp: with --sessions each connection gets its own ephemeral UDP port; "
+                "give the address alone as HOST:0, or leave --udp out")
+
 
 class ClientOptions(_EndOptions):
     synopsis = "--tcp HOST:PORT|ENDPOINT [--udp [HOST:]PORT] [--peer HOST:PORT] [options]"
@@ -503,6 +553,13 @@ class ClientOptions(_EndOptions):
         except usage.UsageError:
             raise usage.UsageError(f"--tcp: {notHostPort}") from None
         return value
+
+    def checkSessions(self) -> None:
+        if self["plan"].peer is not None:
+            raise usage.UsageError(
+                "client --sessions opens a connection per UDP source, for a phantom end: "
+                "not with --peer (a fixed peer is one source: leave --sessions out, or put "
+                "--sessions on the listening end, server --sessions --peer)")
 
     def postOptions(self) -> None:
         super().postOptions()
@@ -589,63 +646,23 @@ def _listener(description: str, factory: IProtocolFactory, format: str,
 def makeService(options: Options, reactor: Any = None) -> IService:
     """
     Wire the relay and its children: the UDP socket first (frames arriving
-    on a fresh link need it), then the TCP listener or reconnecting client,
-    then the metrics listener.
+    on a fresh link need it), then the TCP listener or the connecting
+    client, then the metrics listener.
     """
     if reactor is None:
         from twisted.internet import reactor
     end = options.subOptions
-    plan = end["plan"]
-    backoff = Backoff()
-    relay = Relay(
-        reactor,
-        udpPeer=plan.peer,
-        exitOnStartupError=_inForeground(options),
-        allow=AddressFilter(end.get("allow", [])) if end.get("allow") else None,
-        udpAllow=AddressFilter(end["udp-allow"]) if end["udp-allow"] else None,
-        idleTimeout=end["idle-timeout"],
-        statsInterval=end["stats-interval"],
-        onLinkEnded=backoff.linkEnded if options.subCommand == "client" else None,
-        pendingTimeout=end["pending-timeout"],
-        maxPending=end["max-pending"],
-        role="client" if options.subCommand == "client" else "server",
-    )
-    settings, credentials = end["settings"], end["credentials"]
-    UDPService(
-        plan.port,
-        TunnelDatagramProtocol(relay, settings),
-        plan.interface,
-        MAX_DATAGRAM,
-        reactor,
-    ).setServiceParent(relay)
-    factory = TunnelFactory(relay, settings, tls=credentials is not None)
-    tcp = end["tcp"]
-    if options.subCommand == "server":
-        listening: IProtocolFactory = factory
-        if credentials is not None:
-            from .tls import serverFactory
-
-            listening = serverFactory(credentials, factory)
-        _listener(tcp, listening, "listening for the TCP link on {address}",
-                  reactor).setServiceParent(relay)
+    client = options.subCommand == "client"
+    common = {
+        "exitOnStartupError": _inForeground(options),
+        "statsInterval": end["stats-interval"],
+        "pendingTimeout": end["pending-timeout"],
+        "maxPending": end["max-pending"],
+    }
+    if end["sessions"]:
+        relay = _sessions(end, client, common, reactor)
     else:
-        endpoint: IStreamClientEndpoint
-        if isinstance(tcp, HostPort):
-            assert tcp.host is not None
-            endpoint = HostnameEndpoint(reactor, tcp.host, tcp.port, timeout=CONNECT_TIMEOUT)
-            where = f"{tcp.host}:{tcp.port}"
-        else:
-            endpoint, where = clientFromString(reactor, tcp), tcp
-        if credentials is not None:
-            from .tls import clientEndpoint
-
-            endpoint = clientEndpoint(credentials, end["tls-name"], endpoint)
-        internet.ClientService(
-            ReportingEndpoint(endpoint, where, relay.stats, timeout=_connectTimeout(tcp)),
-            factory,
-            retryPolicy=backoff,
-            clock=reactor,
-        ).setServiceParent(relay)
+        relay = _singleLink(end, client, common, reactor)
     if end["metrics"] is not None:
         from .metrics import metricsSite
 
@@ -654,3 +671,112 @@ def makeService(options: Options, reactor: Any = None) -> IService:
     if _daemonLogFile(options):
         LogReopener(reactor).setServiceParent(relay)
     return relay
+
+
+def _singleLink(end: usage.Options, client: bool, common: dict[str, Any],
+                reactor: Any) -> TunnelService:
+    """
+    The default: one UDP socket, one link.
+    """
+    plan = end["plan"]
+    backoff = Backoff()
+    relay = Relay(
+        reactor,
+        udpPeer=plan.peer,
+        allow=_filter(end.get("allow")),
+        udpAllow=_filter(end["udp-allow"]),
+        idleTimeout=end["idle-timeout"],
+        onLinkEnded=backoff.linkEnded if client else None,
+        role="client" if client else "server",
+        **common,
+    )
+    settings, credentials = end["settings"], end["credentials"]
+    _udpService(plan, relay, settings, reactor).setServiceParent(relay)
+    factory = TunnelFactory(relay, settings, tls=credentials is not None)
+    if client:
+        endpoint, where = _clientEndpoint(end, reactor)
+        internet.ClientService(
+            ReportingEndpoint(endpoint, where, relay.stats, timeout=_connectTimeout(end["tcp"])),
+            factory,
+            retryPolicy=backoff,
+            clock=reactor,
+        ).setServiceParent(relay)
+    else:
+        _serverListener(end, factory, reactor).setServiceParent(relay)
+    return relay
+
+
+def _sessions(end: usage.Options, client: bool, common: dict[str, Any],
+              reactor: Any) -> TunnelService:
+    """
+    C{--sessions}: a connection per UDP source (client), or a UDP socket
+    per connection (server).
+    """
+    plan = end["plan"]
+    settings, credentials = end["settings"], end["credentials"]
+    tls = credentials is not None
+    limits = {"maxSessions": end["max-sessions"], "sessionIdle": end["session-idle"]}
+    relay: ClientSessions | ServerSessions
+    if client:
+        endpoint, _ = _clientEndpoint(end, reactor)
+        relay = ClientSessions(
+            reactor,
+            connectFrom(endpoint, lambda session: TunnelFactory(session, settings, tls=tls)),
+            udpAllow=_filter(end["udp-allow"]),
+            **limits, **common,
+        )
+        _udpService(plan, relay, settings, reactor).setServiceParent(relay)
+    else:
+        relay = ServerSessions(
+            reactor,
+            plan.peer,
+            _sessionSocket(plan, settings, reactor),
+            allow=_filter(end.get("allow")),
+            **limits, **common,
+        )
+        _serverListener(end, TunnelFactory(relay, settings, tls=tls),
+                        reactor).setServiceParent(relay)
+    return relay
+
+
+def _filter(networks: Any) -> AddressFilter | None:
+    return AddressFilter(networks) if networks else None
+
+
+def _udpService(plan: Any, relay: Any, settings: SocketSettings, reactor: Any) -> UDPService:
+    return UDPService(plan.port, TunnelDatagramProtocol(relay, settings), plan.interface,
+                      MAX_DATAGRAM, reactor)
+
+
+def _sessionSocket(plan: Any, settings: SocketSettings, reactor: Any) -> Any:
+    """
+    How a server session gets its UDP socket: an ephemeral port on the
+    C{--udp} host, connected to C{--peer}.
+    """
+    return lambda protocol: connectedPort(protocol, plan.interface, plan.peer,
+                                          settings, reactor)
+
+
+def _serverListener(end: usage.Options, factory: TunnelFactory, reactor: Any) -> IService:
+    listening: IProtocolFactory = factory
+    if end["credentials"] is not None:
+        from .tls import serverFactory
+
+        listening = serverFactory(end["credentials"], factory)
+    return _listener(end["tcp"], listening, "listening for the TCP link on {address}", reactor)
+
+
+def _clientEndpoint(end: usage.Options, reactor: Any) -> tuple[IStreamClientEndpoint, str]:
+    tcp = end["tcp"]
+    endpoint: IStreamClientEndpoint
+    if isinstance(tcp, HostPort):
+        assert tcp.host is not None
+        endpoint = HostnameEndpoint(reactor, tcp.host, tcp.port, timeout=CONNECT_TIMEOUT)
+        where = f"{tcp.host}:{tcp.port}"
+    else:
+        endpoint, where = clientFromString(reactor, tcp), tcp
+    if end["credentials"] is not None:
+        from .tls import clientEndpoint
+
+        endpoint = clientEndpoint(end["credentials"], end["tls-name"], endpoint)
+    return endpoint, where

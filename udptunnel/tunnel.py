@@ -80,6 +80,27 @@ class TunnelService(MultiService):
         """
         raise NotImplementedError()
 
+    #: The fixed UDP peer, or C{None} (phantom, or a peer per session).
+    udpPeer: tuple[str, int] | None = None
+
+    def pendingCount(self) -> int:
+        """
+        Connections waiting to become a link.
+        """
+        raise NotImplementedError()
+
+    def linksUp(self) -> int:
+        """
+        TCP links carrying frames now.
+        """
+        raise NotImplementedError()
+
+    def sessionCount(self) -> int | None:
+        """
+        Sessions open, or C{None} for the single link.
+        """
+        return None
+
     # Starting and stopping
 
     def privilegedStartService(self) -> None:
