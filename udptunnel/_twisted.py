@@ -470,8 +470,9 @@ class LocalAddresses:
 
     Bounded, as a flood from many sources must not grow it: when full, the
     source that appeared (or changed address) longest ago is forgotten, and
-    learned again from its next datagram.  A source's steady traffic costs
-    one dictionary look-up and one comparison of bytes per datagram.
+    learned again from its next datagram.  In a run of datagrams from one
+    source, the read loop compares each one's pktinfo with the last and
+    calls L{saw} only on a change; L{saw} itself costs a look-up.
     """
 
     size = 512
