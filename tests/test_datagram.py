@@ -313,3 +313,39 @@ class GuardTests(TestCase):
         self.assertTrue(port.connected)
         self.assertEqual(len([e for e in events if "log_failure" in e]), 1)
         self.flushLoggedErrors(ZeroDivisionError)
+
+
+class SessionSocketTests(TestCase):
+    """
+    A server session's own socket, connected to the peer: the kernel drops
+    every other source.
+    """
+
+    @inlineCallbacks
+    def test_onlyThePeerGetsThrough(self) -> Any:
+        from udptunnel.datagram import connectedPort
+        from udptunnel.sockopts import SocketSettings
+
+        peer = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.addCleanup(peer.close)
+        peer.bind(("127.0.0.1", 0))
+        stranger = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.addCleanup(stranger.close)
+        protocol = RaisingOnce()
+        protocol.raised = True  # no bug here: just collect
+        port = connectedPort(protocol, "127.0.0.1", peer.getsockname(), SocketSettings(),
+                             reactor)
+        self.addCleanup(port.stopListening)
+        address = ("127.0.0.1", port.getHost().port)
+        stranger.sendto(b"stranger", address)
+        peer.sendto(b"peer", address)
+        yield protocol.arrived.addTimeout(5, reactor)
+        yield deferLater(reactor, 0.1, lambda: None)
+        self.assertEqual(protocol.datagrams, [(b"peer", peer.getsockname())])
+        port.sendTo(b"reply", peer.getsockname())
+        peer.settimeout(5)
+        self.assertEqual(peer.recvfrom(100), (b"reply", address))
+        self.assertIn(port, reactor.getReaders())
+        port.stopListening()
+        self.assertEqual(port.socket.fileno(), -1)
+        self.assertNotIn(port, reactor.getReaders())
