@@ -68,6 +68,21 @@ CASES: list[tuple[str, tuple[str, ...], tuple[str, ...]]] = [
     ("buffer past a C int", (*SERVER, "--udp-rcvbuf", "3000000000"), ("--udp-rcvbuf",)),
     ("buffer not a number", (*SERVER, "--tcp-sndbuf", "lots"), ("--tcp-sndbuf", "lots")),
     ("idle timeout negative", (*SERVER, "--idle-timeout", "-5"), ("--idle-timeout",)),
+    ("pending timeout 0", (*SERVER, "--pending-timeout", "0"), ("--pending-timeout",)),
+    ("max pending negative", (*SERVER, "--max-pending", "-1"), ("--max-pending",)),
+    ("server sessions in phantom mode", ("server", "--tcp", TCP, "--sessions"),
+     ("server --sessions needs --peer", "client --sessions")),
+    ("server sessions on a fixed UDP port",
+     ("server", "--tcp", TCP, "--udp", UDP, "--peer", "127.0.0.1:17074", "--sessions"),
+     ("--udp", "ephemeral", "HOST:0")),
+    ("client sessions with a fixed peer",
+     ("client", "--tcp", "127.0.0.1:9999", "--udp", UDP, "--peer", "127.0.0.1:17074",
+      "--sessions"), ("client --sessions", "not with --peer")),
+    ("sessions with the single link's idle timeout",
+     ("client", "--tcp", "127.0.0.1:9999", "--udp", UDP, "--sessions", "--idle-timeout", "5"),
+     ("--idle-timeout", "--session-idle")),
+    ("max sessions 0", ("client", "--tcp", "127.0.0.1:9999", "--udp", UDP, "--sessions",
+                        "--max-sessions", "0"), ("--max-sessions",)),
 ]
 
 
@@ -177,3 +192,43 @@ class BadCommandLineTests(TwistdTestCase):
             output.strip(),
             f"udptunnel: cannot start: cannot listen on 127.0.0.1:{port}: Address already in use",
         )
+
+
+class DescriptorBudgetTests(TwistdTestCase):
+    """
+    C{--max-sessions} needs descriptors: the soft limit is raised to what
+    the cap needs, or the start refused, saying what to change.
+    """
+
+    def start(self, soft: int, hard: int, sessions: int) -> subprocess.Popen[str]:
+        # prlimit (util-linux) rather than a preexec_fn, which is unsafe in a
+        # process with threads.
+        return subprocess.Popen(
+            ["prlimit", f"--nofile={soft}:{hard}",
+             TWISTD, "-n", "--pidfile=", "udptunnel", "client", "--tcp", "127.0.0.1:9",
+             "--udp", f"127.0.0.1:{freePort(socket.SOCK_DGRAM)}", "--sessions",
+             "--max-sessions", str(sessions)],
+            cwd=self.directory, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT, text=True,
+        )
+
+    def test_hardLimitTooLow(self) -> None:
+        process = self.start(256, 256, 1024)
+        output, _ = process.communicate(timeout=COMMAND_TIMEOUT)
+        self.assertEqual(process.returncode, 1, output)
+        self.assertNotIn("Traceback", output)
+        self.assertIn("--max-sessions 1024 needs", output)
+        self.assertIn("hard limit is 256", output)
+
+    def test_softLimitRaised(self) -> None:
+        process = self.start(256, 4096, 1024)
+        self.addCleanup(lambda: process.poll() is None and process.kill())
+        assert process.stdout is not None
+        lines = []
+        for line in process.stdout:
+            lines.append(line)
+            if "raised the open-files limit" in line or "UDP bound on" in line:
+                break
+        process.terminate()
+        process.communicate(timeout=COMMAND_TIMEOUT)
+        self.assertIn("raised the open-files limit from 256 to", "".join(lines))
