@@ -71,3 +71,36 @@ class SeriesTests(SynchronousTestCase):
         relay.linkMade(FakeLink())
         relay.linkConnected(FakeLink())
         self.assertIn("udptunnel_pending_links 1.0", scrape(relay))
+
+
+class SessionSeriesTests(SynchronousTestCase):
+    def test_clientSessions(self) -> None:
+        from udptunnel.sessions import ClientSessions
+
+        from .test_sessions import Connections
+
+        connections = Connections()
+        client = ClientSessions(Clock(), connections.connect)
+        client.udpStarted(FakeUDPTransport())
+        client.datagramsReceived([(b"x", ("127.0.0.1", 1)), (b"y", ("127.0.0.1", 2))])
+        connections.succeed(0)
+        text = scrape(client)
+        self.assertIn("udptunnel_sessions_open 2.0", text)
+        self.assertIn("udptunnel_session_links_up 1.0", text)
+        self.assertIn('udptunnel_sessions_total{event="opened"} 2.0', text)
+        self.assertIn('udptunnel_sessions_total{event="evicted"} 0.0', text)
+        self.assertNotIn('event="refused"', text)
+        self.assertNotIn("udptunnel_link_up ", text)
+        self.assertIn("udptunnel_to_tunnel_datagrams_total 1.0", text)
+
+    def test_serverSessions(self) -> None:
+        from udptunnel.sessions import ServerSessions
+
+        server = ServerSessions(Clock(), ("192.0.2.1", 53), lambda protocol: FakeUDPTransport())
+        link = FakeLink()
+        server.linkConnected(link)
+        server.linkMade(link)
+        text = scrape(server)
+        self.assertIn("udptunnel_sessions_open 1.0", text)
+        self.assertIn('udptunnel_sessions_total{event="refused"} 0.0', text)
+        self.assertIn('udptunnel_peer_info{address="192.0.2.1:53",mode="fixed"} 1.0', text)

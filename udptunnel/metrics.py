@@ -87,7 +87,7 @@ class RelayCollector:
             yield GaugeMetricFamily("udptunnel_link_up", "1 while a TCP link is up.",
                                     value=relay.linksUp())
         else:
-            yield GaugeMetricFamily("udptunnel_sessions", "Sessions open (--sessions).",
+            yield GaugeMetricFamily("udptunnel_sessions_open", "Sessions open (--sessions).",
                                     value=sessions)
             yield GaugeMetricFamily("udptunnel_session_links_up",
                                     "Sessions whose TCP connection is up.",
