@@ -233,11 +233,7 @@ class Relay(TunnelService):
         no address and is guarded by the file's permissions instead).  An
         admitted connection starts waiting, with a deadline.
         """
-        host = link.remoteHost
-        if self.allow is not None and host is not None and not self.allow.allows(host):
-            self.stats.linksRefused += 1
-            self._warn.warn("refused", "refused TCP connection from {remote}: not in --allow",
-                            remote=link.remote)
+        if not self.allowed(link):
             return False
         self._pending.add(link)
         return True

@@ -294,11 +294,7 @@ class ServerSessions(_SessionsBase):
     # IRelay: the TCP side
 
     def linkConnected(self, link: ILink) -> bool:
-        host = link.remoteHost
-        if self.allow is not None and host is not None and not self.allow.allows(host):
-            self.stats.linksRefused += 1
-            self._warn.warn("refused", "refused TCP connection from {remote}: not in --allow",
-                            remote=link.remote)
+        if not self.allowed(link):
             return False
         if len(self.sessions) >= self.maxSessions:
             self.stats.sessionsRefused += 1

@@ -22,6 +22,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from . import StartupError
+from .access import AddressFilter
 from .interfaces import IDatagramSocket, ILink
 from .kerneldrops import kernelDrops
 from .stats import RateLimitedLog, TunnelStats
@@ -100,6 +101,23 @@ class TunnelService(MultiService):
         Sessions open, or C{None} for the single link.
         """
         return None
+
+    #: Who may connect (C{--allow}); C{None}: anybody.
+    allow: AddressFilter | None = None
+
+    def allowed(self, link: ILink) -> bool:
+        """
+        Whether C{--allow} admits C{link}; a refusal is counted and logged
+        (rate-limited).  A Unix socket's peer has no address and is guarded
+        by the file's permissions instead.
+        """
+        host = link.remoteHost
+        if self.allow is None or host is None or self.allow.allows(host):
+            return True
+        self.stats.linksRefused += 1
+        self._warn.warn("refused", "refused TCP connection from {remote}: not in --allow",
+                        remote=link.remote)
+        return False
 
     # Starting and stopping
 
