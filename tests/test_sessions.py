@@ -14,7 +14,7 @@ from twisted.internet.task import Clock
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 
-from udptunnel.interfaces import IRelay
+from udptunnel.interfaces import ILinkRelay
 from udptunnel.sessions import (
     QUEUE_DATAGRAMS,
     ClientSessions,
@@ -34,9 +34,9 @@ class Connections:
     """
 
     def __init__(self) -> None:
-        self.attempts: list[tuple[IRelay, Deferred[Any]]] = []
+        self.attempts: list[tuple[ILinkRelay, Deferred[Any]]] = []
 
-    def connect(self, relay: IRelay) -> Deferred[Any]:
+    def connect(self, relay: ILinkRelay) -> Deferred[Any]:
         d: Deferred[Any] = Deferred()
         self.attempts.append((relay, d))
         return d

@@ -1,16 +1,20 @@
 """
 The narrow interfaces that join the thin protocols to the relay.
 
-Protocols call L{IRelay}; the relay calls L{ILink} and L{IDatagramSocket}.  Keeping both small is
-what lets each side be tested with a fake of the other.
+The UDP socket's protocol calls an L{IDatagramRelay}, the TCP protocol an
+L{ILinkRelay}; the relay calls L{ILink} and L{IDatagramSocket}.  Keeping
+them small is what lets each side be tested with a fake of the other.  The
+single-link relay is both (L{IRelay}); a server with sessions is only an
+L{ILinkRelay} (its sockets belong to its sessions), a client with sessions
+only an L{IDatagramRelay} (its connections report to their own session).
 """
 
 from zope.interface import Attribute, Interface
 
 
-class IRelay(Interface):
+class IDatagramRelay(Interface):
     """
-    The one object that decides where each datagram goes.
+    What the UDP socket's protocol reports to.
     """
 
     def udpStarted(transport):
@@ -28,6 +32,19 @@ class IRelay(Interface):
         Datagrams came in on the UDP socket: a list of C{(data, addr)}, all
         that one read of the socket found.
         """
+
+    def internalError(where, failure):
+        """
+        The protocol caught an exception of the tunnel's own code while
+        handing it traffic (C{where}: C{"datagrams"} or C{"frames"}): count
+        and log it; the caller goes on with the next read.
+        """
+
+
+class ILinkRelay(Interface):
+    """
+    What the TCP protocol reports to.
+    """
 
     def linkConnected(link):
         """
@@ -57,10 +74,14 @@ class IRelay(Interface):
 
     def internalError(where, failure):
         """
-        The protocol caught an exception of the tunnel's own code while
-        handing it traffic (C{where}: C{"datagrams"} or C{"frames"}): count
-        and log it; the caller goes on with the next read.
+        As L{IDatagramRelay.internalError}.
         """
+
+
+class IRelay(IDatagramRelay, ILinkRelay):
+    """
+    The one object that decides where each datagram goes, on both sides.
+    """
 
 
 class ILink(Interface):

@@ -1,5 +1,5 @@
 """
-Thin protocol adapters: they parse and forward to an L{IRelay}, nothing else.
+Thin protocol adapters: they parse and forward to a relay, nothing else.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from zope.interface import implementer
 
 from ._twisted import writerFor
 from .addresses import showAddress
-from .interfaces import ILink, IRelay
+from .interfaces import IDatagramRelay, ILink, ILinkRelay
 from .sockopts import SocketSettings, tuneTCP, tuneUDP
 
 _LENGTH = struct.Struct("!H")
@@ -40,7 +40,7 @@ class TunnelDatagramProtocol(DatagramProtocol):
 
     noisy = False  # the relay logs the bound address itself
 
-    def __init__(self, relay: IRelay, settings: SocketSettings | None = None) -> None:
+    def __init__(self, relay: IDatagramRelay, settings: SocketSettings | None = None) -> None:
         self.relay = relay
         self.settings = settings or SocketSettings()
 
@@ -279,7 +279,7 @@ class TunnelFactory(Factory[TunnelStreamProtocol]):
         return "udptunnel TCP"
 
     def __init__(
-        self, relay: IRelay, settings: SocketSettings | None = None, tls: bool = False
+        self, relay: ILinkRelay, settings: SocketSettings | None = None, tls: bool = False
     ) -> None:
         self.relay = relay
         self.settings = settings or SocketSettings()

@@ -39,7 +39,7 @@ from zope.interface import implementer
 
 from .access import AddressFilter
 from .addresses import showAddress
-from .interfaces import IDatagramSocket, ILink, IRelay
+from .interfaces import IDatagramRelay, IDatagramSocket, ILink, ILinkRelay
 from .pending import DEFAULT_LIMIT, DEFAULT_TIMEOUT, PendingLinks
 from .reconnect import retryDelay
 from .relay import describeLoss
@@ -230,7 +230,7 @@ class _SessionSocketProtocol(DatagramProtocol):
 BindUDP = Callable[[DatagramProtocol], IDatagramSocket]
 
 
-@implementer(IRelay)
+@implementer(ILinkRelay)
 class ServerSessions(_SessionsBase):
     """
     A listening end where every admitted connection is a session with its
@@ -280,18 +280,7 @@ class ServerSessions(_SessionsBase):
             self._pending.remove(link)
         return self.stopWith(links)
 
-    # IRelay: the UDP side has no socket of its own
-
-    def udpStarted(self, transport: IDatagramSocket) -> None:
-        raise AssertionError("a server with sessions has no shared UDP socket")
-
-    def udpStopped(self) -> None:
-        pass
-
-    def datagramsReceived(self, datagrams: list[tuple[bytes, tuple[str, int]]]) -> None:
-        raise AssertionError("a server with sessions has no shared UDP socket")
-
-    # IRelay: the TCP side
+    # The TCP side: each session's socket reports to its own protocol
 
     def linkConnected(self, link: ILink) -> bool:
         if not self.allowed(link):
@@ -388,13 +377,6 @@ class ServerSessions(_SessionsBase):
         self._closedHere.add(link)
         link.abort()
 
-    def pauseReading(self, link: ILink) -> None:
-        pass  # each session's producer pauses its own socket
-
-    def resumeReading(self, link: ILink) -> None:
-        pass
-
-
 @implementer(IPushProducer)
 class _CongestionFlag:
     """
@@ -416,7 +398,7 @@ class _CongestionFlag:
         self._session.congested = False
 
 
-@implementer(IRelay)
+@implementer(ILinkRelay)
 class _SessionEnd:
     """
     What one client session's connection reports to: the sessions, told
@@ -426,15 +408,6 @@ class _SessionEnd:
     def __init__(self, sessions: ClientSessions, session: Session) -> None:
         self._sessions = sessions
         self._session = session
-
-    def udpStarted(self, transport: IDatagramSocket) -> None:
-        raise AssertionError("a session's connection has no UDP socket")
-
-    def udpStopped(self) -> None:
-        pass
-
-    def datagramsReceived(self, datagrams: list[tuple[bytes, tuple[str, int]]]) -> None:
-        raise AssertionError("a session's connection has no UDP socket")
 
     def linkConnected(self, link: ILink) -> bool:
         return self._sessions.sessionConnected(self._session, link)
@@ -450,13 +423,6 @@ class _SessionEnd:
 
     def internalError(self, where: str, failure: Failure) -> None:
         self._sessions.internalError(where, failure)
-
-    def pauseReading(self, link: ILink) -> None:
-        pass
-
-    def resumeReading(self, link: ILink) -> None:
-        pass
-
 
 class _Connecting:
     """
@@ -475,10 +441,10 @@ class _Connecting:
 
 #: Opens the connection of a client session: C{connect(relay)} returns the
 #: Deferred of an endpoint's C{connect} with a factory reporting to C{relay}.
-Connect = Callable[[IRelay], "Deferred[Any]"]
+Connect = Callable[[ILinkRelay], "Deferred[Any]"]
 
 
-@implementer(IRelay)
+@implementer(IDatagramRelay)
 class ClientSessions(_SessionsBase):
     """
     A phantom end that opens one connection per UDP source.
@@ -726,36 +692,15 @@ class ClientSessions(_SessionsBase):
     def _expire(self, session: Session) -> None:
         self._end(session, f"idle for {self.sessionIdle:g} s")
 
-    # IRelay for the shared socket's protocol; the links report through
-    # their _SessionEnd.
-
-    def linkConnected(self, link: ILink) -> bool:
-        raise AssertionError("client sessions' links report through their session")
-
-    def linkMade(self, link: ILink) -> None:
-        raise AssertionError("client sessions' links report through their session")
-
-    def framesReceived(self, link: ILink, frames: list[bytes]) -> None:
-        raise AssertionError("client sessions' links report through their session")
-
-    def linkLost(self, link: ILink, reason: Failure) -> None:
-        raise AssertionError("client sessions' links report through their session")
-
-    def pauseReading(self, link: ILink) -> None:
-        pass
-
-    def resumeReading(self, link: ILink) -> None:
-        pass
-
 
 def connectFrom(endpoint: IStreamClientEndpoint,
-                factoryFor: Callable[[IRelay], Any]) -> Connect:
+                factoryFor: Callable[[ILinkRelay], Any]) -> Connect:
     """
     How a client session opens its connection: C{endpoint}, with a factory
     that reports to the session.
     """
 
-    def connect(relay: IRelay) -> Deferred[Any]:
+    def connect(relay: ILinkRelay) -> Deferred[Any]:
         return endpoint.connect(factoryFor(relay))
 
     return connect
