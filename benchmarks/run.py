@@ -14,6 +14,10 @@ benchmarks/udpload.c with cc at first use), reads the ends' CPU time and
 peak RSS from /proc, and stops them.  Direct UDP (the application sends
 straight to the sink) is measured in the same run, interleaved, so every
 figure has a ratio to it taken under the same conditions.  Linux only.
+
+The sessions mode runs both ends with --sessions (the client in phantom
+mode, the server's --peer the echo) and drives them with N flows at once,
+each from its own source port, so each is a session of its own.
 """
 
 from __future__ import annotations
@@ -31,15 +35,21 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 HERE = Path(__file__).resolve().parent
 GENERATOR_SOURCE = HERE / "udpload.c"
 LO = "127.0.0.1"
-MODES = ("blast", "window", "ping")
+MODES = ("blast", "window", "ping", "sessions")
 TUNNEL = "udptunnel"
 DIRECT = "direct"
+#: Flows of a sessions measurement start at most this many per 32 (see
+#: udpload.c) and must all be up within this many seconds.
+SETUP_SECONDS = 30
+#: udpload flows numbers each flow's datagrams in 22 bits.
+FLOWS_MAX_COUNT = 1 << 22
 CLOCK_TICK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
 
 #: Processes this script started and has not stopped yet.
@@ -103,23 +113,45 @@ def buildGenerator(cc: str) -> Path:
     return binary
 
 
-def runGenerator(generator: Path, mode: str, *args: str, timeout: float) -> dict[str, Any]:
+def runGenerator(generator: Path, mode: str, *args: str, timeout: float,
+                 onReady: Callable[[], None] | None = None) -> dict[str, Any]:
     """
-    Run one udpload measurement and return its JSON result.
+    Run one udpload measurement and return its JSON result (its last line).
+    A line {"phase": "ready"} before it (udpload flows, once its sessions
+    are open) calls C{onReady}: the measurement starts there.
     """
     command = [str(generator), mode, *args]
-    try:
-        done = subprocess.run(
-            command, check=False, capture_output=True, text=True, timeout=timeout
-        )
-    except subprocess.TimeoutExpired:
-        raise BenchError(f"udpload {mode} did not finish within {timeout:.0f} s") from None
-    lines = done.stdout.strip().splitlines()
+    deadline = time.monotonic() + timeout
+    with tempfile.TemporaryFile() as errors:
+        process = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                   stderr=errors)
+        assert process.stdout is not None
+        lines: list[str] = []
+        try:
+            for raw in iter(process.stdout.readline, b""):
+                line = raw.decode(errors="replace").strip()
+                if line.startswith('{"phase":"ready"') and onReady is not None:
+                    onReady()
+                elif line:
+                    lines.append(line)
+                if time.monotonic() > deadline:
+                    break
+            process.wait(max(0.1, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            pass
+        finally:
+            process.stdout.close()
+            if process.poll() is None:
+                process.kill()
+                process.wait()
+                raise BenchError(f"udpload {mode} did not finish within {timeout:.0f} s")
+        errors.seek(0)
+        stderr = errors.read().decode(errors="replace").strip()
     if not lines:
-        raise BenchError(f"udpload {mode} failed: {done.stderr.strip() or done.returncode}")
+        raise BenchError(f"udpload {mode} failed: {stderr or process.returncode}")
     result: dict[str, Any] = json.loads(lines[-1])
-    if done.returncode not in (0, 1):
-        raise BenchError(f"udpload {mode} failed: {done.stderr.strip()}")
+    if process.returncode not in (0, 1):
+        raise BenchError(f"udpload {mode} failed: {stderr}")
     return result
 
 
@@ -227,8 +259,10 @@ class Tunnel:
         app --UDP--> server (phantom) ==TCP==> client --UDP--> sink/echo
     """
 
-    def __init__(self, twistd: Path, workdir: Path, tag: str, args: argparse.Namespace):
+    def __init__(self, twistd: Path, workdir: Path, tag: str, args: argparse.Namespace,
+                 sessions: bool = False):
         self.twistd = twistd
+        self.sessions = sessions
         self.workdir = workdir
         self.tag = tag
         self.args = args
@@ -244,7 +278,8 @@ class Tunnel:
 
     @property
     def target(self) -> str:
-        return f"{LO}:{self.serverUDP}"
+        # With sessions the connecting end (the client) is the phantom end.
+        return f"{LO}:{self.clientUDP if self.sessions else self.serverUDP}"
 
     @property
     def sink(self) -> str:
@@ -253,10 +288,18 @@ class Tunnel:
     def start(self, generator: Path, timeout: float) -> None:
         base = [str(self.twistd), "-n", "--pidfile=", "udptunnel"]
         deadline = time.monotonic() + timeout
+        if self.sessions:
+            # The sessions: the client opens a connection per source on
+            # its --udp, the server a UDP socket per connection to --peer.
+            serverUDP = ["--sessions", "--peer", self.sink]
+            clientUDP = ["--sessions", "--udp", self.target]
+        else:
+            serverUDP = ["--udp", self.target]
+            clientUDP = ["--udp", f"{LO}:{self.clientUDP}", "--peer", self.sink]
         self.server = spawn(
             base
             + ["server", "--tcp", f"tcp:{self.tcpPort}:interface={LO}"]
-            + ["--udp", self.target]
+            + serverUDP
             + self.args.server_arg,
             self.serverLog,
             self.workdir,
@@ -272,7 +315,7 @@ class Tunnel:
         self.client = spawn(
             base
             + ["client", "--tcp", f"{LO}:{self.tcpPort}"]
-            + ["--udp", f"{LO}:{self.clientUDP}", "--peer", self.sink]
+            + clientUDP
             + self.args.client_arg,
             self.clientLog,
             self.workdir,
@@ -323,9 +366,25 @@ class Tunnel:
 # One measurement
 
 
-def generatorArgs(mode: str, size: int, args: argparse.Namespace) -> tuple[list[str], float]:
+def flowWindow(flows: int, args: argparse.Namespace) -> int:
+    """
+    Datagrams in flight per flow: --flow-window, or --window shared by the
+    flows (at least one each), so that 1, 10 or 100 flows carry about the
+    same load as the single link's pipelined echo.
+    """
+    return int(args.flow_window or max(1, args.window // flows))
+
+
+def generatorArgs(mode: str, size: int, args: argparse.Namespace,
+                  flows: int | None = None) -> tuple[list[str], float]:
     """The udpload options of one measurement, and a time limit for it."""
     common = ["--size", str(size)]
+    if mode == "sessions":
+        assert flows is not None
+        extra = ["--flows", str(flows), "--window", str(flowWindow(flows, args))]
+        extra += ["--count", str(min(args.window_count, FLOWS_MAX_COUNT))]
+        extra += ["--duration", str(args.duration), "--setup-s", str(SETUP_SECONDS)]
+        return common + extra, args.duration + SETUP_SECONDS + 10
     if mode == "blast":
         extra = ["--count", str(args.blast_count), "--duration", str(args.duration)]
         extra += ["--drain-ms", str(args.drain_ms)]
@@ -350,25 +409,38 @@ def measure(
     twistd: Path,
     workdir: Path,
     args: argparse.Namespace,
+    flows: int | None = None,
 ) -> dict[str, Any]:
     record: dict[str, Any] = {"config": config, "mode": mode, "size": size, "rep": rep}
-    options, limit = generatorArgs(mode, size, args)
+    options, limit = generatorArgs(mode, size, args, flows)
+    program = "flows" if mode == "sessions" else mode
+    if flows is not None:
+        record["flows"] = flows
     if config == DIRECT:
         with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
             s.bind((LO, 0))
             sink = f"{LO}:{s.getsockname()[1]}"
-        result = runGenerator(generator, mode, "--target", sink, "--sink", sink, *options,
+        result = runGenerator(generator, program, "--target", sink, "--sink", sink, *options,
                               timeout=limit)
+        checkFlows(result)
         record.update(result)
+        record["mode"] = mode  # udpload's mode is "flows" for the sessions mode
         return record
-    tunnel = Tunnel(twistd, workdir, f"{mode}-{size}-rep{rep}", args)
+    tag = f"{mode}-{size}-rep{rep}" + (f"-{flows}flows" if flows else "")
+    tunnel = Tunnel(twistd, workdir, tag, args, sessions=mode == "sessions")
     try:
         tunnel.start(generator, args.ready_timeout)
-        cpu0, t0 = tunnel.cpu(), time.monotonic()
+        start = [tunnel.cpu(), time.monotonic()]
+
+        def ready() -> None:  # the sessions are open: the measurement starts
+            start[:] = [tunnel.cpu(), time.monotonic()]
+
         result = runGenerator(
-            generator, mode, "--target", tunnel.target, "--sink", tunnel.sink, *options,
-            timeout=limit,
+            generator, program, "--target", tunnel.target, "--sink", tunnel.sink, *options,
+            timeout=limit, onReady=ready,
         )
+        cpu0, t0 = start
+        checkFlows(result)
         cpu1, t1 = tunnel.cpu(), time.monotonic()
         tunnel._checkAlive("during the measurement")
         memory = tunnel.memory()
@@ -377,12 +449,13 @@ def measure(
     finally:
         tunnel.stop()
     record.update(result)
+    record["mode"] = mode
     cpu = cpu1 - cpu0
     record["tunnel_cpu_s"] = round(cpu, 3)
     record["tunnel_cpu_pct"] = round(100 * cpu / (t1 - t0), 1) if t1 > t0 else None
     if mode == "blast":
         done = result.get("received", 0)
-    elif mode == "window":
+    elif mode in ("window", "sessions"):
         done = result.get("completed", 0)
     else:
         done = result.get("replies", 0) + args.ping_warmup
@@ -394,6 +467,20 @@ def measure(
     record["server_rss_kib"] = memory["server"].get("VmRSS")
     record["client_rss_kib"] = memory["client"].get("VmRSS")
     return record
+
+
+def checkFlows(result: dict[str, Any]) -> None:
+    """
+    A flows run counts as failed when its sessions did not all open, or
+    when a datagram came back to another flow's socket (sessions mixed up).
+    """
+    if result.get("mode") != "flows":
+        return
+    if not result.get("ok"):
+        raise BenchError(f"udpload flows: {result.get('error', 'failed')}")
+    if result.get("misrouted"):
+        raise BenchError(f"{result['misrouted']} datagrams came back to another flow's "
+                         f"source: sessions mixed up")
 
 
 # Summaries
@@ -421,6 +508,8 @@ def summarise(records: list[dict[str, Any]], sizes: list[int], modes: list[str])
     out: dict[str, Any] = {}
     for size in sizes:
         for mode in modes:
+            if mode == "sessions":
+                continue  # summariseSessions
             cell: dict[str, Any] = {}
             byConfig = {
                 config: [
@@ -455,6 +544,97 @@ def summarise(records: list[dict[str, Any]], sizes: list[int], modes: list[str])
             cell["ratio_to_direct"] = ratios
             out.setdefault(str(size), {})[mode] = cell
     return out
+
+
+SESSIONS_SUMMARISED = [
+    "rtps", "MBps", "lost", "rtt_p50_us", "rtt_p99_us", "flow_rtt_median_us",
+    "flow_rtt_max_us", "flow_rt_fewest", "flow_rt_most", "setup_s", "self_cpu_s",
+]
+
+
+def summariseSessions(records: list[dict[str, Any]], sizes: list[int],
+                      flowCounts: list[int]) -> dict:
+    """
+    Per size and number of flows: medians (and min, max) of direct UDP and
+    of the tunnel with --sessions, and the ratios to direct.
+    """
+    out: dict[str, Any] = {}
+    for size in sizes:
+        for flows in flowCounts:
+            rows = [r for r in records
+                    if r["mode"] == "sessions" and r["size"] == size and r.get("flows") == flows]
+            cell: dict[str, Any] = {}
+            for config in (DIRECT, TUNNEL):
+                rs = [r for r in rows if r["config"] == config]
+                good = [r for r in rs if "error" not in r]
+                summary: dict[str, Any] = {"n": len(good), "failed": len(rs) - len(good)}
+                for key in SESSIONS_SUMMARISED + (TUNNEL_ONLY if config == TUNNEL else []):
+                    values = [r[key] for r in good if r.get(key) is not None]
+                    if values:
+                        summary[key] = round(statistics.median(values), 3)
+                        summary[key + "_min"] = min(values)
+                        summary[key + "_max"] = max(values)
+                cell[config] = summary
+            ratios: dict[str, float] = {}
+            for key in ("rtps", "rtt_p50_us"):
+                perRep = []
+                for t in rows:
+                    if t["config"] != TUNNEL or "error" in t or not t.get(key):
+                        continue
+                    d = [r for r in rows if r["config"] == DIRECT and r["rep"] == t["rep"]
+                         and r.get(key)]
+                    if d:
+                        perRep.append(t[key] / d[0][key])
+                if perRep:
+                    ratios[key] = round(statistics.median(perRep), 4)
+            cell["ratio_to_direct"] = ratios
+            out.setdefault(str(size), {})[str(flows)] = cell
+    return out
+
+
+def sessionsTable(sessions: dict, summary: dict, sizes: list[int], flowCounts: list[int],
+                  args: argparse.Namespace) -> str:
+    """
+    The sessions rows, with the single link's pipelined echo of the same
+    run (C{summary}, when the window mode ran) beside them.
+    """
+    lines = [
+        "",
+        ("== sessions: N flows at once, each from its own source port (a session each; both "
+        "ends --sessions), echo"),
+        "   in flight per flow: " + ", ".join(
+            f"{flowWindow(n, args)} ({n} flow{'s' if n > 1 else ''})" for n in flowCounts)
+        + "; x1link = rt/s / the single link's pipelined echo",
+        ("   RTT = over all round trips; flow RTT = each flow's mean RTT, median and "
+        "slowest flow; setup = s to open all sessions"),
+        (f"{'size':>5} {'flows':>5} {'config':<10} {'rt/s':>10} {'[min-max]':>21} {'xD':>6} "
+        f"{'x1link':>6} {'RTT p50/p99 us':>15} {'flow RTT us':>13} {'setup s':>7} "
+        f"{'CPU us/rt':>9} {'RSS MiB':>11}"),
+    ]
+    for size in sizes:
+        link = summary.get(str(size), {}).get("window", {}).get(TUNNEL, {}).get("rtps")
+        for flows in flowCounts:
+            cell = sessions[str(size)][str(flows)]
+            for config in (DIRECT, TUNNEL):
+                c = cell[config]
+                tunnel = config == TUNNEL
+                ratio = cell["ratio_to_direct"].get("rtps")
+                toLink = c.get("rtps") / link if tunnel and link and c.get("rtps") else None
+                rss = (f"{fmtMiB(c.get('server_peak_rss_kib'))}/"
+                       f"{fmtMiB(c.get('client_peak_rss_kib'))}")
+                lines.append(
+                    f"{size:>5} {flows:>5} {config:<10} {fmtInt(c.get('rtps')):>10} "
+                    f"{'[' + fmtInt(c.get('rtps_min')) + '-' + fmtInt(c.get('rtps_max')) + ']':>21} "
+                    f"{fmtNum(ratio, 2) if tunnel else '-':>6} "
+                    f"{fmtNum(toLink, 2) if toLink else '-':>6} "
+                    f"{fmtNum(c.get('rtt_p50_us'), 0) + '/' + fmtNum(c.get('rtt_p99_us'), 0):>15} "
+                    f"{fmtNum(c.get('flow_rtt_median_us'), 0) + '/' + fmtNum(c.get('flow_rtt_max_us'), 0):>13} "
+                    f"{fmtNum(c.get('setup_s'), 2):>7} "
+                    f"{fmtNum(c.get('tunnel_cpu_us_per_op'), 2) if tunnel else '-':>9} "
+                    f"{rss if tunnel else '-':>11}"
+                    + (f"  ({c['failed']} failed)" if c.get("failed") else "")
+                )
+    return "\n".join(lines)
 
 
 def fmtInt(value: Any) -> str:
@@ -568,6 +748,24 @@ def generatorCheck(summary: dict, sizes: list[int], modes: list[str]) -> list[st
     return notes
 
 
+def sessionsCheck(sessions: dict, sizes: list[int], flowCounts: list[int]) -> list[str]:
+    """The generator check of the sessions rows."""
+    notes = []
+    for size in sizes:
+        for flows in flowCounts:
+            cell = sessions[str(size)][str(flows)]
+            ratio = cell["ratio_to_direct"].get("rtps")
+            if ratio is None:
+                continue
+            verdict = "ok" if ratio < 0.67 else "WARNING: the generator may be the bottleneck"
+            notes.append(
+                f"generator check, sessions {size} B {flows} flows: direct "
+                f"{fmtInt(cell[DIRECT].get('rtps'))}/s is {1 / ratio:.1f}x the tunnel's "
+                f"{fmtInt(cell[TUNNEL].get('rtps'))}/s: {verdict}"
+            )
+    return notes
+
+
 def memoryLine(records: list[dict[str, Any]]) -> str:
     """The largest resident set of each end over the whole run."""
     parts = []
@@ -593,7 +791,13 @@ def parseArgs(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--quick", action="store_true",
                    help="smoke run: 64 B only, 1 repetition, tiny counts (a few seconds)")
     p.add_argument("--sizes", default=None, help="datagram sizes, comma-separated [64,512,1400]")
-    p.add_argument("--modes", default=None, help="blast,window,ping (comma-separated)")
+    p.add_argument("--modes", default=None,
+                   help="blast,window,ping,sessions (comma-separated) [all]")
+    p.add_argument("--flows", default=None,
+                   help="sessions mode: numbers of concurrent flows, comma-separated [1,10,100]")
+    p.add_argument("--flow-window", type=int, default=None,
+                   help="sessions mode: datagrams in flight per flow [--window / flows, "
+                        "at least 1]")
     p.add_argument("--repeat", type=int, default=None, help="repetitions, interleaved [3]")
     p.add_argument("--duration", type=float, default=None,
                    help="seconds of sending per blast and window measurement [1]")
@@ -619,6 +823,13 @@ def parseArgs(argv: list[str] | None = None) -> argparse.Namespace:
     for mode in args.modes:
         if mode not in MODES:
             p.error(f"unknown mode {mode!r}: choose from {', '.join(MODES)}")
+    args.flows = [int(n) for n in (args.flows or ("1,100" if quick else "1,10,100")).split(",")]
+    if not all(1 <= n <= 1000 for n in args.flows):
+        p.error("--flows must be 1..1000 each")
+    if args.flow_window is not None and not 1 <= args.flow_window <= 64:
+        p.error("--flow-window must be 1..64")
+    if not 1 <= args.window <= 4096:
+        p.error("--window must be 1..4096")
     for size in args.sizes:
         if not 16 <= size <= 65507:
             p.error("sizes must be 16..65507 (the generator's header takes 16 bytes)")
@@ -683,22 +894,26 @@ def main(argv: list[str] | None = None) -> int:
         flush=True,
     )
     plan = [
-        (rep, mode, size, config)
+        (rep, mode, size, config, flows)
         for rep in range(1, args.repeat + 1)
         for mode in args.modes
         for size in args.sizes
+        for flows in (args.flows if mode == "sessions" else [None])
         for config in (DIRECT, TUNNEL)
     ]
     started = time.monotonic()
     records: list[dict[str, Any]] = []
     workdir = Path(tempfile.mkdtemp(prefix="udptunnel-bench-"))
     try:
-        for i, (rep, mode, size, config) in enumerate(plan, 1):
+        for i, (rep, mode, size, config, flows) in enumerate(plan, 1):
             try:
-                record = measure(config, mode, size, rep, generator, twistd, workdir, args)
+                record = measure(config, mode, size, rep, generator, twistd, workdir, args,
+                                 flows)
             except BenchError as e:
                 record = {"config": config, "mode": mode, "size": size, "rep": rep,
                           "error": str(e)}
+                if flows is not None:
+                    record["flows"] = flows
             records.append(record)
             print(f"[{i}/{len(plan)}] {progress(record)}", file=sys.stderr, flush=True)
     except KeyboardInterrupt:
@@ -713,15 +928,24 @@ def main(argv: list[str] | None = None) -> int:
         shutil.rmtree(workdir, ignore_errors=True)
     elapsed = time.monotonic() - started
     summary = summarise(records, args.sizes, args.modes)
+    sessions = (summariseSessions(records, args.sizes, args.flows)
+                if "sessions" in args.modes else None)
     print()
     print(table(summary, args.sizes, args.modes, args.repeat))
+    if sessions is not None:
+        print(sessionsTable(sessions, summary, args.sizes, args.flows, args))
     print()
     for note in generatorCheck(summary, args.sizes, args.modes):
         print(note)
+    if sessions is not None:
+        for note in sessionsCheck(sessions, args.sizes, args.flows):
+            print(note)
     print(memoryLine(records))
     failures = [r for r in records if "error" in r]
     for r in failures:
-        print(f"FAILED {r['config']} {r['mode']} {r['size']} B rep {r['rep']}: {r['error']}")
+        flows = f" {r['flows']} flows" if "flows" in r else ""
+        print(f"FAILED {r['config']} {r['mode']}{flows} {r['size']} B rep {r['rep']}: "
+              f"{r['error']}")
     print(f"{len(records)} measurements in {elapsed:.0f} s")
     if args.json_out:
         document = {
@@ -734,7 +958,7 @@ def main(argv: list[str] | None = None) -> int:
                 key: getattr(args, key)
                 for key in ("quick", "sizes", "modes", "repeat", "duration", "window",
                             "ping_count", "ping_warmup", "blast_count", "drain_ms",
-                            "server_arg", "client_arg", "pin")
+                            "flows", "flow_window", "server_arg", "client_arg", "pin")
             },
             "units": {
                 "pps": "datagrams/s delivered", "rtps": "round trips/s",
@@ -744,6 +968,7 @@ def main(argv: list[str] | None = None) -> int:
                 "*_rss_kib": "KiB (VmHWM = peak, VmRSS = after the load)",
             },
             "results": summary,
+            "sessions": sessions,
             "runs": records,
         }
         args.json_out.write_text(json.dumps(document, indent=1) + "\n")
@@ -752,13 +977,17 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def progress(r: dict[str, Any]) -> str:
-    head = f"rep {r['rep']} {r['mode']:<6} {r['size']:>5} B {r['config']:<10}"
+    flows = f" {r['flows']:>4} flows" if "flows" in r else ""
+    head = f"rep {r['rep']} {r['mode']:<6} {r['size']:>5} B{flows} {r['config']:<10}"
     if "error" in r:
         return f"{head} FAILED: {r['error'].splitlines()[0]}"
     if r["mode"] == "blast":
         text = f"{r['pps']:>11,.0f} dgram/s loss {r['loss_pct']:.1f}%"
     elif r["mode"] == "window":
         text = f"{r['rtps']:>11,.0f} rt/s lost {r['lost']}"
+    elif r["mode"] == "sessions":
+        text = (f"{r['rtps']:>11,.0f} rt/s lost {r['lost']}, RTT p50 {r['rtt_p50_us']:.0f} us, "
+                f"setup {r['setup_s']:.2f} s")
     else:
         text = f"p50 {r['rtt_p50_us']:.1f} us p99 {r['rtt_p99_us']:.1f} us"
     if "tunnel_cpu_us_per_op" in r:

@@ -12,6 +12,13 @@
  *   udpload window --target H:P --sink H:P --size N [--window W] [--count N] [--duration S]
  *   udpload ping   --target H:P --sink H:P --size N [--count N] [--warmup N] [--duration S]
  *   udpload probe  --target H:P --sink H:P [--duration S]
+ *   udpload flows  --target H:P --sink H:P --size N --flows F [--window W] [--count N]
+ *                  [--duration S] [--setup-s S]
+ *
+ * flows is window with F application sockets, each on its own source port
+ * (so each is a session of a tunnel with --sessions), each with W datagrams
+ * in flight, all answered by the one echo socket.  The sessions are opened
+ * first (a datagram from each source, echoed, in waves), then measured.
  *
  * Each datagram starts with a 16-byte header: a run id (so datagrams of an
  * earlier run, still in flight, are not counted), a sequence number and the
@@ -30,6 +37,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/epoll.h>
 #include <sys/resource.h>
 #include <sys/socket.h>
 #include <time.h>
@@ -39,6 +47,14 @@
 #define MAX_SIZE 65507
 #define BATCH 32
 #define MAX_COUNT 100000000L
+#define MAX_FLOWS 1024
+/* flows: a datagram's sequence number carries its flow in the top bits. */
+#define FLOW_SHIFT 22
+#define FLOW_SEQS (1L << FLOW_SHIFT)
+#define PROBE_SEQ (FLOW_SEQS - 1)
+/* flows: sessions opened at once (a burst of new TCP connections beyond a
+ * listener's backlog loses SYNs, and each costs a second). */
+#define SETUP_WAVE 32
 
 struct options {
     const char *mode;
@@ -51,6 +67,8 @@ struct options {
     double duration;
     int timeoutMs;
     int drainMs;
+    int flows;
+    double setupSeconds;
 };
 
 static uint32_t runId;
@@ -65,9 +83,9 @@ static void usage(const char *why)
 {
     fprintf(stderr,
             "udpload: %s\n"
-            "usage: udpload blast|window|ping|probe --target HOST:PORT --sink HOST:PORT\n"
+            "usage: udpload blast|window|ping|probe|flows --target HOST:PORT --sink HOST:PORT\n"
             "         [--size N] [--count N] [--duration S] [--window W] [--warmup N]\n"
-            "         [--timeout-ms MS] [--drain-ms MS]\n",
+            "         [--timeout-ms MS] [--drain-ms MS] [--flows F] [--setup-s S]\n",
             why);
     exit(2);
 }
@@ -620,11 +638,303 @@ static int probe(const struct options *o)
     return ok ? 0 : 1;
 }
 
+/* ---- flows: F sources, each with W datagrams in flight, one echo ---- */
+
+struct flow {
+    int fd;
+    long nextSeq;   /* per flow, below PROBE_SEQ */
+    long completed;
+    long lost;
+    int inFlight;
+    long *slots;    /* the sequence numbers in flight, -1 where free */
+    uint64_t last;  /* when it last sent a window or got a reply */
+    uint64_t rttSum;
+};
+
+static uint32_t flowSeq(int flow, long seq)
+{
+    return ((uint32_t)flow << FLOW_SHIFT) | (uint32_t)seq;
+}
+
+static void raiseDescriptorLimit(long needed)
+{
+    struct rlimit r;
+    if (getrlimit(RLIMIT_NOFILE, &r) < 0 || r.rlim_cur == RLIM_INFINITY ||
+        (long)r.rlim_cur >= needed)
+        return;
+    r.rlim_cur = (r.rlim_max == RLIM_INFINITY || (long)r.rlim_max >= needed)
+                     ? (rlim_t)needed : r.rlim_max;
+    setrlimit(RLIMIT_NOFILE, &r);
+}
+
+/* Send up to n new datagrams on a flow; returns how many went out. */
+static int flowSend(const struct options *o, struct flow *f, int index, struct batch *out,
+                    int n, long *sendErrors)
+{
+    int k = 0;
+    uint64_t t = nowNs();
+    for (int slot = 0; slot < o->window && k < n && k < BATCH; slot++) {
+        if (f->slots[slot] >= 0)
+            continue;
+        if (f->nextSeq >= PROBE_SEQ)
+            break;
+        f->slots[slot] = f->nextSeq;
+        stamp(out->bufs[k], flowSeq(index, f->nextSeq), t);
+        f->nextSeq++;
+        k++;
+    }
+    if (k == 0)
+        return 0;
+    sendBatch(f->fd, out, k, sendErrors);
+    f->inFlight += k;
+    return k;
+}
+
+/* Open the flows' sessions: each sends a probe until its echo returns. */
+static int flowsSetup(const struct options *o, struct flow *flows, int epfd, long *setupSent)
+{
+    unsigned char out[HEADER], in[MAX_SIZE + 1];
+    uint64_t deadline = nowNs() + (uint64_t)(o->setupSeconds * 1e9);
+    struct epoll_event events[64];
+    for (int first = 0; first < o->flows; first += SETUP_WAVE) {
+        int end = first + SETUP_WAVE < o->flows ? first + SETUP_WAVE : o->flows;
+        int waiting = end - first;
+        char *done = calloc((size_t)waiting, 1);
+        if (done == NULL)
+            die("calloc");
+        uint64_t lastSent = 0;
+        while (waiting > 0) {
+            uint64_t t = nowNs();
+            if (t >= deadline) {
+                free(done);
+                return 0;
+            }
+            if (t - lastSent >= 500000000u) {
+                for (int i = first; i < end; i++) {
+                    if (done[i - first])
+                        continue;
+                    stamp(out, flowSeq(i, PROBE_SEQ), t);
+                    if (send(flows[i].fd, out, HEADER, 0) == HEADER)
+                        ++*setupSent;
+                }
+                lastSent = t;
+            }
+            int n = epoll_wait(epfd, events, 64, 20);
+            for (int e = 0; e < n; e++) {
+                int i = (int)events[e].data.u32;
+                ssize_t got;
+                while ((got = recv(flows[i].fd, in, sizeof in, MSG_DONTWAIT)) >= 0) {
+                    long badLen = 0;
+                    long seq = ours(in, (unsigned int)got, HEADER, &badLen);
+                    if (seq == (long)flowSeq(i, PROBE_SEQ) && i >= first && i < end &&
+                        !done[i - first]) {
+                        done[i - first] = 1;
+                        waiting--;
+                    }
+                }
+            }
+        }
+        free(done);
+    }
+    return 1;
+}
+
+static int compareU32(const void *a, const void *b)
+{
+    uint32_t x = *(const uint32_t *)a, y = *(const uint32_t *)b;
+    return (x > y) - (x < y);
+}
+
+static double percentile32(const uint32_t *sorted, long n, double p)
+{
+    if (n == 0)
+        return 0;
+    long i = (long)(p / 100.0 * (n - 1) + 0.5);
+    return sorted[i] / 1e3;
+}
+
+static int flowsMode(const struct options *o)
+{
+    raiseDescriptorLimit(o->flows + 64);
+    int sink = sinkSocket(o);
+    struct echo e;
+    pthread_t echoThread;
+    echoStart(&e, &echoThread, sink);
+    int epfd = epoll_create1(0);
+    if (epfd < 0)
+        die("epoll_create1");
+    struct flow *flows = calloc((size_t)o->flows, sizeof *flows);
+    if (flows == NULL)
+        die("calloc");
+    for (int i = 0; i < o->flows; i++) {
+        flows[i].fd = appSocket(o);
+        flows[i].slots = malloc(sizeof(long) * (size_t)o->window);
+        if (flows[i].slots == NULL)
+            die("malloc");
+        for (int s = 0; s < o->window; s++)
+            flows[i].slots[s] = -1;
+        struct epoll_event ev = {.events = EPOLLIN, .data.u32 = (uint32_t)i};
+        if (epoll_ctl(epfd, EPOLL_CTL_ADD, flows[i].fd, &ev) < 0)
+            die("epoll_ctl");
+    }
+    long setupSent = 0;
+    uint64_t setupStart = nowNs();
+    int ready = flowsSetup(o, flows, epfd, &setupSent);
+    double setupS = (nowNs() - setupStart) / 1e9;
+    if (!ready) {
+        echoStop(&e, echoThread);
+        printf("{\"mode\":\"flows\",\"ok\":false,\"flows\":%d,\"setup_s\":%.3f,"
+               "\"error\":\"not every flow's first datagram came back within %.0f s\"}\n",
+               o->flows, setupS, o->setupSeconds);
+        return 1;
+    }
+    /* The driver reads the tunnel's CPU time from here on. */
+    printf("{\"phase\":\"ready\",\"setup_s\":%.3f}\n", setupS);
+    uint32_t *rtts = malloc(sizeof *rtts * (size_t)(o->count + 1));
+    struct batch *in = malloc(sizeof *in), *out = malloc(sizeof *out);
+    if (rtts == NULL || in == NULL || out == NULL)
+        die("malloc");
+    batchInit(in, MAX_SIZE + 1);
+    batchInit(out, (size_t)o->size);
+    for (int i = 0; i < BATCH; i++)
+        out->iovs[i].iov_len = (size_t)o->size;
+    struct epoll_event events[256];
+    long completed = 0, stale = 0, misrouted = 0, badLen = 0, sendErrors = 0, timeouts = 0;
+    double cpu0 = cpuSeconds();
+    uint64_t start = nowNs(), deadline = start + (uint64_t)(o->duration * 1e9);
+    uint64_t lastScan = start;
+    for (int i = 0; i < o->flows; i++) {
+        flows[i].last = start;
+        flowSend(o, &flows[i], i, out, o->window, &sendErrors);
+    }
+    while (completed < o->count) {
+        uint64_t t = nowNs();
+        if (t >= deadline)
+            break;
+        int waitMs = (int)((deadline - t) / 1000000u) + 1;
+        if (waitMs > 10)
+            waitMs = 10;
+        int n = epoll_wait(epfd, events, 256, waitMs);
+        if (n < 0 && errno != EINTR)
+            die("epoll_wait");
+        for (int ev = 0; ev < n && completed < o->count; ev++) {
+            int i = (int)events[ev].data.u32;
+            struct flow *f = &flows[i];
+            batchForReceiving(in, 0);
+            int got = recvmmsg(f->fd, in->msgs, BATCH, MSG_DONTWAIT, NULL);
+            if (got <= 0)
+                continue;
+            uint64_t arrived = nowNs();
+            int freed = 0;
+            for (int m = 0; m < got; m++) {
+                long seq = ours(in->bufs[m], in->msgs[m].msg_len, o->size, &badLen);
+                if (seq < 0) {
+                    stale++;
+                    continue;
+                }
+                if ((int)((uint32_t)seq >> FLOW_SHIFT) != i) {
+                    misrouted++; /* another flow's datagram: sessions mixed up */
+                    continue;
+                }
+                long own = seq & (FLOW_SEQS - 1);
+                int slot = -1;
+                for (int s = 0; s < o->window; s++)
+                    if (f->slots[s] == own) {
+                        slot = s;
+                        break;
+                    }
+                if (slot < 0) {
+                    stale++; /* a late probe, or a reply after its timeout */
+                    continue;
+                }
+                f->slots[slot] = -1;
+                f->inFlight--;
+                uint64_t rtt = arrived - sentAt(in->bufs[m]);
+                f->rttSum += rtt;
+                f->completed++;
+                if (completed < o->count)
+                    rtts[completed] = rtt > UINT32_MAX ? UINT32_MAX : (uint32_t)rtt;
+                completed++;
+                freed++;
+            }
+            if (freed) {
+                f->last = arrived;
+                flowSend(o, f, i, out, freed, &sendErrors);
+            }
+        }
+        t = nowNs();
+        if (t - lastScan >= 10000000u) {
+            lastScan = t;
+            for (int i = 0; i < o->flows; i++) {
+                struct flow *f = &flows[i];
+                if (f->inFlight > 0 && t - f->last >= (uint64_t)o->timeoutMs * 1000000u) {
+                    /* Nothing came back for a while: what is in flight is lost. */
+                    timeouts++;
+                    f->lost += f->inFlight;
+                    f->inFlight = 0;
+                    for (int s = 0; s < o->window; s++)
+                        f->slots[s] = -1;
+                    f->last = t;
+                    flowSend(o, f, i, out, o->window, &sendErrors);
+                }
+            }
+        }
+    }
+    uint64_t end = nowNs();
+    double cpu = cpuSeconds() - cpu0;
+    echoStop(&e, echoThread);
+    long samples = completed < o->count ? completed : o->count;
+    qsort(rtts, (size_t)samples, sizeof *rtts, compareU32);
+    /* Per flow: its mean RTT and its share of the round trips. */
+    double *means = calloc((size_t)o->flows, sizeof *means);
+    if (means == NULL)
+        die("calloc");
+    long lost = 0, fewest = -1, most = 0;
+    int idle = 0;
+    for (int i = 0; i < o->flows; i++) {
+        lost += flows[i].lost;
+        if (fewest < 0 || flows[i].completed < fewest)
+            fewest = flows[i].completed;
+        if (flows[i].completed > most)
+            most = flows[i].completed;
+        if (flows[i].completed == 0)
+            idle++;
+        means[i] = flows[i].completed ? flows[i].rttSum / 1e3 / flows[i].completed : 0;
+    }
+    /* sort the means (doubles): insertion sort is enough for 1024 */
+    for (int i = 1; i < o->flows; i++) {
+        double v = means[i];
+        int j = i - 1;
+        while (j >= 0 && means[j] > v) {
+            means[j + 1] = means[j];
+            j--;
+        }
+        means[j + 1] = v;
+    }
+    double elapsed = (end - start) / 1e9;
+    double rtps = elapsed > 0 ? completed / elapsed : 0;
+    printf("{\"mode\":\"flows\",\"ok\":true,\"size\":%d,\"flows\":%d,\"window\":%d,"
+           "\"setup_s\":%.3f,\"setup_sent\":%ld,\"completed\":%ld,\"lost\":%ld,"
+           "\"timeouts\":%ld,\"stale\":%ld,\"misrouted\":%ld,\"badlen\":%ld,"
+           "\"send_errors\":%ld,\"echo_send_errors\":%ld,\"elapsed_s\":%.6f,\"rtps\":%.1f,"
+           "\"MBps\":%.3f,\"rtt_p50_us\":%.1f,\"rtt_p99_us\":%.1f,\"rtt_max_us\":%.1f,"
+           "\"flow_rtt_min_us\":%.1f,\"flow_rtt_median_us\":%.1f,\"flow_rtt_max_us\":%.1f,"
+           "\"flow_rt_fewest\":%ld,\"flow_rt_most\":%ld,\"flows_idle\":%d,"
+           "\"self_cpu_s\":%.3f}\n",
+           o->size, o->flows, o->window, setupS, setupSent, completed, lost, timeouts, stale,
+           misrouted, badLen, sendErrors, e.sendErrors, elapsed, rtps, rtps * o->size / 1e6,
+           percentile32(rtts, samples, 50), percentile32(rtts, samples, 99),
+           percentile32(rtts, samples, 100), means[0], means[o->flows / 2],
+           means[o->flows - 1], fewest, most, idle, cpu);
+    return 0;
+}
+
 int main(int argc, char **argv)
 {
     struct options o = {
         .size = 64, .count = 2000000, .warmup = 100, .window = 32,
-        .duration = 1.0, .timeoutMs = 200, .drainMs = 300,
+        .duration = 1.0, .timeoutMs = 200, .drainMs = 300, .flows = 1,
+        .setupSeconds = 30,
     };
     int haveTarget = 0, haveSink = 0;
     if (argc < 2)
@@ -655,6 +965,10 @@ int main(int argc, char **argv)
             o.timeoutMs = atoi(value);
         else if (!strcmp(name, "--drain-ms"))
             o.drainMs = atoi(value);
+        else if (!strcmp(name, "--flows"))
+            o.flows = atoi(value);
+        else if (!strcmp(name, "--setup-s"))
+            o.setupSeconds = atof(value);
         else
             usage("unknown option");
     }
@@ -672,6 +986,12 @@ int main(int argc, char **argv)
         usage("--duration must be in (0, 600] seconds");
     if (o.timeoutMs < 1 || o.timeoutMs > 10000 || o.drainMs < 1 || o.drainMs > 10000)
         usage("--timeout-ms and --drain-ms must be 1..10000");
+    if (o.flows < 1 || o.flows > MAX_FLOWS)
+        usage("--flows must be 1..1024");
+    if (!(o.setupSeconds > 0 && o.setupSeconds <= 600))
+        usage("--setup-s must be in (0, 600] seconds");
+    if (!strcmp(o.mode, "flows") && (o.count > FLOW_SEQS || o.window > 64))
+        usage("flows: --count at most 4194304 and --window at most 64");
     runId = (uint32_t)(nowNs() ^ ((uint64_t)getpid() << 16)) | 1u;
     setvbuf(stdout, NULL, _IOLBF, 0);
     if (!strcmp(o.mode, "blast"))
@@ -682,6 +1002,8 @@ int main(int argc, char **argv)
         return ping(&o);
     if (!strcmp(o.mode, "probe"))
         return probe(&o);
-    usage("mode is blast, window, ping or probe");
+    if (!strcmp(o.mode, "flows"))
+        return flowsMode(&o);
+    usage("mode is blast, window, ping, probe or flows");
     return 2;
 }
