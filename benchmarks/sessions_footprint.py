@@ -14,7 +14,7 @@ reads each end's VmRSS and descriptor count (/proc/PID/status, /proc/PID/fd)
 before, then opens N sessions (N sockets of this script, each on its own
 source port, each sends one datagram and waits for its echo), reads them
 with the N open, closes its sockets and waits for both ends' metrics gauge
-udptunnel_sessions to reach 0 (--session-idle, short), and reads them
+udptunnel_sessions_open to reach 0 (--session-idle, short), and reads them
 after.  Several rounds show whether what one round leaves behind grows.
 Linux only (it reads /proc).
 """
@@ -92,7 +92,7 @@ def scrape(port: int) -> list[str]:
         raise BenchError(f"cannot scrape the metrics on port {port}: {e}") from None
 
 
-def gauge(port: int, name: str = "udptunnel_sessions") -> float:
+def gauge(port: int, name: str = "udptunnel_sessions_open") -> float:
     """One unlabelled series of an end's metrics."""
     for line in scrape(port):
         if line.startswith(name + " "):

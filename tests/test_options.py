@@ -20,7 +20,7 @@ from twisted.logger import capturedLogs, formatEvent
 from twisted.python import reflect, usage
 from twisted.trial.unittest import SynchronousTestCase
 
-from udptunnel import StartupError, _CleanStartupReport, sockopts
+from udptunnel import StartupError, _CleanStartupReport, sockopts, tap
 from udptunnel.addresses import HostPort, UDPPlan, splitDescription
 from udptunnel.datagram import UDPService
 from udptunnel.logreopen import LogReopener
@@ -709,3 +709,23 @@ class StartupReportTests(SynchronousTestCase):
             options.parent = runner  # type: ignore[assignment]
             options.parseOptions(["server", "--tcp", "9999", "--udp", "1"])
             self.assertEqual(isinstance(sys.__stderr__, _CleanStartupReport), not nodaemon)
+
+
+class SessionsBacklogTests(SynchronousTestCase):
+    """
+    A server with sessions listens with a deep backlog, unless told.
+    """
+
+    def parse(self, tcp: str) -> str:
+        options = tap.Options()
+        options.parseOptions(["server", "--sessions", "--tcp", tcp, "--peer", "127.0.0.1:53"])
+        return options.subOptions["tcp"]
+
+    def test_barePort(self) -> None:
+        self.assertEqual(self.parse("9999"), f"tcp:9999:backlog={tap.SESSIONS_BACKLOG}")
+
+    def test_ownBacklogKept(self) -> None:
+        self.assertEqual(self.parse("tcp:9999:backlog=10"), "tcp:9999:backlog=10")
+
+    def test_unixUntouched(self) -> None:
+        self.assertEqual(self.parse("unix:/tmp/u.sock"), "unix:/tmp/u.sock")

@@ -504,6 +504,8 @@ class ServerOptions(_EndOptions):
         if self["sessions"] and self["peer"] is None:
             self.checkSessions()  # before --udp's own complaint, which is beside the point
         super().postOptions()
+        if self["sessions"]:
+            self["tcp"] = _withBacklog(self["tcp"])
 
     def checkSessions(self) -> None:
         if self["peer"] is None:
@@ -602,6 +604,23 @@ class Options(_WithExample):
     def postOptions(self) -> None:
         if self.subCommand is None:
             raise usage.UsageError("choose server or client")
+
+
+#: The listen backlog of a server with sessions: many clients (a client
+#: with --sessions, a burst of DNS queries) connect at once, and Twisted's
+#: default of 50 drops the rest of a burst, each retried a second later.
+SESSIONS_BACKLOG = 1024
+
+
+def _withBacklog(description: str) -> str:
+    """
+    A TCP server endpoint description with L{SESSIONS_BACKLOG}, unless it
+    gives a backlog of its own (or is no TCP endpoint).
+    """
+    kind = description.split(":", 1)[0]
+    if kind not in ("tcp", "tcp6") or "backlog=" in description:
+        return description
+    return f"{description}:backlog={SESSIONS_BACKLOG}"
 
 
 def _inForeground(options: usage.Options) -> bool:
