@@ -6,15 +6,22 @@ found.
 
 from __future__ import annotations
 
+import socket
 from typing import Any
 
 from twisted.internet.defer import Deferred
+from twisted.internet.error import ConnectionDone
+from twisted.internet.protocol import DatagramProtocol
 from twisted.internet.task import Clock
-from twisted.trial.unittest import SynchronousTestCase
+from twisted.internet.testing import MemoryReactor
+from twisted.python.failure import Failure
+from twisted.trial.unittest import SkipTest, SynchronousTestCase
 
 from tests.fakes import FakeLink, FakeUDPTransport
+from udptunnel import kerneldrops, tunnel
+from udptunnel.datagram import SessionSocket
 from udptunnel.interfaces import IRelay
-from udptunnel.sessions import ClientSessions
+from udptunnel.sessions import ClientSessions, ServerSessions
 
 SOURCE = ("127.0.0.1", 5000)
 
@@ -66,3 +73,90 @@ class SlowConnectionTests(SynchronousTestCase):
         self.assertEqual(self.sessions.sessionCount(), 0)
         self.assertEqual(self.sessions.stats.sessionsExpired, 1)
         self.assertTrue(link.closed)
+
+
+class DroppingSocket(FakeUDPTransport):
+    """
+    A server session's socket on which the kernel dropped C{drops}
+    datagrams.
+    """
+
+    def __init__(self, drops: int) -> None:
+        super().__init__()
+        self.drops = drops
+        self.closed = False
+
+    def kernelDrops(self) -> int:
+        return self.drops
+
+    def stopListening(self) -> None:
+        self.closed = True
+
+
+class ServerKernelDropsTests(SynchronousTestCase):
+    """
+    A server with sessions counts what the kernel dropped on every
+    session's socket, asking each socket: the C{/proc/net/udp} table lists
+    every UDP socket of the host, and reading it once per session closed and
+    once per session at each scrape took seconds of the event loop with a
+    few thousand sessions (the server fell behind, answers were lost).
+    """
+
+    def test_closedAndLiveAdded(self) -> None:
+        """
+        The drops of a session that ended and those of a live one add up,
+        and no C{/proc} table is read for them.
+        """
+
+        def noTable(*args: object) -> None:
+            raise AssertionError("read a /proc/net/udp table")
+
+        self.patch(kerneldrops, "kernelDrops", noTable)
+        self.patch(tunnel, "kernelDrops", noTable)
+        made = iter([DroppingSocket(5), DroppingSocket(3)])
+        sessions = ServerSessions(Clock(), ("127.0.0.1", 53), lambda protocol: next(made))
+        links = [FakeLink("127.0.0.1:7000"), FakeLink("127.0.0.1:7001")]
+        for link in links:
+            self.assertTrue(sessions.linkConnected(link))
+            sessions.linkMade(link)
+        first = sessions.sessions[links[0]].udp
+        sessions.linkLost(links[0], Failure(ConnectionDone()))
+        assert isinstance(first, DroppingSocket)
+        self.assertTrue(first.closed)
+        sessions.summary()
+        self.assertEqual(sessions.stats.kernelDrops, 8)
+
+
+class SessionSocketDropsTests(SynchronousTestCase):
+    """
+    L{SessionSocket.kernelDrops} reads the kernel's count for its own
+    socket, the same count C{/proc/net/udp} shows.
+    """
+
+    def test_overflowCounted(self) -> None:
+        """
+        A session socket nobody reads, with a small buffer, overflows: it
+        reports what the kernel dropped, as C{/proc/net/udp} does.
+        """
+        peer = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.addCleanup(peer.close)
+        peer.bind(("127.0.0.1", 0))
+        sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        sock.bind(("127.0.0.1", 0))
+        sock.connect(peer.getsockname())
+        udp = SessionSocket(sock, DatagramProtocol(), MemoryReactor())
+        self.addCleanup(udp.stopListening)
+        if udp.kernelDrops() is None:
+            raise SkipTest("the kernel does not say (no SO_MEMINFO)")
+        self.assertEqual(udp.kernelDrops(), 0)
+        for _ in range(200):
+            peer.sendto(b"x" * 1000, sock.getsockname())
+        drops = udp.kernelDrops()
+        assert drops is not None
+        self.assertGreater(drops, 0)
+        fromTable = kerneldrops.kernelDrops(sock)
+        if fromTable is not None:
+            self.assertEqual(drops, fromTable)
+        udp.stopListening()
+        self.assertIsNone(udp.kernelDrops())

@@ -233,6 +233,15 @@ class _SessionSocketProtocol(DatagramProtocol):
         self.datagramsReceived([(datagram, addr)])
 
 
+def _kernelDropsOf(udp: IDatagramSocket) -> int:
+    """
+    What the kernel dropped on a server session's socket, if it says.
+    """
+    read = getattr(udp, "kernelDrops", None)
+    drops = read() if read is not None else None
+    return drops or 0
+
+
 #: Makes a server session's UDP socket: C{bind(protocol)} returns it bound
 #: to an ephemeral port and connected to the peer, or raises L{OSError}.
 BindUDP = Callable[[DatagramProtocol], IDatagramSocket]
@@ -263,6 +272,7 @@ class ServerSessions(_SessionsBase):
         self._pending = PendingLinks(clock, self._pendingExpired, self._pendingEvicted,
                                      pendingTimeout, maxPending)
         self.sessions: dict[ILink, Session] = {}
+        self._closedKernelDrops = 0
 
     def liveSessions(self) -> list[Session]:
         return list(self.sessions.values())
@@ -363,23 +373,18 @@ class ServerSessions(_SessionsBase):
     def _closeSocket(self, session: Session) -> None:
         udp, session.udp = session.udp, None
         if udp is not None:
-            self._readKernelDropsOf(udp)
+            self._closedKernelDrops += _kernelDropsOf(udp)
             stop = getattr(udp, "stopListening", None)
             if stop is not None:
                 stop()
 
-    def _readKernelDropsOf(self, udp: IDatagramSocket) -> None:
-        from .kerneldrops import kernelDrops
-
-        getHandle = getattr(udp, "getHandle", None)
-        drops = kernelDrops(getHandle()) if getHandle is not None else None
-        if drops:
-            self._closedKernelDrops = getattr(self, "_closedKernelDrops", 0) + drops
-
     def _readKernelDrops(self) -> None:
-        super()._readKernelDrops()
-        self.stats.kernelDrops = max(self.stats.kernelDrops,
-                                     getattr(self, "_closedKernelDrops", 0))
+        """
+        The drops of the sessions that ended plus those of the live ones,
+        each socket asked for its own (L{SessionSocket.kernelDrops}).
+        """
+        live = sum(_kernelDropsOf(udp) for udp in self.udpSockets())
+        self.stats.kernelDrops = max(self.stats.kernelDrops, self._closedKernelDrops + live)
 
     def _expire(self, session: Session) -> None:
         link = session.link
