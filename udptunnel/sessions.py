@@ -169,7 +169,7 @@ class _SessionsBase(TunnelService):
         for session in self.liveSessions():
             carried = session.traffic.datagrams()
             seen, since = self._seen.get(session, (-1, now))
-            if carried != seen:
+            if carried != seen or self._connectingNow(session):
                 self._seen[session] = (carried, now)
             elif now - since >= self.sessionIdle:
                 self.stats.sessionsExpired += 1
@@ -178,6 +178,14 @@ class _SessionsBase(TunnelService):
 
     def _expire(self, session: Session) -> None:
         raise NotImplementedError()
+
+    def _connectingNow(self, session: Session) -> bool:
+        """
+        Whether C{session}'s connection is being made: it is not idle then,
+        whatever it carried (its first datagrams wait for that connection,
+        which has a timeout of its own).
+        """
+        return False
 
 
 @implementer(IPushProducer)
@@ -696,6 +704,13 @@ class ClientSessions(_SessionsBase):
 
     def _expire(self, session: Session) -> None:
         self._end(session, f"idle for {self.sessionIdle:g} s")
+
+    def _connectingNow(self, session: Session) -> bool:
+        # An attempt in flight, or one due (a retry after a failure): the
+        # retry itself ends a session that no longer sends.
+        connecting = self._connecting.get(session)
+        return connecting is not None and (connecting.attempt is not None
+                                           or connecting.retry is not None)
 
 
 def connectFrom(endpoint: IStreamClientEndpoint,
