@@ -219,10 +219,10 @@ class SessionsTestCase(FaultTestCase):
 
     def sessions(self, port: int) -> float | None:
         """
-        The C{udptunnel_sessions} gauge of the end whose metrics are on
+        The C{udptunnel_sessions_open} gauge of the end whose metrics are on
         C{port}.
         """
-        return metric(self.metrics(port), "udptunnel_sessions")
+        return metric(self.metrics(port), "udptunnel_sessions_open")
 
     def waitForSessions(self, port: int, count: int, timeout: float = TIMEOUT) -> None:
         waitFor(lambda: self.sessions(port) == count,

@@ -64,7 +64,7 @@ class DebianClientsTests(InteropTestCase):
     def sessions(self) -> float | None:
         url = f"http://{LOOPBACK}:{self.metricsPort}/metrics"
         with urllib.request.urlopen(url, timeout=TIMEOUT) as r:
-            return metric(r.read().decode(), "udptunnel_sessions")
+            return metric(r.read().decode(), "udptunnel_sessions_open")
 
     def test_noCrossTalk(self) -> None:
         """
