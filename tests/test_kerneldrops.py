@@ -4,11 +4,12 @@ The kernel's drop counter of the tunnel's UDP socket.
 
 from __future__ import annotations
 
+import os
 import socket
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from udptunnel.kerneldrops import dropsOf, kernelDrops
+from udptunnel.kerneldrops import _TABLES, dropsOf, kernelDrops, socketDrops
 
 TABLE = """\
    sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode ref pointer drops
@@ -50,6 +51,29 @@ class LiveSocketTests(SynchronousTestCase):
         after = kernelDrops(receiver)
         assert after is not None
         self.assertGreater(after, before)
+
+    def test_bothSourcesAgree(self) -> None:
+        """
+        C{SO_MEMINFO} and the kernel's table say the same for one socket.
+        """
+        receiver = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.addCleanup(receiver.close)
+        receiver.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        receiver.bind(("127.0.0.1", 0))
+        sender = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.addCleanup(sender.close)
+        for _ in range(200):
+            sender.sendto(b"x" * 1000, receiver.getsockname())
+        fromOption = socketDrops(receiver)
+        try:
+            with open(_TABLES[0]) as table:
+                fromTable = dropsOf(table.read(), str(os.fstat(receiver.fileno()).st_ino))
+        except OSError:
+            fromTable = None
+        if fromOption is None or fromTable is None:
+            raise self.skipTest("no SO_MEMINFO or no /proc/net/udp here")
+        self.assertGreater(fromOption, 0)
+        self.assertEqual(fromOption, fromTable)
 
     def test_notASocket(self) -> None:
         self.assertIsNone(kernelDrops(object()))

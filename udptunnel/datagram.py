@@ -8,7 +8,6 @@ Twisted's private API.
 from __future__ import annotations
 
 import socket
-import struct
 from errno import ECONNREFUSED
 from typing import Any
 
@@ -22,15 +21,12 @@ from zope.interface import implementer
 
 from ._twisted import TunnelUDPPort
 from .interfaces import IDatagramSocket
+from .kerneldrops import socketDrops
 from .protocols import MAX_DATAGRAM
 from .sockopts import SocketSettings, tuneUDP
 
 __all__ = ["SessionSocket", "TunnelUDPPort", "UDPService", "connectedPort"]
 
-#: Linux's C{SO_MEMINFO} (C{getsockopt}: the socket's memory counters, as
-#: 32-bit words) and the index of the word that counts dropped datagrams.
-SO_MEMINFO = 55
-SK_MEMINFO_DROPS = 8
 
 
 class UDPService(Service):
@@ -148,21 +144,14 @@ class SessionSocket:
     def kernelDrops(self) -> int | None:
         """
         The kernel's count of the datagrams it dropped on this socket, or
-        C{None} where the platform does not say.  One C{getsockopt}: the
-        C{/proc/net/udp} table that L{udptunnel.kerneldrops} reads lists
-        every UDP socket of the host, so reading it for each of a server's
-        thousands of sessions took seconds of the event loop.
+        C{None} where the platform does not say: one C{getsockopt}
+        (L{socketDrops}), never the host's whole C{/proc/net/udp} table, which
+        read for each of a server's thousands of sessions took seconds of
+        the event loop.
         """
         if self.socket.fileno() == -1:
             return None
-        try:
-            info = self.socket.getsockopt(socket.SOL_SOCKET, SO_MEMINFO,
-                                          4 * (SK_MEMINFO_DROPS + 1))
-        except OSError:
-            return None
-        if len(info) < 4 * (SK_MEMINFO_DROPS + 1):
-            return None
-        return int(struct.unpack_from("=I", info, 4 * SK_MEMINFO_DROPS)[0])
+        return socketDrops(self.socket)
 
     def stopListening(self) -> None:
         self.stopReading()
