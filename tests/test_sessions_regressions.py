@@ -160,3 +160,30 @@ class SessionSocketDropsTests(SynchronousTestCase):
             self.assertEqual(drops, fromTable)
         udp.stopListening()
         self.assertIsNone(udp.kernelDrops())
+
+
+class ImmediateFailureTests(SynchronousTestCase):
+    """
+    An endpoint that fails at once (synchronously) must find the datagram
+    that opened the session queued, and retry for it.
+    """
+
+    def test_openingDatagramKept(self) -> None:
+        from twisted.internet.defer import fail
+
+        from udptunnel.sessions import ClientSessions
+
+        clock = Clock()
+        attempts: list[object] = []
+
+        def connect(relay: object) -> object:
+            attempts.append(relay)
+            return fail(ConnectionRefusedError("refused"))
+
+        client = ClientSessions(clock, connect, random=lambda: 0.5)  # type: ignore[arg-type]
+        client.udpStarted(FakeUDPTransport())
+        client.datagramsReceived([(b"query", ("127.0.0.1", 40001))])
+        self.assertEqual(client.sessionCount(), 1)
+        self.assertEqual(client.stats.drops["no-link"], 0)
+        clock.advance(0.5)
+        self.assertEqual(len(attempts), 2)

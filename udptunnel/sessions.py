@@ -535,10 +535,13 @@ class ClientSessions(_SessionsBase):
             session = sessions.get(addr)
             if session is None:
                 session = self._open(addr, len(carried))
-                if session is None:
-                    continue
-            else:
-                sessions.move_to_end(addr)
+                if session is not None:
+                    # Queued first: a connection that fails at once must
+                    # find the datagram that opened the session waiting.
+                    self._enqueue(session, carried)
+                    self._attempt(session)
+                continue
+            sessions.move_to_end(addr)
             if session.link is not None:
                 if session.congested:
                     self._drop("congested", "session of {peer}: its link is full",
@@ -565,7 +568,6 @@ class ClientSessions(_SessionsBase):
         self.sessions[addr] = session
         self._connecting[session] = _Connecting()
         self._opened(session)
-        self._attempt(session)
         return session
 
     def _enqueue(self, session: Session, datagrams: list[bytes]) -> None:
