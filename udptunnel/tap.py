@@ -34,6 +34,7 @@ from .logreopen import LogReopener
 from .pending import DEFAULT_LIMIT as DEFAULT_MAX_PENDING
 from .pending import DEFAULT_TIMEOUT as DEFAULT_PENDING_TIMEOUT
 from .protocols import MAX_DATAGRAM, TunnelDatagramProtocol, TunnelFactory
+from .proxy import ProxyEndpoint, parseProxy
 from .reconnect import CONNECT_TIMEOUT, Backoff, ReportingEndpoint
 from .relay import Relay
 from .sessions import (
@@ -537,6 +538,11 @@ class ClientOptions(_EndOptions):
         ["tls-name", None, None,
          ("With TLS: the name (or IP address) the server's certificate must carry "
          "(default: the host of --tcp HOST:PORT).")],
+        ["proxy", None, None,
+         ("Connect through a proxy: http://[USER:PASSWORD@]HOST:PORT (HTTP CONNECT) "
+          "or socks5://[USER:PASSWORD@]HOST:PORT; the proxy resolves --tcp's host. "
+          "TLS runs end to end, inside."),
+         parseProxy],
     ]
 
     def parseTCP(self, value: str) -> HostPort | str:
@@ -565,6 +571,10 @@ class ClientOptions(_EndOptions):
 
     def postOptions(self) -> None:
         super().postOptions()
+        if self["proxy"] is not None and not isinstance(self["tcp"], HostPort):
+            raise usage.UsageError(
+                "--proxy: give --tcp as HOST:PORT (the proxy connects to it), "
+                "not an endpoint description")
         if self["credentials"] is not None and self["tls-name"] is None:
             if not isinstance(self["tcp"], HostPort):
                 raise usage.UsageError("with TLS and an endpoint description, give --tls-name")
@@ -788,7 +798,13 @@ def _serverListener(end: usage.Options, factory: TunnelFactory, reactor: Any) ->
 def _clientEndpoint(end: usage.Options, reactor: Any) -> tuple[IStreamClientEndpoint, str]:
     tcp = end["tcp"]
     endpoint: IStreamClientEndpoint
-    if isinstance(tcp, HostPort):
+    proxy = end.get("proxy")
+    if proxy is not None:
+        # HOST:PORT only (postOptions): the proxy resolves and connects.
+        toProxy = HostnameEndpoint(reactor, proxy.host, proxy.port, timeout=CONNECT_TIMEOUT)
+        endpoint = ProxyEndpoint(reactor, toProxy, proxy, tcp.host, tcp.port)
+        where = repr(endpoint)
+    elif isinstance(tcp, HostPort):
         assert tcp.host is not None
         endpoint = HostnameEndpoint(reactor, tcp.host, tcp.port, timeout=CONNECT_TIMEOUT)
         where = f"{tcp.host}:{tcp.port}"
