@@ -29,6 +29,7 @@ from .addresses import (
     splitHostPort,
 )
 from .datagram import UDPService, connectedPort
+from .handshake import PROFILES, handshakeFor
 from .listening import AnnouncingEndpoint
 from .logreopen import LogReopener
 from .pending import DEFAULT_LIMIT as DEFAULT_MAX_PENDING
@@ -244,6 +245,16 @@ def _naming(name: str, coerce: Callable[[str], Any]) -> Callable[[str], Any]:
     return named
 
 
+def _profile(text: str) -> str:
+    """
+    A C{--handshake} profile name.
+    """
+    if text not in PROFILES:
+        raise ValueError(f"expected one of {', '.join(PROFILES)}, not {text!r}")
+    return text
+
+
+_profile.coerceDoc = ""  # type: ignore[attr-defined]
 _count.coerceDoc = ""  # type: ignore[attr-defined]
 _seconds.coerceDoc = ""  # type: ignore[attr-defined]
 _DEFAULTS = SocketSettings()
@@ -383,6 +394,11 @@ class _EndOptions(_WithExample):
          ("With --sessions: sessions at once; at the cap a client closes its least "
           "recently active session for a new source, a server refuses the new "
           "connection."), _wholeFrom(1, 1_000_000)],
+        ["handshake", None, "none",
+         ("What the connection carries before the first frame: none (the classic "
+          "wire: Debian's udptunnel 1.1, mullvad's udp-over-tcp) or rfc1036 (Marco "
+          "d'Itri's udptunnel: the client sends a 32-byte preamble, the server "
+          "requires it)."), _profile],
         ["max-pending", None, DEFAULT_MAX_PENDING,
          ("TCP connections that may wait to become the link at once; one more "
           "closes the oldest (0: no cap)."), _wholeFrom(0, 1_000_000)],
@@ -711,7 +727,8 @@ def _singleLink(end: usage.Options, client: bool, common: dict[str, Any],
     )
     settings, credentials = end["settings"], end["credentials"]
     _udpService(plan, relay, settings, reactor).setServiceParent(relay)
-    factory = TunnelFactory(relay, settings, tls=credentials is not None)
+    factory = TunnelFactory(relay, settings, tls=credentials is not None,
+                            handshake=handshakeFor(end["handshake"], client))
     if client:
         endpoint, where = _clientEndpoint(end, reactor)
         internet.ClientService(
@@ -734,13 +751,15 @@ def _sessions(end: usage.Options, client: bool, common: dict[str, Any],
     plan = end["plan"]
     settings, credentials = end["settings"], end["credentials"]
     tls = credentials is not None
+    handshake = handshakeFor(end["handshake"], client)
     limits = {"maxSessions": end["max-sessions"], "sessionIdle": end["session-idle"]}
     relay: ClientSessions | ServerSessions
     if client:
         endpoint, _ = _clientEndpoint(end, reactor)
         relay = ClientSessions(
             reactor,
-            connectFrom(endpoint, lambda session: TunnelFactory(session, settings, tls=tls)),
+            connectFrom(endpoint, lambda session: TunnelFactory(session, settings, tls=tls,
+                                                                handshake=handshake)),
             udpAllow=_filter(end["udp-allow"]),
             **limits, **common,
         )
@@ -753,7 +772,7 @@ def _sessions(end: usage.Options, client: bool, common: dict[str, Any],
             allow=_filter(end.get("allow")),
             **limits, **common,
         )
-        _serverListener(end, TunnelFactory(relay, settings, tls=tls),
+        _serverListener(end, TunnelFactory(relay, settings, tls=tls, handshake=handshake),
                         reactor).setServiceParent(relay)
     return relay
 
