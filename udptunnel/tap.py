@@ -19,7 +19,7 @@ from twisted.internet.endpoints import (
 from twisted.internet.interfaces import IProtocolFactory, IStreamClientEndpoint
 from twisted.python import usage
 
-from . import reportStartupErrorsCleanly
+from . import __version__, reportStartupErrorsCleanly
 from .access import AddressFilter, parseNetwork
 from .addresses import (
     HostPort,
@@ -290,6 +290,13 @@ class _WithExample(usage.Options):
         for row in parameters:
             if len(row) > 4 and row[4] is not None:
                 row[4] = _naming(row[0], row[4])
+
+    def opt_version(self) -> None:
+        """
+        Print the version of udptunnel and exit.
+        """
+        print(f"udptunnel {__version__}")
+        raise SystemExit(0)
 
     def _top(self) -> _WithExample:
         """
