@@ -382,3 +382,37 @@ class StandInPeerTests(TwistdTestCase):
         self.assertEqual(readFrame(connection), b"query")
         connection.sendall(frame(b"answer"))
         self.assertEqual(receive(app, TIMEOUT), (b"answer", ("127.0.0.1", udp)))
+
+
+class DualStackTests(TwistdTestCase):
+    """
+    A bare C{--tcp PORT} listens on C{::} for IPv6 and IPv4; IPv4 peers
+    (C{::ffff:127.0.0.1} to the socket) are shown and filtered as IPv4.
+    """
+
+    def test_barePort(self) -> None:
+        from udptunnel.listening import hasIPv6
+
+        if not hasIPv6():
+            self.skipTest("this host has no IPv6")
+        tcp, pop = freePort(), self.udpSocket()
+        server = self.spawn(
+            "server", TWISTD, "-n", "--pidfile=", "udptunnel", "server",
+            "--tcp", str(tcp), "--udp", "127.0.0.1:0",
+            "--peer", f"127.0.0.1:{pop.getsockname()[1]}", "--allow", "127.0.0.0/8",
+        )
+        self.waitForOutput(server, f"listening for the TCP link on [::]:{tcp} (IPv6 and IPv4)")
+
+        ipv6 = socket.create_connection(("::1", tcp), timeout=TIMEOUT)
+        self.addCleanup(ipv6.close)
+        self.assertTrue(closedByPeer(ipv6))  # ::1 is not in --allow 127.0.0.0/8
+        self.waitForOutput(server, "[::1]:")
+
+        ipv4 = socket.create_connection(("127.0.0.1", tcp), timeout=TIMEOUT)
+        self.addCleanup(ipv4.close)
+        ipv4.sendall(frame(b"over IPv4"))
+        received = receive(pop, TIMEOUT)
+        self.assertIsNotNone(received, self.output(server))
+        self.assertEqual(received[0], b"over IPv4")
+        self.waitForOutput(server, "link up: 127.0.0.1:")
+        self.assertNotIn("::ffff:", self.output(server))

@@ -30,7 +30,7 @@ from .addresses import (
 )
 from .datagram import UDPService, connectedPort
 from .handshake import PROFILES, handshakeFor
-from .listening import AnnouncingEndpoint
+from .listening import AnnouncingEndpoint, allInterfaces
 from .logreopen import LogReopener
 from .pending import DEFAULT_LIMIT as DEFAULT_MAX_PENDING
 from .pending import DEFAULT_TIMEOUT as DEFAULT_PENDING_TIMEOUT
@@ -128,15 +128,16 @@ def _needTLS(kind: str, option: str) -> None:
         )
 
 
-def _serverEndpoint(value: str, option: str) -> str:
+def _serverEndpoint(value: str, option: str, dualStack: bool = False) -> str:
     """
-    A server endpoint description; a bare port means C{tcp:PORT}.  Its port
-    and its socket's directory are checked here: Twisted would only find
-    them wrong when it binds, after the UDP socket, and without naming the
-    option.
+    A server endpoint description; a bare port means C{tcp:PORT}, or with
+    C{dualStack} all interfaces of both families (L{allInterfaces}).  Its
+    port and its socket's directory are checked here: Twisted would only
+    find them wrong when it binds, after the UDP socket, and without naming
+    the option.
     """
     if value.isdigit():
-        value = f"tcp:{value}"
+        value = allInterfaces(value) if dualStack else f"tcp:{value}"
     kind = splitDescription(value)[0]
     _needTLS(kind, option)
     _validate(serverFromString, "server endpoint", value, option)
@@ -521,7 +522,7 @@ class ServerOptions(_EndOptions):
             self["allow"].append(parseNetwork(value))
 
     def parseTCP(self, value: str) -> str:
-        return _serverEndpoint(value, "--tcp")
+        return _serverEndpoint(value, "--tcp", dualStack=True)
 
     def postOptions(self) -> None:
         if self["sessions"] and self["peer"] is None:
