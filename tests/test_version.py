@@ -61,3 +61,4 @@ class TwistdVersionTests(TwistdTestCase):
             result = self.command(TWISTD, "udptunnel", *argv, "--version")
             self.assertEqual((result.returncode, result.stdout),
                              (0, f"udptunnel {__version__}\n"), argv)
+
