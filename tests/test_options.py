@@ -50,12 +50,19 @@ def parse(*argv: str) -> Options:
 class ServerOptionsTests(SynchronousTestCase):
     def test_barePortNormalised(self) -> None:
         """
-        A bare port is no endpoint description; it means all interfaces.
+        A bare port is no endpoint description; it means all interfaces:
+        IPv6 and IPv4 on C{::} where the host has IPv6, IPv4 where not.
         """
+        from udptunnel import listening
+
+        self.patch(listening, "hasIPv6", lambda: True)
         options = parse("server", "--tcp", "9999", "--udp", "5073")
         self.assertEqual(options.subCommand, "server")
-        self.assertEqual(options.subOptions["tcp"], "tcp:9999")
+        self.assertEqual(options.subOptions["tcp"], "tcp6:9999:interface=\\:\\:")
         self.assertEqual(options.subOptions["plan"], UDPPlan("0.0.0.0", 5073, None))
+        self.patch(listening, "hasIPv6", lambda: False)
+        options = parse("server", "--tcp", "9999", "--udp", "5073")
+        self.assertEqual(options.subOptions["tcp"], "tcp:9999")
 
     def test_endpointDescriptionKept(self) -> None:
         options = parse("server", "--tcp", "tcp:9999:interface=127.0.0.1", "--udp", "5073")
@@ -722,7 +729,13 @@ class SessionsBacklogTests(SynchronousTestCase):
         return options.subOptions["tcp"]
 
     def test_barePort(self) -> None:
+        from udptunnel import listening
+
+        self.patch(listening, "hasIPv6", lambda: False)
         self.assertEqual(self.parse("9999"), f"tcp:9999:backlog={tap.SESSIONS_BACKLOG}")
+        self.patch(listening, "hasIPv6", lambda: True)
+        self.assertEqual(self.parse("9999"),
+                         f"tcp6:9999:interface=\\:\\::backlog={tap.SESSIONS_BACKLOG}")
 
     def test_ownBacklogKept(self) -> None:
         self.assertEqual(self.parse("tcp:9999:backlog=10"), "tcp:9999:backlog=10")

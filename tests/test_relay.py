@@ -193,7 +193,7 @@ class DropTests(RelayTestMixin, SynchronousTestCase):
         self.assertEqual(
             (stats.fromTunnelDatagrams, stats.fromTunnelBytes), (1, 5)
         )
-        self.assertIn("UDP->TCP 1 datagrams 3 bytes", stats.summary())
+        self.assertIn("to tunnel 1 datagrams 3 bytes", stats.summary())
 
 
 class BatchTests(RelayTestMixin, SynchronousTestCase):

@@ -8,6 +8,7 @@ looks for is "listening on 127.0.0.1:9999".
 
 from __future__ import annotations
 
+import socket
 from typing import Any
 
 from twisted.internet.address import IPv4Address, IPv6Address, UNIXAddress
@@ -40,8 +41,51 @@ class AnnouncingEndpoint:
         return self._endpoint.listen(protocolFactory).addCallback(self._listening)
 
     def _listening(self, port: IListeningPort) -> IListeningPort:
-        self.log.info(self._format, address=describeAddress(port.getHost()))
+        address = describeAddress(port.getHost())
+        if _acceptsIPv4(port):
+            address += " (IPv6 and IPv4)"
+        self.log.info(self._format, address=address)
         return port
+
+
+def hasIPv6() -> bool:
+    """
+    Whether this host can listen on IPv6: a kernel without it (or booted
+    with ipv6.disable=1) refuses the socket or the bind.
+    """
+    try:
+        with socket.socket(socket.AF_INET6, socket.SOCK_STREAM) as probe:
+            probe.bind(("::", 0))
+    except OSError:
+        return False
+    return True
+
+
+def allInterfaces(port: str) -> str:
+    """
+    The server endpoint of a bare port: all interfaces, IPv6 and IPv4 (one
+    socket on C{::}, which Linux also gives IPv4 connections, as
+    C{::ffff:a.b.c.d}, unless net.ipv6.bindv6only is set) where the host
+    has IPv6, and IPv4 alone where it has not.
+    """
+    if hasIPv6():
+        return f"tcp6:{port}:interface=\\:\\:"
+    return f"tcp:{port}"
+
+
+def _acceptsIPv4(port: Any) -> bool:
+    """
+    Whether a listening port on C{::} takes IPv4 connections too (its
+    socket's IPV6_V6ONLY is off), so the log line can say so.
+    """
+    host = port.getHost()
+    sock = getattr(port, "socket", None)
+    if not isinstance(host, IPv6Address) or host.host != "::" or sock is None:
+        return False
+    try:
+        return not sock.getsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY)
+    except OSError:
+        return False
 
 
 def describeAddress(address: Any) -> str:

@@ -22,6 +22,7 @@ from twisted.web import http
 from twisted.web.resource import Resource
 from twisted.web.server import Request, Site
 
+from . import __version__
 from .addresses import showAddress, showHost
 from .stats import DROP_REASONS
 
@@ -69,7 +70,7 @@ class RelayCollector:
         yield _labelled("udptunnel_pending_closed",
                         "TCP connections closed before they became the link, by why.",
                         "reason", stats.pendingClosed,
-                        ("timeout", "evicted", "peer-closed") if server else ("timeout",))
+                        ("timeout", "evicted", "peer-closed", "handshake") if server else ("timeout",))
         yield _labelled("udptunnel_internal_errors",
                         "Exceptions in the tunnel's own code while handling traffic.",
                         "where", stats.internalErrors, ("datagrams", "frames"))
@@ -110,6 +111,10 @@ class RelayCollector:
         elif learned is not None:
             info.add_metric([showHost(learned[0]), "phantom"], {})
         yield info
+        build = InfoMetricFamily("udptunnel_build", "The version of udptunnel running.",
+                                 labels=["version"])
+        build.add_metric([__version__], {})
+        yield build
 
 
 def _counter(name: str, documentation: str, value: int) -> CounterMetricFamily:

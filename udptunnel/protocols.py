@@ -23,6 +23,7 @@ from zope.interface import implementer
 
 from ._twisted import writerFor
 from .addresses import showAddress
+from .handshake import NO_HANDSHAKE, Handshake, HandshakeMismatch, checkPreamble
 from .interfaces import IDatagramRelay, ILink, ILinkRelay
 from .sockopts import SocketSettings, tuneTCP, tuneUDP
 
@@ -113,6 +114,16 @@ class TunnelStreamProtocol(Int16StringReceiver):
     _writeThrough = False
     refused = False
     factory: TunnelFactory
+    #: Whether TLS (if any) authenticated the peer, and whether the peer's
+    #: preamble (if the profile wants one) arrived: the connection becomes
+    #: the link when both are done.
+    _secured = False
+    _preambleDone = True
+    #: The preamble's bytes received so far, while it is awaited.
+    _preamble = b""
+    #: Why we closed the connection, reported to the relay at
+    #: connectionLost instead of the abort's own reason.
+    _closedFor: Failure | None = None
 
     def connectionMade(self) -> None:
         assert self.transport is not None
@@ -126,19 +137,58 @@ class TunnelStreamProtocol(Int16StringReceiver):
         if sock is not None:
             tuneTCP(sock, self.factory.settings)
         self._write, self._writeThrough = writerFor(self.transport)
+        self._preambleDone = not self.factory.handshake.expect
         if not self.factory.relay.linkConnected(self):
             self.refused = True
             self.abort()
         elif not self.factory.tls:
+            self._secured = True
             self._establish()
         # Over TLS the connection becomes the link only once the handshake
         # has authenticated the peer: see handshakeCompleted.
 
     def handshakeCompleted(self) -> None:
+        self._secured = True
         self._establish()
 
     def _establish(self) -> None:
+        """
+        Become the link once the peer is authenticated (TLS) and its
+        preamble arrived (C{--handshake} on a listening end).  A connecting
+        end's preamble goes first, before any frame: the relay sends frames
+        only once told of the link (and over TLS it is inside the TLS
+        stream, as the peer reads it there).
+        """
+        if self.refused or not (self._secured and self._preambleDone):
+            return
+        if self.factory.handshake.send:
+            self.transport.write(self.factory.handshake.send)  # type: ignore[union-attr]
         self.factory.relay.linkMade(self)
+
+    def _receivePreamble(self, data: bytes) -> bytes | None:
+        """
+        Take the preamble out of the stream's first bytes.  The bytes after
+        it (in the same read) are frames, returned; C{None} while it is
+        incomplete, or when it was wrong (the connection is then closed,
+        and the relay told why at connectionLost).
+        """
+        expected = self.factory.handshake.expect
+        received = self._preamble + data
+        matched = checkPreamble(expected, received)
+        if matched is None:
+            self._preamble = received
+            return None
+        self._preamble = b""
+        if not matched:
+            self.refused = True
+            self._closedFor = Failure(HandshakeMismatch(
+                f"its first bytes were not the {len(expected)}-byte preamble of "
+                f"--handshake (it began {received[:8].hex(' ')})"))
+            self.abort()
+            return None
+        self._preambleDone = True
+        self._establish()
+        return received[len(expected):]
 
     def dataReceived(self, data: bytes) -> None:
         """
@@ -155,6 +205,11 @@ class TunnelStreamProtocol(Int16StringReceiver):
         """
         if self.refused:
             return  # closing: its bytes are nobody's frames
+        if not self._preambleDone:
+            rest = self._receivePreamble(data)
+            if not rest or self.refused:
+                return
+            data = rest
         if self._unprocessed:
             data = self._unprocessed + data
         if self.paused:
@@ -237,7 +292,9 @@ class TunnelStreamProtocol(Int16StringReceiver):
 
     def connectionLost(self, reason: Failure | None = None) -> None:
         assert reason is not None
-        if not self.refused:  # the relay counted and logged it already
+        if self._closedFor is not None:
+            self.factory.relay.linkLost(self, self._closedFor)
+        elif not self.refused:  # the relay counted and logged it already
             self.factory.relay.linkLost(self, reason)
 
     # ILink
@@ -267,6 +324,8 @@ class TunnelFactory(Factory[TunnelStreamProtocol]):
 
     @ivar tls: whether connections are wrapped in TLS, so that they become
         the link only after the handshake.
+    @ivar handshake: this end's part in the C{--handshake} profile: a
+        preamble to send first, or one to require before the link.
     """
 
     protocol = TunnelStreamProtocol
@@ -279,11 +338,13 @@ class TunnelFactory(Factory[TunnelStreamProtocol]):
         return "udptunnel TCP"
 
     def __init__(
-        self, relay: ILinkRelay, settings: SocketSettings | None = None, tls: bool = False
+        self, relay: ILinkRelay, settings: SocketSettings | None = None, tls: bool = False,
+        handshake: Handshake = NO_HANDSHAKE,
     ) -> None:
         self.relay = relay
         self.settings = settings or SocketSettings()
         self.tls = tls
+        self.handshake = handshake
 
 
 def _socketOf(transport: Any) -> socket.socket | None:

@@ -21,6 +21,7 @@ from zope.interface import implementer
 
 from .access import AddressFilter
 from .addresses import showAddress
+from .handshake import HandshakeMismatch
 from .interfaces import IDatagramSocket, ILink, IRelay
 from .pending import DEFAULT_LIMIT, DEFAULT_TIMEOUT, PendingLinks
 from .session import Session
@@ -335,6 +336,8 @@ class Relay(TunnelService):
             self._ready.discard(link)
             if ready:
                 self._pendingClosed(link, "peer-closed", why)
+            elif reason.check(HandshakeMismatch):
+                self._pendingClosed(link, "handshake", why)
             else:
                 lifetime = 0.0
                 self.stats.linksFailed += 1

@@ -39,6 +39,7 @@ from zope.interface import implementer
 
 from .access import AddressFilter
 from .addresses import showAddress
+from .handshake import HandshakeMismatch
 from .interfaces import IDatagramRelay, IDatagramSocket, ILink, ILinkRelay
 from .pending import DEFAULT_LIMIT, DEFAULT_TIMEOUT, PendingLinks
 from .reconnect import retryDelay
@@ -350,9 +351,15 @@ class ServerSessions(_SessionsBase):
             self._closeSocket(session)
             self._ended(session, why)
         elif self._pending.remove(link):
-            self.stats.linksFailed += 1
-            self._warn.warn("failed", "connection with {remote} ended before it became "
-                            "a session: {why}", remote=link.remote, why=why)
+            if reason.check(HandshakeMismatch):
+                self.stats.pendingClosed["handshake"] += 1
+                self._warn.warn("pending-handshake", "closed TCP connection from {remote}, "
+                                "which never became a session: {why}",
+                                remote=link.remote, why=why)
+            else:
+                self.stats.linksFailed += 1
+                self._warn.warn("failed", "connection with {remote} ended before it became "
+                                "a session: {why}", remote=link.remote, why=why)
         self.linkGone(link)
 
     def _closeSocket(self, session: Session) -> None:

@@ -72,7 +72,11 @@ class TunnelStats(Traffic):
 
     def summary(self) -> str:
         """
-        One line, for the log: every --stats-interval and at shutdown.
+        One line, for the log: every --stats-interval and at shutdown.  Its
+        words are the metrics' (C{to tunnel} is C{udptunnel_to_tunnel_*},
+        C{pending closed (timeout=1)} is
+        C{udptunnel_pending_closed_total{reason="timeout"}}), so a figure
+        read in the log can be looked up in the metrics and back.
         """
         allDrops = self.allDrops()
         drops = ", ".join(f"{reason}={n}" for reason, n in sorted(allDrops.items()))
@@ -80,18 +84,18 @@ class TunnelStats(Traffic):
         takeovers = ", ".join(f"{why}={n}" for why, n in sorted(self.takeovers.items()))
         errors = sum(self.internalErrors.values())
         return (
-            f"UDP->TCP {self.toTunnelDatagrams} datagrams {self.toTunnelBytes} bytes; "
-            f"TCP->UDP {self.fromTunnelDatagrams} datagrams "
+            f"to tunnel {self.toTunnelDatagrams} datagrams {self.toTunnelBytes} bytes; "
+            f"from tunnel {self.fromTunnelDatagrams} datagrams "
             f"{self.fromTunnelBytes} bytes; "
-            f"dropped {sum(allDrops.values())} ({drops or 'none'}); "
+            f"dropped datagrams {sum(allDrops.values())} ({drops or 'none'}); "
             f"phantom changes {self.phantomChanges}; "
-            f"links up {self.linksUp}, lost {self.linksLost}, "
-            f"replaced {self.linksReplaced} ({takeovers or 'none'}), "
-            f"refused {self.linksRefused}, failed {self.linksFailed}, "
-            f"closed waiting {sum(self.pendingClosed.values())} ({pending or 'none'}); "
-            f"connection attempts {self.connectAttempts} (failed {self.connectFailures})"
-            + (f"; sessions opened {self.sessionsOpened}, closed {self.sessionsClosed} "
-               f"(idle {self.sessionsExpired}, evicted {self.sessionsEvicted}), "
+            f"links up {self.linksUp}, lost {self.linksLost}, failed {self.linksFailed}, "
+            f"replaced {self.linksReplaced}, refused {self.linksRefused}; "
+            f"link takeovers {sum(self.takeovers.values())} ({takeovers or 'none'}); "
+            f"pending closed {sum(self.pendingClosed.values())} ({pending or 'none'}); "
+            f"connect attempts {self.connectAttempts}, connect failures {self.connectFailures}"
+            + (f"; sessions opened {self.sessionsOpened}, closed {self.sessionsClosed}, "
+               f"expired {self.sessionsExpired}, evicted {self.sessionsEvicted}, "
                f"refused {self.sessionsRefused}, failed {self.sessionsFailed}"
                if self.sessionsOpened or self.sessionsRefused or self.sessionsFailed else "")
             + (f"; internal errors {errors}" if errors else "")

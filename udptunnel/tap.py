@@ -19,7 +19,7 @@ from twisted.internet.endpoints import (
 from twisted.internet.interfaces import IProtocolFactory, IStreamClientEndpoint
 from twisted.python import usage
 
-from . import reportStartupErrorsCleanly
+from . import __version__, reportStartupErrorsCleanly
 from .access import AddressFilter, parseNetwork
 from .addresses import (
     HostPort,
@@ -29,7 +29,8 @@ from .addresses import (
     splitHostPort,
 )
 from .datagram import UDPService, connectedPort
-from .listening import AnnouncingEndpoint
+from .handshake import PROFILES, handshakeFor
+from .listening import AnnouncingEndpoint, allInterfaces
 from .logreopen import LogReopener
 from .pending import DEFAULT_LIMIT as DEFAULT_MAX_PENDING
 from .pending import DEFAULT_TIMEOUT as DEFAULT_PENDING_TIMEOUT
@@ -128,15 +129,16 @@ def _needTLS(kind: str, option: str) -> None:
         )
 
 
-def _serverEndpoint(value: str, option: str) -> str:
+def _serverEndpoint(value: str, option: str, dualStack: bool = False) -> str:
     """
-    A server endpoint description; a bare port means C{tcp:PORT}.  Its port
-    and its socket's directory are checked here: Twisted would only find
-    them wrong when it binds, after the UDP socket, and without naming the
-    option.
+    A server endpoint description; a bare port means C{tcp:PORT}, or with
+    C{dualStack} all interfaces of both families (L{allInterfaces}).  Its
+    port and its socket's directory are checked here: Twisted would only
+    find them wrong when it binds, after the UDP socket, and without naming
+    the option.
     """
     if value.isdigit():
-        value = f"tcp:{value}"
+        value = allInterfaces(value) if dualStack else f"tcp:{value}"
     kind = splitDescription(value)[0]
     _needTLS(kind, option)
     _validate(serverFromString, "server endpoint", value, option)
@@ -245,6 +247,16 @@ def _naming(name: str, coerce: Callable[[str], Any]) -> Callable[[str], Any]:
     return named
 
 
+def _profile(text: str) -> str:
+    """
+    A C{--handshake} profile name.
+    """
+    if text not in PROFILES:
+        raise ValueError(f"expected one of {', '.join(PROFILES)}, not {text!r}")
+    return text
+
+
+_profile.coerceDoc = ""  # type: ignore[attr-defined]
 _count.coerceDoc = ""  # type: ignore[attr-defined]
 _seconds.coerceDoc = ""  # type: ignore[attr-defined]
 _DEFAULTS = SocketSettings()
@@ -280,6 +292,13 @@ class _WithExample(usage.Options):
         for row in parameters:
             if len(row) > 4 and row[4] is not None:
                 row[4] = _naming(row[0], row[4])
+
+    def opt_version(self) -> None:
+        """
+        Print the version of udptunnel and exit.
+        """
+        print(f"udptunnel {__version__}")
+        raise SystemExit(0)
 
     def _top(self) -> _WithExample:
         """
@@ -384,6 +403,11 @@ class _EndOptions(_WithExample):
          ("With --sessions: sessions at once; at the cap a client closes its least "
           "recently active session for a new source, a server refuses the new "
           "connection."), _wholeFrom(1, 1_000_000)],
+        ["handshake", None, "none",
+         ("What the connection carries before the first frame: none (the classic "
+          "wire: Debian's udptunnel 1.1, mullvad's udp-over-tcp) or rfc1036 (Marco "
+          "d'Itri's udptunnel: the client sends a 32-byte preamble, the server "
+          "requires it)."), _profile],
         ["max-pending", None, DEFAULT_MAX_PENDING,
          ("TCP connections that may wait to become the link at once; one more "
           "closes the oldest (0: no cap)."), _wholeFrom(0, 1_000_000)],
@@ -499,7 +523,7 @@ class ServerOptions(_EndOptions):
             self["allow"].append(parseNetwork(value))
 
     def parseTCP(self, value: str) -> str:
-        return _serverEndpoint(value, "--tcp")
+        return _serverEndpoint(value, "--tcp", dualStack=True)
 
     def postOptions(self) -> None:
         if self["sessions"] and self["peer"] is None:
@@ -721,7 +745,8 @@ def _singleLink(end: usage.Options, client: bool, common: dict[str, Any],
     )
     settings, credentials = end["settings"], end["credentials"]
     _udpService(plan, relay, settings, reactor).setServiceParent(relay)
-    factory = TunnelFactory(relay, settings, tls=credentials is not None)
+    factory = TunnelFactory(relay, settings, tls=credentials is not None,
+                            handshake=handshakeFor(end["handshake"], client))
     if client:
         endpoint, where = _clientEndpoint(end, reactor)
         internet.ClientService(
@@ -744,13 +769,15 @@ def _sessions(end: usage.Options, client: bool, common: dict[str, Any],
     plan = end["plan"]
     settings, credentials = end["settings"], end["credentials"]
     tls = credentials is not None
+    handshake = handshakeFor(end["handshake"], client)
     limits = {"maxSessions": end["max-sessions"], "sessionIdle": end["session-idle"]}
     relay: ClientSessions | ServerSessions
     if client:
         endpoint, _ = _clientEndpoint(end, reactor)
         relay = ClientSessions(
             reactor,
-            connectFrom(endpoint, lambda session: TunnelFactory(session, settings, tls=tls)),
+            connectFrom(endpoint, lambda session: TunnelFactory(session, settings, tls=tls,
+                                                                handshake=handshake)),
             udpAllow=_filter(end["udp-allow"]),
             **limits, **common,
         )
@@ -763,7 +790,7 @@ def _sessions(end: usage.Options, client: bool, common: dict[str, Any],
             allow=_filter(end.get("allow")),
             **limits, **common,
         )
-        _serverListener(end, TunnelFactory(relay, settings, tls=tls),
+        _serverListener(end, TunnelFactory(relay, settings, tls=tls, handshake=handshake),
                         reactor).setServiceParent(relay)
     return relay
 

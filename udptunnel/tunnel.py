@@ -21,7 +21,7 @@ from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from . import StartupError
+from . import StartupError, __version__
 from .access import AddressFilter
 from .interfaces import IDatagramSocket, ILink
 from .kerneldrops import kernelDrops
@@ -122,9 +122,23 @@ class TunnelService(MultiService):
     # Starting and stopping
 
     def privilegedStartService(self) -> None:
+        self._announce()
         self._startChildren(super().privilegedStartService)
 
+    _announced = False
+
+    def _announce(self) -> None:
+        """
+        Which version runs, as the first line (what a bug report needs),
+        from whichever start comes first (twist has no privileged one).
+        """
+        if not self._announced:
+            self._announced = True
+            self.log.info("udptunnel {version} {role} starting", version=__version__,
+                          role=self.role)
+
     def startService(self) -> None:
+        self._announce()
         # twist never calls privilegedStartService: the children bind here.
         self._startChildren(super().startService)
         for timer, interval in self._timers:
