@@ -89,8 +89,8 @@ class Notifier:
         except OSError as e:
             if not self._failed:
                 self._failed = True
-                log.warn("cannot notify systemd ({message!r}): {error}",
-                         message=message, error=e)
+                log.warn("cannot notify systemd ({what!r}): {error}",
+                         what=message, error=e)
 
     def close(self) -> None:
         if self._socket is not None:
