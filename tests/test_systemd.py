@@ -499,3 +499,61 @@ class SocketActivationTests(TwistdTestCase):
         self.assertIn("--udp: systemd:0: not a UDP socket", output)
         self.assertNotIn("Traceback", output)
         self.assertEqual(_notices(notices, 0.2), [])
+
+
+CONTRIB = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                       "contrib", "systemd")
+
+
+def _unitValues(path: str, key: str) -> list[str]:
+    """
+    The values of C{key} in the unit file C{path}, continuation lines joined.
+    """
+    with open(path) as f:
+        text = f.read().replace("\\\n", " ")
+    return [line.split("=", 1)[1].strip() for line in text.splitlines()
+            if line.startswith(key + "=")]
+
+
+class ContribUnitTests(TwistdTestCase):
+    """
+    The units of C{contrib/systemd}, as systemd would run them: the
+    C{.socket}'s listeners (on free ports) and the C{.service}'s
+    C{ExecStart} (with the installed twistd) relay end to end.
+    """
+
+    def test_contribUnitsRelay(self) -> None:
+        skipUnlessAble(whyNoSocketActivate())
+        socketUnit = os.path.join(CONTRIB, "udptunnel.socket")
+        self.assertEqual(_unitValues(socketUnit, "ListenStream"), ["9999"])
+        self.assertEqual(_unitValues(socketUnit, "ListenDatagram"), ["5073"])
+        service = os.path.join(CONTRIB, "udptunnel.service")
+        self.assertEqual(_unitValues(service, "Type"), ["notify"])
+        (execStart,) = _unitValues(service, "ExecStart")
+        argv = execStart.split()
+        self.assertTrue(argv[0].endswith("/twistd"), argv)
+        notices, notify = notifySocket(self, "contrib")
+        tcp, udp = freePort(), freePort(socket.SOCK_DGRAM)
+        env = dict(os.environ, NOTIFY_SOCKET=notify)
+        with open(self.path("server.out"), "wb") as out:
+            # Bare ports, as in the unit: [::] with IPv4 mapped in.
+            server = subprocess.Popen(
+                [ACTIVATE, "-E", "NOTIFY_SOCKET", "-l", str(tcp),
+                 ACTIVATE, "-E", "NOTIFY_SOCKET", "--datagram", "-l", str(udp),
+                 "--fdname=udptunnel.socket:udptunnel.socket", TWISTD, *argv[1:]],
+                cwd=self.directory, stdin=subprocess.DEVNULL, stdout=out,
+                stderr=subprocess.STDOUT, env=env,
+            )
+        self.outputs[server.pid] = self.path("server.out")
+        self.addCleanup(self.reap, server)
+        self.waitForOutput(server, "Listening on")
+        link = socket.create_connection(("127.0.0.1", tcp), timeout=TIMEOUT)
+        self.addCleanup(link.close)
+        _waitForNotice(notices, "READY=1")
+        app = udpSocket(self)
+        app.sendto(b"request", ("127.0.0.1", udp))
+        self.assertEqual(link.recv(100), struct.pack("!H", 7) + b"request")
+        link.sendall(struct.pack("!H", 5) + b"reply")
+        self.assertEqual(receive(app, TIMEOUT), (b"reply", ("127.0.0.1", udp)))
+        self.assertIn(self.stop(server), STOPPED_BY_SIGTERM, self.output(server))
+        _waitForNotice(notices, "STOPPING=1")
