@@ -14,6 +14,11 @@ the tunnel logs one warning naming what it missed and goes on through the
 public API: slower, never wrong.  C{tests/test_private.py} asserts that both
 checks pass on the installed Twisted, so an upgrade that breaks one fails
 the suite loudly instead of slowing the tunnel down in silence.
+
+Socket activation (C{--udp systemd:...}) reads the sockets Twisted's
+C{systemd:} endpoint parser found (L{inheritedSockets}), and adopts one as
+a L{TunnelUDPPort} through C{udp.Port._fromListeningDescriptor}
+(L{adoptedUDPPort}); C{tests/test_systemd.py} exercises both.
 """
 
 from __future__ import annotations
@@ -431,6 +436,62 @@ class TunnelUDPPort(udp.Port):
         else:
             _guardLog(self).warn("protocol-error", "internal error in the UDP protocol: "
                                  "{error}", error=failure.getErrorMessage())
+
+
+# Sockets passed by systemd (socket activation)
+
+
+def inheritedSockets() -> list[tuple[int, str | None]]:
+    """
+    The sockets systemd passed this process, as C{(descriptor, name)} pairs
+    in their order (the first is descriptor 3), exactly as Twisted's
+    C{systemd:} server endpoint sees them, so that C{--tcp systemd:...} and
+    C{--udp systemd:...} index the same list.
+
+    Twisted reads C{LISTEN_FDS} once, when C{twisted.internet.endpoints} is
+    imported, and deletes it from the environment: so this asks the
+    L{ListenFDs} that Twisted's C{systemd:} endpoint parser keeps
+    (C{_SystemdParser._sddaemon}, private), and the environment only when a
+    Twisted release moved it.  A name is C{None} where Twisted keeps none
+    per descriptor (it keeps them in C{_names}; its public mapping by name
+    loses all but one of the sockets of a C{.socket} unit, which share the
+    unit's name).
+    """
+    from twisted.internet import endpoints
+    from twisted.python.systemd import ListenFDs
+
+    listen = getattr(getattr(endpoints, "_SystemdParser", None), "_sddaemon", None)
+    if not isinstance(listen, ListenFDs):
+        listen = ListenFDs.fromEnvironment()
+    descriptors = listen.inheritedDescriptors()
+    names = getattr(listen, "_names", None)
+    if not isinstance(names, (list, tuple)) or len(names) != len(descriptors):
+        byDescriptor = {fd: name for name, fd in listen.inheritedNamedDescriptors().items()}
+        names = [byDescriptor.get(fd) for fd in descriptors]
+    return list(zip(descriptors, names))
+
+
+def adoptedUDPPort(fd: int, protocol: Any, maxPacketSize: int, reactor: Any) -> TunnelUDPPort:
+    """
+    A L{TunnelUDPPort} (our bounded, batched C{doRead}) on the bound
+    datagram socket C{fd} that systemd passed, not yet listening: call
+    C{startListening}.  Twisted's own C{reactor.adoptDatagramPort} would
+    make a plain C{udp.Port}; its class method
+    C{udp.Port._fromListeningDescriptor} (private) makes one of our class.
+    It works on a duplicate of C{fd}, so C{fd} stays open (a stop and a
+    start adopt it again); the socket is made non-blocking, as systemd
+    passes it blocking and the reactor must never wait on it.
+    """
+    probe = socket.socket(fileno=fd)  # the kernel says its family; detached below
+    try:
+        family = probe.family
+        probe.setblocking(False)
+    finally:
+        probe.detach()
+    port = TunnelUDPPort._fromListeningDescriptor(reactor, fd, family, protocol,
+                                                  maxPacketSize)
+    assert isinstance(port, TunnelUDPPort)
+    return port
 
 
 # Answering from the address each datagram was sent to

@@ -161,11 +161,38 @@ class UDPPlan(NamedTuple):
     """
     Where to bind the UDP socket and where datagrams coming out of the tunnel
     go: C{peer} is an C{(IP literal, port)} pair, or C{None} for phantom mode.
+    C{fd}, when not C{None}, is a socket systemd passed (C{--udp systemd:}),
+    adopted instead of binding one; C{interface} and C{port} are its own.
     """
 
     interface: str
     port: int
     peer: tuple[str, int] | None
+    fd: int | None = None
+
+
+SYSTEMD_PREFIX = "systemd:"
+
+
+def parseSystemdUDP(text: str) -> int | str | None:
+    """
+    The socket C{--udp systemd:N} or C{--udp systemd:NAME} names: the index
+    C{N} among the sockets systemd passed (0 is descriptor 3), or the
+    C{NAME} its C{LISTEN_FDNAMES} gives it (C{FileDescriptorName=}, by
+    default the C{.socket} unit's name); C{None} when C{text} is an
+    address, not C{systemd:...}.
+    """
+    if not text.startswith(SYSTEMD_PREFIX):
+        return None
+    which = text[len(SYSTEMD_PREFIX):]
+    if which.isdigit():
+        return int(which)
+    if not which or ":" in which:
+        raise ValueError(
+            f"{text!r}: give the socket systemd passed as systemd:N (its index, "
+            "from 0) or systemd:NAME (its FileDescriptorName=)"
+        )
+    return which
 
 
 _FAMILY_NAMES = {int(socket.AF_INET): "IPv4", int(socket.AF_INET6): "IPv6"}

@@ -19,20 +19,27 @@ from twisted.internet.protocol import DatagramProtocol
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from ._twisted import TunnelUDPPort
+from ._twisted import TunnelUDPPort, adoptedUDPPort, inheritedSockets
 from .interfaces import IDatagramSocket
 from .kerneldrops import socketDrops
 from .protocols import MAX_DATAGRAM
 from .sockopts import SocketSettings, tuneUDP
 
-__all__ = ["SessionSocket", "TunnelUDPPort", "UDPService", "connectedPort"]
+__all__ = [
+    "SessionSocket",
+    "TunnelUDPPort",
+    "UDPService",
+    "connectedPort",
+    "systemdDatagramSocket",
+]
 
 
 
 class UDPService(Service):
     """
     Binds a L{TunnelUDPPort} at start (in C{privilegedStartService} when the
-    runner calls it, so low ports work with C{--uid}) and closes it at stop.
+    runner calls it, so low ports work with C{--uid}) and closes it at stop;
+    or, given C{fd} (a socket systemd passed), adopts that socket as one.
     """
 
     def __init__(
@@ -42,13 +49,19 @@ class UDPService(Service):
         interface: str,
         maxPacketSize: int,
         reactor: Any,
+        fd: int | None = None,
     ) -> None:
         self._args = (port, protocol, interface, maxPacketSize, reactor)
+        self._fd = fd
         self.port: TunnelUDPPort | None = None
 
     def _listen(self) -> None:
         if self.port is None:
-            port = TunnelUDPPort(*self._args)
+            _, protocol, _, maxPacketSize, reactor = self._args
+            if self._fd is not None:
+                port = adoptedUDPPort(self._fd, protocol, maxPacketSize, reactor)
+            else:
+                port = TunnelUDPPort(*self._args)
             port.startListening()
             self.port = port
 
@@ -183,3 +196,61 @@ def connectedPort(
         sock.close()
         raise
     return SessionSocket(sock, protocol, reactor)
+
+
+def systemdDatagramSocket(
+    which: int | str, inherited: list[tuple[int, str | None]] | None = None
+) -> tuple[int, str, int]:
+    """
+    The bound datagram socket C{--udp systemd:N} (the C{N}th socket passed,
+    from 0) or C{systemd:NAME} names, among the sockets systemd passed
+    (L{inheritedSockets} unless C{inherited} is given): its descriptor, and
+    the address it is bound to.
+
+    A name picks the one datagram socket of that name: the sockets of one
+    C{.socket} unit share its name, so C{systemd:udptunnel.socket} finds the
+    UDP one among a TCP and a UDP listener.  Checked at parse time, so that
+    a missing C{LISTEN_FDS}, an index out of range or a stream socket is a
+    usage error, not a traceback at start.
+
+    @raise ValueError: why it cannot be used, in the user's terms.
+    """
+    if inherited is None:
+        inherited = inheritedSockets()
+    if not inherited:
+        raise ValueError(
+            f"systemd:{which}: systemd passed no sockets (no LISTEN_FDS and "
+            "LISTEN_FDNAMES for this process): start it from a .socket unit, or "
+            "under systemd-socket-activate"
+        )
+    if isinstance(which, int):
+        if which >= len(inherited):
+            raise ValueError(f"systemd:{which}: systemd passed {len(inherited)} "
+                             f"socket(s), numbered from 0")
+        candidates = [inherited[which][0]]
+    else:
+        candidates = [fd for fd, name in inherited if name == which]
+        if not candidates:
+            names = sorted({name for _, name in inherited if name is not None})
+            raise ValueError(f"systemd:{which}: no socket of that name; systemd passed "
+                             f"{', '.join(names) or 'unnamed sockets'}")
+    found = []
+    for fd in candidates:
+        try:
+            sock = socket.socket(fileno=fd)
+        except OSError as e:
+            raise ValueError(f"systemd:{which}: descriptor {fd} is no socket ({e})") from None
+        try:  # a look only: the descriptor stays open, for the UDP service
+            if sock.type == socket.SOCK_DGRAM and sock.family in (socket.AF_INET,
+                                                                  socket.AF_INET6):
+                host, port = sock.getsockname()[:2]
+                found.append((fd, host, port))
+        finally:
+            sock.detach()
+    if not found:
+        raise ValueError(f"systemd:{which}: not a UDP socket (ListenDatagram= in "
+                         "the .socket unit)")
+    if len(found) > 1:
+        raise ValueError(f"systemd:{which}: {len(found)} UDP sockets of that name: "
+                         "give its index, systemd:N")
+    return found[0]

@@ -224,6 +224,7 @@ class Relay(TunnelService):
                 peer=showAddress(addr),
             )
         self.learnedPeer = self.session.peer = addr
+        self.stateChanged()
 
     # The TCP side
 
@@ -293,6 +294,7 @@ class Relay(TunnelService):
     def _linkUp(self, link: ILink) -> None:
         self.stats.linksUp += 1
         self.log.info("link up: {remote}", remote=link.remote)
+        self.stateChanged()
 
     def _cancelConfirm(self) -> None:
         confirm, self._confirm = self._confirm, None
@@ -330,6 +332,7 @@ class Relay(TunnelService):
             else:
                 self.stats.linksLost += 1
                 self.log.info("link down: {remote} ({why})", remote=link.remote, why=why)
+            self.stateChanged()
             self._promoteWaiting()
         elif self._pending.remove(link):
             ready = link in self._ready

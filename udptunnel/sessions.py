@@ -155,6 +155,7 @@ class _SessionsBase(TunnelService):
         session.since = self._clock.seconds()
         self._warn.info("session-opened", "session opened: UDP {peer}, TCP {remote}",
                         **session.describe())
+        self.stateChanged()
 
     def _ended(self, session: Session, why: str) -> None:
         self.stats.sessionsClosed += 1
@@ -164,6 +165,7 @@ class _SessionsBase(TunnelService):
         self._warn.info("session-closed", "session closed: UDP {peer}, TCP {remote}, after "
                         "{lifetime:.1f} s, {toTunnel} bytes in, {fromTunnel} bytes out "
                         "({why})", lifetime=lifetime, why=why, **session.describe())
+        self.stateChanged()
 
     def _expireIdle(self) -> None:
         now = self._clock.seconds()

@@ -24,14 +24,16 @@ from .access import AddressFilter, parseNetwork
 from .addresses import (
     HostPort,
     checkServerDescription,
+    parseSystemdUDP,
     planUDP,
     splitDescription,
     splitHostPort,
 )
-from .datagram import UDPService, connectedPort
+from .datagram import UDPService, connectedPort, systemdDatagramSocket
 from .handshake import PROFILES, handshakeFor
 from .listening import AnnouncingEndpoint, allInterfaces
 from .logreopen import LogReopener
+from .notify import notifyService
 from .pending import DEFAULT_LIMIT as DEFAULT_MAX_PENDING
 from .pending import DEFAULT_TIMEOUT as DEFAULT_PENDING_TIMEOUT
 from .protocols import MAX_DATAGRAM, TunnelDatagramProtocol, TunnelFactory
@@ -67,7 +69,9 @@ Example (an app on the NAT box reaches pop.example.net:5072 via a relay host):
 
 _UDP_HELP = (
     "Local UDP address to bind, [HOST:]PORT ([::1]:5073 for IPv6; without HOST: "
-    "all interfaces). Required unless --peer is given (then an ephemeral port)."
+    "all interfaces), or systemd:N / systemd:NAME for a datagram socket systemd "
+    "passed (socket activation). Required unless --peer is given (then an "
+    "ephemeral port)."
 )
 SESSIONS_HELP = (
     "Many sessions instead of one link: a client opens a TCP connection per UDP "
@@ -435,9 +439,15 @@ class _EndOptions(_WithExample):
         if self["udp"] is None and self["peer"] is None:
             raise usage.UsageError("--udp is required unless --peer is given")
         udp = peer = None
+        adopted = None
         with _blaming("--udp"):
             if self["udp"] is not None:
-                udp = splitHostPort(self["udp"], requireHost=False, allowZero=True)
+                which = parseSystemdUDP(self["udp"])
+                if which is not None:
+                    adopted = systemdDatagramSocket(which)
+                    udp = HostPort(adopted[1], adopted[2])
+                else:
+                    udp = splitHostPort(self["udp"], requireHost=False, allowZero=True)
         with _blaming("--peer"):
             if self["peer"] is not None:
                 peer = splitHostPort(self["peer"])
@@ -446,6 +456,8 @@ class _EndOptions(_WithExample):
         except ValueError as e:
             # planUDP names the option to blame.
             raise usage.UsageError(str(e)) from None
+        if adopted is not None:
+            self["plan"] = self["plan"]._replace(fd=adopted[0])
         if self["udp-allow"] and self["peer"] is not None:
             raise usage.UsageError("--udp-allow is for phantom mode: not with --peer")
         if self["metrics"] is not None:
@@ -539,6 +551,10 @@ class ServerOptions(_EndOptions):
                 "connected to the peer. A listening end in phantom mode cannot tell which "
                 "connection a datagram is for: put --sessions on the connecting end "
                 "(client --sessions, in phantom mode) instead")
+        if self["plan"].fd is not None:
+            raise usage.UsageError(
+                "--udp systemd: is not for server --sessions: each connection gets a UDP "
+                "socket of its own, bound here")
         if self["plan"].port != 0:
             raise usage.UsageError(
                 "--udp: with --sessions each connection gets its own ephemeral UDP port; "
@@ -700,7 +716,7 @@ def makeService(options: Options, reactor: Any = None) -> IService:
     """
     Wire the relay and its children: the UDP socket first (frames arriving
     on a fresh link need it), then the TCP listener or the connecting
-    client, then the metrics listener.
+    client, then the metrics listener, and last systemd's notifications.
     """
     if reactor is None:
         from twisted.internet import reactor
@@ -723,6 +739,9 @@ def makeService(options: Options, reactor: Any = None) -> IService:
                   "serving metrics on http://{address}/metrics", reactor).setServiceParent(relay)
     if _daemonLogFile(options):
         LogReopener(reactor).setServiceParent(relay)
+    notifying = notifyService(relay, reactor)
+    if notifying is not None:
+        notifying.setServiceParent(relay)  # the last child: READY once all started
     return relay
 
 
@@ -801,7 +820,7 @@ def _filter(networks: Any) -> AddressFilter | None:
 
 def _udpService(plan: Any, relay: Any, settings: SocketSettings, reactor: Any) -> UDPService:
     return UDPService(plan.port, TunnelDatagramProtocol(relay, settings), plan.interface,
-                      MAX_DATAGRAM, reactor)
+                      MAX_DATAGRAM, reactor, fd=plan.fd)
 
 
 def _sessionSocket(plan: Any, settings: SocketSettings, reactor: Any) -> Any:

@@ -11,6 +11,7 @@ datagram goes.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from twisted.application.service import MultiService
@@ -58,6 +59,10 @@ class TunnelService(MultiService):
         self._stopping: list[tuple[ILink, Deferred[None]]] = []
         self._closedHere: set[ILink] = set()
         self._tracebacks: set[str] = set()
+        #: Called with no arguments when L{state} may have changed (a link up
+        #: or down, a peer learned, a session opened or ended): the sd_notify
+        #: STATUS line (L{udptunnel.notify}) watches it.
+        self.stateObservers: list[Callable[[], object]] = []
         if statsInterval > 0:
             self._lastSummary = ""
             self._every(statsInterval, self._logStatsIfChanged)
@@ -66,6 +71,13 @@ class TunnelService(MultiService):
         timer = LoopingCall(call)
         timer.clock = self._clock
         self._timers.append((timer, interval))
+
+    def stateChanged(self) -> None:
+        """
+        Tell the L{stateObservers} that L{state} may have changed.
+        """
+        for observer in self.stateObservers:
+            observer()
 
     # What subclasses tell
 
