@@ -296,18 +296,18 @@ class NotifyTests(SynchronousTestCase):
         self.relay.startService()
         self.received()
         self.clock.advance(STATUS_INTERVAL)
-        self.relay.now = "link 127.0.0.1:4000, UDP peer nobody"
+        self.relay.now = "link up 127.0.0.1:4000, peer nobody (phantom)"
         self.relay.stateChanged()
         self.clock.advance(0)
-        self.assertEqual(self.received(), ["STATUS=link 127.0.0.1:4000, UDP peer nobody"])
+        self.assertEqual(self.received(), ["STATUS=link up 127.0.0.1:4000, peer nobody (phantom)"])
         self.relay.now = "link down"
         self.relay.stateChanged()
-        self.relay.now = "link 127.0.0.1:4001, UDP peer nobody"
+        self.relay.now = "link up 127.0.0.1:4001, peer nobody (phantom)"
         self.relay.stateChanged()
         self.clock.advance(STATUS_INTERVAL / 2)
         self.assertEqual(self.received(), [])
         self.clock.advance(STATUS_INTERVAL / 2)
-        self.assertEqual(self.received(), ["STATUS=link 127.0.0.1:4001, UDP peer nobody"])
+        self.assertEqual(self.received(), ["STATUS=link up 127.0.0.1:4001, peer nobody (phantom)"])
         self.relay.stateChanged()
         self.clock.advance(STATUS_INTERVAL)
         self.assertEqual(self.received(), [])
@@ -343,8 +343,8 @@ class NotifyTests(SynchronousTestCase):
         relay.linkConnected(link)
         relay.linkMade(link)
         relay.linkLost(link, Failure(ConnectionError("gone")))
-        self.assertEqual(calls, [f"link {link.remote}, UDP peer nobody",
-                                 "link down, UDP peer nobody"])
+        self.assertEqual(calls, [f"link up {link.remote}, peer nobody (phantom)",
+                                 "link down, peer nobody (phantom)"])
 
     def test_noSocketThere(self) -> None:
         """
@@ -456,7 +456,7 @@ class SocketActivationTests(TwistdTestCase):
         self.assertEqual(link.recv(100), struct.pack("!H", 7) + b"request")
         link.sendall(struct.pack("!H", 5) + b"reply")
         self.assertEqual(receive(app, TIMEOUT), (b"reply", ("127.0.0.1", udp)))
-        _waitForNotice(notices, f"UDP peer 127.0.0.1:{app.getsockname()[1]}")
+        _waitForNotice(notices, f"peer 127.0.0.1:{app.getsockname()[1]} (phantom)")
 
         link.close()
         _waitForNotice(notices, "STATUS=link down")

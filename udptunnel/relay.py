@@ -165,8 +165,10 @@ class Relay(TunnelService):
         return self.stopWith(links)
 
     def state(self) -> str:
-        return (f"link {self.link.remote if self.link else 'down'}, "
-                f"UDP peer {showAddress(self.udpPeer or self.learnedPeer)}")
+        # In the metrics' words: udptunnel_link_up, udptunnel_peer_info.
+        link = f"link up {self.link.remote}" if self.link else "link down"
+        mode = "fixed" if self.udpPeer else "phantom"
+        return f"{link}, peer {showAddress(self.udpPeer or self.learnedPeer)} ({mode})"
 
     def udpSockets(self) -> list[IDatagramSocket]:
         return [self.udp] if self.udp is not None else []

@@ -114,7 +114,8 @@ class _SessionsBase(TunnelService):
         return sum(1 for session in self.liveSessions() if session.link is not None)
 
     def state(self) -> str:
-        return f"{self.sessionCount()} sessions"
+        # In the metrics' words: udptunnel_sessions_open, ..._session_links_up.
+        return f"sessions open {self.sessionCount()}, session links up {self.linksUp()}"
 
     def summary(self) -> str:
         total = self._traffic.total(self.liveSessions())
