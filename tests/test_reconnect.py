@@ -5,7 +5,7 @@ The client's reconnection, with a fake endpoint and a fake clock: no sleeps.
 from __future__ import annotations
 
 from twisted.application.internet import ClientService
-from twisted.internet.defer import Deferred, fail, succeed
+from twisted.internet.defer import CancelledError, Deferred, fail, succeed
 from twisted.internet.error import ConnectionDone, ConnectionRefusedError, TimeoutError
 from twisted.internet.interfaces import IStreamClientEndpoint
 from twisted.internet.task import Clock
@@ -168,6 +168,27 @@ class ReconnectTests(SynchronousTestCase):
         )
         service.startService()
         self.successResultOf(service.stopService())
+
+    def test_cancelledAttemptIsNoFailure(self) -> None:
+        """
+        An attempt called off because the client stops is neither logged
+        nor counted as a failed one.
+        """
+        events = captureLogEvents(self)
+        stats = TunnelStats()
+        pending: Deferred = Deferred()
+
+        @implementer(IStreamClientEndpoint)
+        class Hanging:
+            def connect(self, factory):
+                return pending
+
+        endpoint = ReportingEndpoint(Hanging(), "server:1", stats)
+        d = endpoint.connect(TunnelFactory(self.relay))
+        d.cancel()
+        self.failureResultOf(d, CancelledError)
+        self.assertEqual(stats.connectFailures, 0)
+        self.assertEqual([e for e in events if "cannot connect" in e.get("log_format", "")], [])
 
 
 class BackoffTests(SynchronousTestCase):

@@ -9,8 +9,8 @@ from __future__ import annotations
 import random
 from collections.abc import Callable
 
-from twisted.internet.defer import Deferred
-from twisted.internet.error import TimeoutError
+from twisted.internet.defer import CancelledError, Deferred
+from twisted.internet.error import ConnectingCancelledError, TimeoutError
 from twisted.internet.interfaces import (
     IProtocol,
     IProtocolFactory,
@@ -104,6 +104,10 @@ class ReportingEndpoint:
         return d
 
     def _failed(self, reason: Failure) -> Failure:
+        if reason.check(CancelledError, ConnectingCancelledError):
+            # The client is stopping: the attempt did not fail, it was
+            # called off (Twisted's message would be the address alone).
+            return reason
         self._stats.connectFailures += 1
         if reason.check(TimeoutError):
             # Twisted's "User timeout caused connection failure" reads as if
