@@ -70,7 +70,8 @@ class RelayCollector:
         yield _labelled("udptunnel_pending_closed",
                         "TCP connections closed before they became the link, by why.",
                         "reason", stats.pendingClosed,
-                        ("timeout", "evicted", "peer-closed", "handshake") if server else ("timeout",))
+                        ("timeout", "evicted", "peer-closed", "handshake", "proxy-header")
+                        if server else ("timeout",))
         yield _labelled("udptunnel_internal_errors",
                         "Exceptions in the tunnel's own code while handling traffic.",
                         "where", stats.internalErrors, ("datagrams", "frames"))

@@ -12,8 +12,10 @@ from typing import Any, cast
 from twisted.internet.address import IPv4Address, IPv6Address
 from twisted.internet.interfaces import (
     IConsumer,
+    IDelayedCall,
     IHandshakeListener,
     IPushProducer,
+    IReactorTime,
     ITCPTransport,
 )
 from twisted.internet.protocol import DatagramProtocol, Factory
@@ -25,6 +27,8 @@ from ._twisted import writerFor
 from .addresses import showAddress
 from .handshake import NO_HANDSHAKE, Handshake, HandshakeMismatch, checkPreamble
 from .interfaces import IDatagramRelay, ILink, ILinkRelay
+from .pending import DEFAULT_TIMEOUT
+from .proxyheader import ProxyHeaderError, parseProxyHeader
 from .sockopts import SocketSettings, tuneTCP, tuneUDP
 
 _LENGTH = struct.Struct("!H")
@@ -121,6 +125,11 @@ class TunnelStreamProtocol(Int16StringReceiver):
     _preambleDone = True
     #: The preamble's bytes received so far, while it is awaited.
     _preamble = b""
+    #: With C{--proxy-protocol}: the header's bytes so far while it is
+    #: awaited (C{None} once it arrived, or when none is expected), and the
+    #: deadline for it.
+    _proxyHeader: bytes | None = None
+    _proxyDeadline: IDelayedCall | None = None
     #: Why we closed the connection, reported to the relay at
     #: connectionLost instead of the abort's own reason.
     _closedFor: Failure | None = None
@@ -138,6 +147,22 @@ class TunnelStreamProtocol(Int16StringReceiver):
             tuneTCP(sock, self.factory.settings)
         self._write, self._writeThrough = writerFor(self.transport)
         self._preambleDone = not self.factory.handshake.expect
+        if self.factory.proxyProtocol:
+            # The peer is the balancer: the relay hears of the connection
+            # (and --allow judges it) once the header named the client.
+            self._proxyHeader = b""
+            timeout = self.factory.pendingTimeout
+            self._proxyDeadline = self.factory.clock.callLater(
+                timeout, self._proxyFailed,
+                ProxyHeaderError(f"no PROXY protocol header after {timeout:g} s"))
+            return
+        self._admit()
+
+    def _admit(self) -> None:
+        """
+        Ask the relay whether the connection may go on (C{--allow}, the
+        session cap), and go on: TLS first if any, else become the link.
+        """
         if not self.factory.relay.linkConnected(self):
             self.refused = True
             self.abort()
@@ -190,6 +215,52 @@ class TunnelStreamProtocol(Int16StringReceiver):
         self._establish()
         return received[len(expected):]
 
+    def _receiveProxyHeader(self, data: bytes) -> bytes | None:
+        """
+        Take the PROXY protocol header out of the stream's first bytes, take
+        the client's address from it, and admit the connection.  The bytes
+        after it (in the same read) are the stream, returned; C{None} while
+        it is incomplete, or when it was wrong (the connection is closed).
+        """
+        assert self._proxyHeader is not None
+        received = self._proxyHeader + data
+        try:
+            header = parseProxyHeader(received)
+        except ProxyHeaderError as e:
+            self._proxyFailed(e)
+            return None
+        if header is None:
+            self._proxyHeader = received
+            return None
+        self._proxyHeader = None
+        self._cancelProxyDeadline()
+        if header.source is not None:
+            self.remoteHost = header.source[0]
+            self.remote = showAddress(header.source)
+        self._admit()
+        return received[header.length:]
+
+    def _proxyFailed(self, error: ProxyHeaderError) -> None:
+        """
+        No valid header (or none in time): close the connection, and have
+        the relay count it.  It is announced first, without an address (so
+        --allow, which has no client to judge, does not count it as
+        refused; the logs name the balancer), and closed with the reason
+        the relay reports at connectionLost.
+        """
+        self._proxyHeader = None
+        self._cancelProxyDeadline()
+        self.remoteHost = None
+        if self.factory.relay.linkConnected(self):
+            self._closedFor = Failure(error)
+        self.refused = True
+        self.abort()
+
+    def _cancelProxyDeadline(self) -> None:
+        deadline, self._proxyDeadline = self._proxyDeadline, None
+        if deadline is not None and deadline.active():
+            deadline.cancel()
+
     def dataReceived(self, data: bytes) -> None:
         """
         Split the stream into frames, and give the relay all the frames of
@@ -205,6 +276,11 @@ class TunnelStreamProtocol(Int16StringReceiver):
         """
         if self.refused:
             return  # closing: its bytes are nobody's frames
+        if self._proxyHeader is not None:
+            rest = self._receiveProxyHeader(data)
+            if not rest or self.refused:
+                return
+            data = rest
         if not self._preambleDone:
             rest = self._receivePreamble(data)
             if not rest or self.refused:
@@ -292,6 +368,10 @@ class TunnelStreamProtocol(Int16StringReceiver):
 
     def connectionLost(self, reason: Failure | None = None) -> None:
         assert reason is not None
+        if self._proxyHeader is not None:
+            # Gone before its header: the relay never heard of it.
+            self._cancelProxyDeadline()
+            return
         if self._closedFor is not None:
             self.factory.relay.linkLost(self, self._closedFor)
         elif not self.refused:  # the relay counted and logged it already
@@ -326,6 +406,11 @@ class TunnelFactory(Factory[TunnelStreamProtocol]):
         the link only after the handshake.
     @ivar handshake: this end's part in the C{--handshake} profile: a
         preamble to send first, or one to require before the link.
+    @ivar proxyProtocol: whether every connection must begin with a PROXY
+        protocol header (C{--proxy-protocol}), whose source address is the
+        connection's from then on.
+    @ivar pendingTimeout: seconds a connection may take to send that header
+        (the relay's own deadline to become the link starts after it).
     """
 
     protocol = TunnelStreamProtocol
@@ -339,12 +424,20 @@ class TunnelFactory(Factory[TunnelStreamProtocol]):
 
     def __init__(
         self, relay: ILinkRelay, settings: SocketSettings | None = None, tls: bool = False,
-        handshake: Handshake = NO_HANDSHAKE,
+        handshake: Handshake = NO_HANDSHAKE, proxyProtocol: bool = False,
+        pendingTimeout: float = DEFAULT_TIMEOUT, clock: IReactorTime | None = None,
     ) -> None:
         self.relay = relay
         self.settings = settings or SocketSettings()
         self.tls = tls
         self.handshake = handshake
+        self.proxyProtocol = proxyProtocol
+        self.pendingTimeout = pendingTimeout
+        if clock is None:
+            from twisted.internet import reactor
+
+            clock = cast(IReactorTime, reactor)
+        self.clock: IReactorTime = clock
 
 
 def _socketOf(transport: Any) -> socket.socket | None:

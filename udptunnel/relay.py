@@ -24,6 +24,7 @@ from .addresses import showAddress
 from .handshake import HandshakeMismatch
 from .interfaces import IDatagramSocket, ILink, IRelay
 from .pending import DEFAULT_LIMIT, DEFAULT_TIMEOUT, PendingLinks
+from .proxyheader import ProxyHeaderError
 from .session import Session
 from .tunnel import TunnelService
 
@@ -343,6 +344,8 @@ class Relay(TunnelService):
                 self._pendingClosed(link, "peer-closed", why)
             elif reason.check(HandshakeMismatch):
                 self._pendingClosed(link, "handshake", why)
+            elif reason.check(ProxyHeaderError):
+                self._pendingClosed(link, "proxy-header", why)
             else:
                 lifetime = 0.0
                 self.stats.linksFailed += 1

@@ -42,6 +42,7 @@ from .addresses import showAddress
 from .handshake import HandshakeMismatch
 from .interfaces import IDatagramRelay, IDatagramSocket, ILink, ILinkRelay
 from .pending import DEFAULT_LIMIT, DEFAULT_TIMEOUT, PendingLinks
+from .proxyheader import ProxyHeaderError
 from .reconnect import retryDelay
 from .relay import describeLoss
 from .session import Session, Traffic
@@ -354,9 +355,11 @@ class ServerSessions(_SessionsBase):
             self._closeSocket(session)
             self._ended(session, why)
         elif self._pending.remove(link):
-            if reason.check(HandshakeMismatch):
-                self.stats.pendingClosed["handshake"] += 1
-                self._warn.warn("pending-handshake", "closed TCP connection from {remote}, "
+            closedFor = reason.check(HandshakeMismatch, ProxyHeaderError)
+            if closedFor is not None:
+                kind = "handshake" if closedFor is HandshakeMismatch else "proxy-header"
+                self.stats.pendingClosed[kind] += 1
+                self._warn.warn("pending-" + kind, "closed TCP connection from {remote}, "
                                 "which never became a session: {why}",
                                 remote=link.remote, why=why)
             else:

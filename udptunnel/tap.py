@@ -523,6 +523,13 @@ class ServerOptions(_EndOptions):
         ],
     ]
 
+    optFlags = [
+        ["proxy-protocol", None,
+         ("Every connection begins with a PROXY protocol header (v1 or v2, as a load "
+          "balancer such as HAProxy sends): --allow, the logs and the metrics see the "
+          "client it names. A connection without one is closed.")],
+    ]
+
     def __init__(self) -> None:
         super().__init__()
         self["allow"] = []
@@ -541,6 +548,10 @@ class ServerOptions(_EndOptions):
         if self["sessions"] and self["peer"] is None:
             self.checkSessions()  # before --udp's own complaint, which is beside the point
         super().postOptions()
+        if self["proxy-protocol"] and self["credentials"] is not None:
+            raise usage.UsageError(
+                "--proxy-protocol is not for --tls-cert: the balancer's header comes "
+                "before the TLS handshake, which this server would read first")
         if self["sessions"]:
             self["tcp"] = _withBacklog(self["tcp"])
 
@@ -765,7 +776,8 @@ def _singleLink(end: usage.Options, client: bool, common: dict[str, Any],
     settings, credentials = end["settings"], end["credentials"]
     _udpService(plan, relay, settings, reactor).setServiceParent(relay)
     factory = TunnelFactory(relay, settings, tls=credentials is not None,
-                            handshake=handshakeFor(end["handshake"], client))
+                            handshake=handshakeFor(end["handshake"], client),
+                            **_proxyProtocol(end, reactor))
     if client:
         endpoint, where = _clientEndpoint(end, reactor)
         internet.ClientService(
@@ -809,9 +821,18 @@ def _sessions(end: usage.Options, client: bool, common: dict[str, Any],
             allow=_filter(end.get("allow")),
             **limits, **common,
         )
-        _serverListener(end, TunnelFactory(relay, settings, tls=tls, handshake=handshake),
-                        reactor).setServiceParent(relay)
+        factory = TunnelFactory(relay, settings, tls=tls, handshake=handshake,
+                                **_proxyProtocol(end, reactor))
+        _serverListener(end, factory, reactor).setServiceParent(relay)
     return relay
+
+
+def _proxyProtocol(end: usage.Options, reactor: Any) -> dict[str, Any]:
+    """
+    A server factory's C{--proxy-protocol} arguments (a client has none).
+    """
+    return {"proxyProtocol": bool(end.get("proxy-protocol")),
+            "pendingTimeout": end["pending-timeout"], "clock": reactor}
 
 
 def _filter(networks: Any) -> AddressFilter | None:
