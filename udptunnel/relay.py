@@ -13,7 +13,6 @@ from collections.abc import Callable
 from typing import Any
 
 from twisted.internet.defer import Deferred
-from twisted.internet.error import ConnectionDone, ConnectionLost
 from twisted.internet.interfaces import IDelayedCall, IPushProducer, IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -21,12 +20,10 @@ from zope.interface import implementer
 
 from .access import AddressFilter
 from .addresses import showAddress
-from .handshake import HandshakeMismatch
 from .interfaces import IDatagramSocket, ILink, IRelay
 from .pending import DEFAULT_LIMIT, DEFAULT_TIMEOUT, PendingLinks
-from .proxyheader import ProxyHeaderError
 from .session import Session
-from .tunnel import TunnelService
+from .tunnel import TunnelService, refusedBy
 
 #: A waiting connection takes over a link from which no frame came for this
 #: many seconds: long enough that a link carrying any steady traffic (even
@@ -126,7 +123,6 @@ class Relay(TunnelService):
         super().__init__(clock, exitOnStartupError, statsInterval, role)
         self.udpPeer = udpPeer
         self.learnedPeer: tuple[str, int] | None = None
-        self.udp: IDatagramSocket | None = None
         #: The one session: the UDP peer (fixed, or learned) and the link.
         self.session = Session(None, udpPeer, self._drop, traffic=self.stats)
         self.allow = allow
@@ -154,6 +150,13 @@ class Relay(TunnelService):
     def link(self, link: ILink | None) -> None:
         self.session.link = link
 
+    @property
+    def udp(self) -> IDatagramSocket | None:
+        """
+        The UDP socket, or C{None} while it is closed (the session's).
+        """
+        return self.session.udp
+
     def stopService(self) -> Deferred[Any]:
         """
         Close the link and the waiting connections cleanly, then stop.
@@ -180,7 +183,7 @@ class Relay(TunnelService):
     # The UDP side
 
     def udpStarted(self, transport: IDatagramSocket) -> None:
-        self.udp = self.session.udp = transport
+        self.session.udp = transport
         host = transport.getHost()
         self.log.info(
             "UDP bound on {address}, {mode}",
@@ -189,7 +192,7 @@ class Relay(TunnelService):
         )
 
     def udpStopped(self) -> None:
-        self.udp = self.session.udp = None
+        self.session.udp = None
 
     def datagramsReceived(self, datagrams: list[tuple[bytes, tuple[str, int]]]) -> None:
         peer = self.udpPeer
@@ -318,8 +321,7 @@ class Relay(TunnelService):
 
     def linkLost(self, link: ILink, reason: Failure) -> None:
         lifetime = None
-        why = describeLoss(reason, link in self._closedHere)
-        self._closedHere.discard(link)
+        why = self.whyLost(link, reason)
         if link is self.link:
             self.link = None
             self._resume()
@@ -340,12 +342,11 @@ class Relay(TunnelService):
         elif self._pending.remove(link):
             ready = link in self._ready
             self._ready.discard(link)
+            refusal = refusedBy(reason)
             if ready:
-                self._pendingClosed(link, "peer-closed", why)
-            elif reason.check(HandshakeMismatch):
-                self._pendingClosed(link, "handshake", why)
-            elif reason.check(ProxyHeaderError):
-                self._pendingClosed(link, "proxy-header", why)
+                self.pendingClosed(link, "peer-closed", why)
+            elif refusal is not None:
+                self.pendingClosed(link, refusal, why)
             else:
                 lifetime = 0.0
                 self.stats.linksFailed += 1
@@ -368,21 +369,14 @@ class Relay(TunnelService):
 
     def _pendingExpired(self, link: ILink) -> None:
         self._ready.discard(link)
-        self._closedHere.add(link)
-        self._pendingClosed(link, "timeout", f"not the link after {self._pending.timeout:g} s")
-        link.abort()
+        self.pendingClosed(link, "timeout", f"not the link after {self._pending.timeout:g} s")
+        self.closeHere(link, abort=True)
 
     def _pendingEvicted(self, link: ILink) -> None:
         self._ready.discard(link)
-        self._closedHere.add(link)
-        self._pendingClosed(link, "evicted",
-                            f"{self._pending.limit} connections waiting, it was the oldest")
-        link.abort()
-
-    def _pendingClosed(self, link: ILink, reason: str, why: str) -> None:
-        self.stats.pendingClosed[reason] += 1
-        self._warn.warn("pending-" + reason, "closed TCP connection from {remote}, which never "
-                        "became the link: {why}", remote=link.remote, why=why)
+        self.pendingClosed(link, "evicted",
+                           f"{self._pending.limit} connections waiting, it was the oldest")
+        self.closeHere(link, abort=True)
 
     def pendingCount(self) -> int:
         """
@@ -395,8 +389,7 @@ class Relay(TunnelService):
         Close the link cleanly (the idle timeout).
         """
         if self.link is not None:
-            self._closedHere.add(self.link)
-            self.link.close()
+            self.closeHere(self.link)
 
     # Flow control
 
@@ -442,15 +435,3 @@ class _IdleWatch:
                            remote=relay.link.remote, timeout=self._timeout)
             relay.closeLink()
             self._since = now
-
-
-def describeLoss(reason: Failure, closedHere: bool = False) -> str:
-    """
-    Why a connection ended, in our words: Twisted's "Connection was closed
-    cleanly" or "in a non-clean fashion" do not say who closed it.
-    """
-    if reason.check(ConnectionDone):
-        return "closed here" if closedHere else "closed by the peer"
-    if reason.check(ConnectionLost):
-        return "closed here" if closedHere else "connection lost (reset or aborted)"
-    return reason.getErrorMessage()

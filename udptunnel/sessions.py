@@ -39,14 +39,11 @@ from zope.interface import implementer
 
 from .access import AddressFilter
 from .addresses import showAddress
-from .handshake import HandshakeMismatch
 from .interfaces import IDatagramRelay, IDatagramSocket, ILink, ILinkRelay
 from .pending import DEFAULT_LIMIT, DEFAULT_TIMEOUT, PendingLinks
-from .proxyheader import ProxyHeaderError
 from .reconnect import retryDelay
-from .relay import describeLoss
 from .session import Session, Traffic
-from .tunnel import TunnelService
+from .tunnel import TunnelService, refusedBy
 
 #: Seconds without a datagram either way after which a session ends (what
 #: udp2raw and phantun use).
@@ -84,6 +81,8 @@ class _SessionsBase(TunnelService):
     What both ends with sessions share: the count, the idle expiry, the
     per-session log lines and the descriptor budget.
     """
+
+    becomes = "a session"
 
     def __init__(
         self,
@@ -330,8 +329,7 @@ class ServerSessions(_SessionsBase):
             self.stats.sessionsFailed += 1
             self._warn.warn("session-failed", "no UDP socket for the session of {remote}: "
                             "{error}", remote=link.remote, error=e)
-            self._closedHere.add(link)
-            link.abort()
+            self.closeHere(link, abort=True)
             return
         self.sessions[link] = session
         self.stats.linksUp += 1
@@ -347,21 +345,16 @@ class ServerSessions(_SessionsBase):
         session.fromTunnel(frames)
 
     def linkLost(self, link: ILink, reason: Failure) -> None:
-        why = describeLoss(reason, link in self._closedHere)
-        self._closedHere.discard(link)
+        why = self.whyLost(link, reason)
         session = self.sessions.pop(link, None)
         if session is not None:
             self.stats.linksLost += 1
             self._closeSocket(session)
             self._ended(session, why)
         elif self._pending.remove(link):
-            closedFor = reason.check(HandshakeMismatch, ProxyHeaderError)
-            if closedFor is not None:
-                kind = "handshake" if closedFor is HandshakeMismatch else "proxy-header"
-                self.stats.pendingClosed[kind] += 1
-                self._warn.warn("pending-" + kind, "closed TCP connection from {remote}, "
-                                "which never became a session: {why}",
-                                remote=link.remote, why=why)
+            refusal = refusedBy(reason)
+            if refusal is not None:
+                self.pendingClosed(link, refusal, why)
             else:
                 self.stats.linksFailed += 1
                 self._warn.warn("failed", "connection with {remote} ended before it became "
@@ -385,23 +378,17 @@ class ServerSessions(_SessionsBase):
         self.stats.kernelDrops = max(self.stats.kernelDrops, self._closedKernelDrops + live)
 
     def _expire(self, session: Session) -> None:
-        link = session.link
-        if link is not None:
-            self._closedHere.add(link)
-            link.close()
+        if session.link is not None:
+            self.closeHere(session.link)
 
     def _pendingExpired(self, link: ILink) -> None:
-        self.stats.pendingClosed["timeout"] += 1
-        self._warn.warn("pending-timeout", "closed TCP connection from {remote}: no "
-                        "session after {timeout:g} s", remote=link.remote,
-                        timeout=self._pending.timeout)
-        self._closedHere.add(link)
-        link.abort()
+        self.pendingClosed(link, "timeout", f"no session after {self._pending.timeout:g} s")
+        self.closeHere(link, abort=True)
 
     def _pendingEvicted(self, link: ILink) -> None:
-        self.stats.pendingClosed["evicted"] += 1
-        self._closedHere.add(link)
-        link.abort()
+        self.pendingClosed(link, "evicted",
+                           f"{self._pending.limit} connections waiting, it was the oldest")
+        self.closeHere(link, abort=True)
 
 @implementer(IPushProducer)
 class _CongestionFlag:
@@ -492,12 +479,14 @@ class ClientSessions(_SessionsBase):
         self.udp: IDatagramSocket | None = None
         self._connect = connect
         self._random = random
-        self._pendingTimeout = pendingTimeout
         #: By source, least recently active first.
         self.sessions: OrderedDict[tuple[str, int], Session] = OrderedDict()
         self._connecting: dict[Session, _Connecting] = {}
         self._byLink: dict[ILink, Session] = {}
-        self._deadlines: dict[ILink, IDelayedCall] = {}
+        #: Connections being made (their TLS handshake, if any), each with
+        #: the deadline of --pending-timeout; no cap: a client opens them.
+        self._handshaking = PendingLinks(clock, self._handshakeTimedOut, _neverEvicted,
+                                         pendingTimeout, limit=0)
         self._queuedBytes = 0
 
     def liveSessions(self) -> list[Session]:
@@ -644,24 +633,19 @@ class ClientSessions(_SessionsBase):
 
     def sessionConnected(self, session: Session, link: ILink) -> bool:
         self._byLink[link] = session
-        self._deadlines[link] = self._clock.callLater(
-            self._pendingTimeout, self._handshakeTimedOut, session, link)
+        self._handshaking.add(link)
         return True
 
-    def _handshakeTimedOut(self, session: Session, link: ILink) -> None:
-        self._deadlines.pop(link, None)
-        self.stats.pendingClosed["timeout"] += 1
-        self._closedHere.add(link)
-        link.abort()
+    def _handshakeTimedOut(self, link: ILink) -> None:
+        self.pendingClosed(link, "timeout", f"no session after {self._handshaking.timeout:g} s")
+        self.closeHere(link, abort=True)
 
     def sessionLinkMade(self, session: Session, link: ILink) -> None:
-        deadline = self._deadlines.pop(link, None)
-        if deadline is not None and deadline.active():
-            deadline.cancel()
+        self._handshaking.remove(link)
         connecting = self._connecting.pop(session, None)
         if self.sessions.get(session.peer) is not session:  # type: ignore[arg-type]
-            self._closedHere.add(link)
-            link.abort()  # the session ended while its connection was being made
+            # The session ended while its connection was being made.
+            self.closeHere(link, abort=True)
             return
         session.link = link
         self.stats.linksUp += 1
@@ -680,12 +664,9 @@ class ClientSessions(_SessionsBase):
         session.fromTunnel(frames)
 
     def sessionLinkLost(self, session: Session, link: ILink, reason: Failure) -> None:
-        why = describeLoss(reason, link in self._closedHere)
-        self._closedHere.discard(link)
+        why = self.whyLost(link, reason)
         self._byLink.pop(link, None)
-        deadline = self._deadlines.pop(link, None)
-        if deadline is not None and deadline.active():
-            deadline.cancel()
+        self._handshaking.remove(link)
         if session.link is link:
             self.stats.linksLost += 1
             self._end(session, why, closeLink=False)
@@ -714,8 +695,7 @@ class ClientSessions(_SessionsBase):
         self._ended(session, why)
         link, session.link = session.link, None
         if link is not None and closeLink:
-            self._closedHere.add(link)
-            link.close()
+            self.closeHere(link)
 
     def _expire(self, session: Session) -> None:
         self._end(session, f"idle for {self.sessionIdle:g} s")
@@ -726,6 +706,10 @@ class ClientSessions(_SessionsBase):
         connecting = self._connecting.get(session)
         return connecting is not None and (connecting.attempt is not None
                                            or connecting.retry is not None)
+
+
+def _neverEvicted(link: ILink) -> None:
+    raise AssertionError("an uncapped list evicts nobody")
 
 
 def connectFrom(endpoint: IStreamClientEndpoint,

@@ -166,15 +166,6 @@ def _connectTimeout(tcp: HostPort | str) -> float | None:
         return CONNECT_TIMEOUT if kind in ("tcp", "ssl", "tls", "unix") else None
 
 
-def _count(text: str) -> int:
-    """
-    A whole number, 0 or more.
-    """
-    if not text.isdigit():
-        raise ValueError(f"expected a whole number, 0 or more, not {text!r}")
-    return int(text)
-
-
 def _seconds(text: str) -> float:
     """
     A duration in seconds, 0 or more.
@@ -261,7 +252,6 @@ def _profile(text: str) -> str:
 
 
 _profile.coerceDoc = ""  # type: ignore[attr-defined]
-_count.coerceDoc = ""  # type: ignore[attr-defined]
 _seconds.coerceDoc = ""  # type: ignore[attr-defined]
 _DEFAULTS = SocketSettings()
 _BUFFER = _wholeFrom(0, MAX_INT)

@@ -16,7 +16,7 @@ from typing import Any
 
 from twisted.application.service import MultiService
 from twisted.internet.defer import Deferred, DeferredList
-from twisted.internet.error import CannotListenError
+from twisted.internet.error import CannotListenError, ConnectionDone, ConnectionLost
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
@@ -24,8 +24,10 @@ from twisted.python.failure import Failure
 
 from . import StartupError, __version__
 from .access import AddressFilter
+from .handshake import HandshakeMismatch
 from .interfaces import IDatagramSocket, ILink
 from .kerneldrops import kernelDrops
+from .proxyheader import ProxyHeaderError
 from .stats import RateLimitedLog, TunnelStats
 
 #: Seconds a stop waits for connections to close cleanly before aborting.
@@ -130,6 +132,39 @@ class TunnelService(MultiService):
         self._warn.warn("refused", "refused TCP connection from {remote}: not in --allow",
                         remote=link.remote)
         return False
+
+    # Connections: who closed them, and those that never became a link
+
+    #: What an admitted connection waits to become, in the log lines.
+    becomes = "the link"
+
+    def closeHere(self, link: ILink, abort: bool = False) -> None:
+        """
+        Close C{link} (at once, with C{abort}), remembering that we did: its
+        loss then reads "closed here", not "closed by the peer".
+        """
+        self._closedHere.add(link)
+        if abort:
+            link.abort()
+        else:
+            link.close()
+
+    def whyLost(self, link: ILink, reason: Failure) -> str:
+        """
+        Why C{link} ended, in our words (L{describeLoss}).
+        """
+        why = describeLoss(reason, link in self._closedHere)
+        self._closedHere.discard(link)
+        return why
+
+    def pendingClosed(self, link: ILink, reason: str, why: str) -> None:
+        """
+        Count and log (rate-limited) a connection that ended before it
+        became the link (or a session), for C{reason}.
+        """
+        self.stats.pendingClosed[reason] += 1
+        self._warn.warn("pending-" + reason, "closed TCP connection from {remote}, which never "
+                        "became " + self.becomes + ": {why}", remote=link.remote, why=why)
 
     # Starting and stopping
 
@@ -259,6 +294,31 @@ class TunnelService(MultiService):
         else:
             self._warn.warn("internal-error-" + where, "internal error while {where}: {error}",
                             where=where, error=failure.getErrorMessage())
+
+
+def describeLoss(reason: Failure, closedHere: bool = False) -> str:
+    """
+    Why a connection ended, in our words: Twisted's "Connection was closed
+    cleanly" or "in a non-clean fashion" do not say who closed it.
+    """
+    if reason.check(ConnectionDone):
+        return "closed here" if closedHere else "closed by the peer"
+    if reason.check(ConnectionLost):
+        return "closed here" if closedHere else "connection lost (reset or aborted)"
+    return reason.getErrorMessage()
+
+
+def refusedBy(reason: Failure) -> str | None:
+    """
+    The pending-closed reason of a connection that our protocol closed for
+    what it sent first (its C{--handshake} preamble, its PROXY header), or
+    C{None} for any other loss.
+    """
+    if reason.check(HandshakeMismatch):
+        return "handshake"
+    if reason.check(ProxyHeaderError):
+        return "proxy-header"
+    return None
 
 
 def _cancel(call: IDelayedCall) -> None:
