@@ -32,7 +32,8 @@ SERVER = ("server", "--tcp", TCP, "--udp", UDP)
 #: (what is wrong, the arguments after "udptunnel", what the error line
 #: must say).  The first fragment names the option.
 CASES: list[tuple[str, tuple[str, ...], tuple[str, ...]]] = [
-    ("no end chosen", (), ("server or client",)),
+    ("no end chosen", (), ("server, client or run",)),
+    ("run without a file", ("run",), ("--config", "required")),
     ("no such end", ("relay",), ("relay",)),
     ("--tcp missing", ("server", "--udp", UDP), ("--tcp", "required")),
     ("unknown option", (*SERVER, "--frobnicate"), ("--frobnicate",)),
@@ -132,7 +133,7 @@ class BadCommandLineTests(TwistdTestCase):
         failures = []
         for what, argv, expected in CASES:
             status, output = self.runCommand([TWISTD, "-n", "--pidfile=", "udptunnel", *argv])
-            end = argv[0] if argv and argv[0] in ("server", "client") else None
+            end = argv[0] if argv and argv[0] in ("server", "client", "run") else None
             try:
                 self.assertShortUsageError(status, output, end, expected)
             except AssertionError as e:

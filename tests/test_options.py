@@ -127,7 +127,7 @@ class ErrorTests(SynchronousTestCase):
         self.assertIn(fragment, str(error))
 
     def test_noSubcommand(self) -> None:
-        self.assertUsageError("server or client")
+        self.assertUsageError("server, client or run")
 
     def test_missingTCP(self) -> None:
         self.assertUsageError("--tcp is required", "server", "--udp", "5073")
@@ -626,7 +626,7 @@ class UsageTextTests(SynchronousTestCase):
             "Usage: twistd [twistd options] udptunnel server " + ServerOptions.synopsis,
         )
         self.assertEqual(options.getSynopsis(),
-                         "Usage: twistd [twistd options] udptunnel server|client [options]")
+                         "Usage: twistd [twistd options] udptunnel server|client|run [options]")
 
     def test_synopsisUnderTwist(self) -> None:
         options = self.underRunner("Usage: twist [options] plugin [plugin_options]")
@@ -652,7 +652,7 @@ class UsageTextTests(SynchronousTestCase):
 
     def test_usageErrorWithoutEnd(self) -> None:
         exit = self.assertRaises(SystemExit, self.underRunner().parseOptions, [])
-        self.assertEqual(str(exit.code).splitlines()[-1], "twistd udptunnel: choose server or client")
+        self.assertEqual(str(exit.code).splitlines()[-1], "twistd udptunnel: choose server, client or run")
 
     def test_helpMarksRequiredAndDefaultsAlike(self) -> None:
         text = parse("server", "--tcp", "9999", "--udp", "1").subOptions.getUsage(width=200)

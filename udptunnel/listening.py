@@ -33,9 +33,15 @@ class AnnouncingEndpoint:
 
     log = Logger()
 
-    def __init__(self, endpoint: IStreamServerEndpoint, format: str) -> None:
+    def __init__(self, endpoint: IStreamServerEndpoint, format: str,
+                 log: Logger | None = None) -> None:
+        """
+        @param log: where to log (a named tunnel's logger), if not our own.
+        """
         self._endpoint = endpoint
         self._format = format
+        if log is not None:
+            self.log = log
 
     def listen(self, protocolFactory: IProtocolFactory) -> Deferred[IListeningPort]:
         return self._endpoint.listen(protocolFactory).addCallback(self._listening)

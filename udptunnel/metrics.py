@@ -7,7 +7,7 @@ serves it from the reactor thread, so no thread pool is involved.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry, generate_latest
@@ -112,10 +112,45 @@ class RelayCollector:
         elif learned is not None:
             info.add_metric([showHost(learned[0]), "phantom"], {})
         yield info
-        build = InfoMetricFamily("udptunnel_build", "The version of udptunnel running.",
-                                 labels=["version"])
-        build.add_metric([__version__], {})
-        yield build
+        yield _build()
+
+
+def _build() -> Metric:
+    build = InfoMetricFamily("udptunnel_build", "The version of udptunnel running.",
+                             labels=["version"])
+    build.add_metric([__version__], {})
+    return build
+
+
+class TunnelsCollector:
+    """
+    The series of several named tunnels (a config file's) in one
+    exposition: each family once, each of its series with a C{tunnel}
+    label; the build once, for the process.
+    """
+
+    def __init__(self, tunnels: Callable[[], list[tuple[str, TunnelService]]]) -> None:
+        """
+        @param tunnels: the tunnels running now, with their names (asked at
+            each scrape: a reload adds and removes tunnels).
+        """
+        self._tunnels = tunnels
+
+    def collect(self) -> Iterator[Metric]:
+        families: dict[str, Metric] = {}
+        for name, relay in self._tunnels():
+            for metric in RelayCollector(relay).collect():
+                if metric.name == "udptunnel_build":
+                    continue
+                family = families.get(metric.name)
+                if family is None:
+                    family = families[metric.name] = Metric(
+                        metric.name, metric.documentation, metric.type, metric.unit)
+                family.samples.extend(
+                    sample._replace(labels={"tunnel": name, **sample.labels})
+                    for sample in metric.samples)
+        yield from families.values()
+        yield _build()
 
 
 def _counter(name: str, documentation: str, value: int) -> CounterMetricFamily:
@@ -171,7 +206,15 @@ class _QuietSite(Site):
         return "udptunnel metrics"
 
 
-def metricsSite(relay: TunnelService) -> Site:
+def metricsSite(relay: TunnelService | None = None,
+                tunnels: Callable[[], list[tuple[str, TunnelService]]] | None = None) -> Site:
+    """
+    The site of one tunnel's series (C{relay}), or of named C{tunnels}'.
+    """
     registry = CollectorRegistry(auto_describe=True)
-    registry.register(RelayCollector(relay))
+    if relay is not None:
+        registry.register(RelayCollector(relay))
+    else:
+        assert tunnels is not None
+        registry.register(TunnelsCollector(tunnels))
     return _QuietSite(MetricsResource(registry))

@@ -14,8 +14,9 @@ from __future__ import annotations
 
 import os
 import socket
-from collections.abc import Mapping
-from typing import Any
+import time
+from collections.abc import Callable, Mapping
+from typing import Any, Protocol
 
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred, succeed
@@ -23,9 +24,19 @@ from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
-from .tunnel import TunnelService
-
 log = Logger()
+
+
+class Watched(Protocol):
+    """
+    What L{NotifyService} reports on: a tunnel (L{udptunnel.tunnel}), or a
+    config file's tunnels together (L{udptunnel.tunnelset}), which have
+    C{reloadObservers} too.
+    """
+
+    stateObservers: list[Callable[[], object]]
+
+    def state(self) -> str: ...
 
 #: Seconds between two C{STATUS=} messages at most: a phantom end whose
 #: source flips at every datagram must not send one a datagram.
@@ -106,7 +117,7 @@ class NotifyService(Service):
     stop.
     """
 
-    def __init__(self, relay: TunnelService, notifier: Notifier, clock: IReactorTime,
+    def __init__(self, relay: Watched, notifier: Notifier, clock: IReactorTime,
                  watchdog: float | None = None) -> None:
         self._relay = relay
         self._notifier = notifier
@@ -120,6 +131,7 @@ class NotifyService(Service):
     def startService(self) -> None:
         super().startService()
         self._relay.stateObservers.append(self.stateChanged)
+        getattr(self._relay, "reloadObservers", []).append(self.reloading)
         self._notifier.send(f"READY=1\nSTATUS={self._status()}")
         self._sent, self._lastAt = self._status(), self._clock.seconds()
         if self._watchdog is not None:
@@ -131,6 +143,9 @@ class NotifyService(Service):
         super().stopService()
         if self.stateChanged in self._relay.stateObservers:
             self._relay.stateObservers.remove(self.stateChanged)
+        reloads = getattr(self._relay, "reloadObservers", [])
+        if self.reloading in reloads:
+            reloads.remove(self.reloading)
         if self._pending is not None and self._pending.active():
             self._pending.cancel()
         self._pending = None
@@ -139,6 +154,18 @@ class NotifyService(Service):
         self._notifier.send("STOPPING=1\nSTATUS=stopping")
         self._notifier.close()
         return succeed(None)
+
+    def reloading(self, starting: bool) -> None:
+        """
+        A reload starts (C{RELOADING=1}, with the C{MONOTONIC_USEC} that
+        C{Type=notify-reload} wants) or is done (C{READY=1} again).
+        """
+        if starting:
+            self._notifier.send("RELOADING=1\nSTATUS=reloading\n"
+                                f"MONOTONIC_USEC={time.monotonic_ns() // 1000}")
+        else:
+            self._sent, self._lastAt = self._status(), self._clock.seconds()
+            self._notifier.send(f"READY=1\nSTATUS={self._sent}")
 
     def _status(self) -> str:
         return self._relay.state()
@@ -164,7 +191,7 @@ class NotifyService(Service):
             self._notifier.send(f"STATUS={status}")
 
 
-def notifyService(relay: TunnelService, clock: Any,
+def notifyService(relay: Watched, clock: Any,
                   environ: Mapping[str, str] | None = None) -> NotifyService | None:
     """
     The L{NotifyService} for C{relay} when systemd asks for notifications

@@ -51,9 +51,10 @@ class TunnelDatagramProtocol(DatagramProtocol):
 
     def logPrefix(self) -> str:
         """
-        The name Twisted's UDP port gives us in its own log lines.
+        The name Twisted's UDP port gives us in its own log lines (with
+        the tunnel's, when it has one).
         """
-        return "udptunnel UDP"
+        return _named(self.relay, "UDP")
 
     def startProtocol(self) -> None:
         sock = _socketOf(self.transport)
@@ -418,9 +419,10 @@ class TunnelFactory(Factory[TunnelStreamProtocol]):
 
     def logPrefix(self) -> str:
         """
-        The name Twisted's TCP port gives us in its own log lines.
+        The name Twisted's TCP port gives us in its own log lines (with
+        the tunnel's, when it has one).
         """
-        return "udptunnel TCP"
+        return _named(self.relay, "TCP")
 
     def __init__(
         self, relay: ILinkRelay, settings: SocketSettings | None = None, tls: bool = False,
@@ -438,6 +440,11 @@ class TunnelFactory(Factory[TunnelStreamProtocol]):
 
             clock = cast(IReactorTime, reactor)
         self.clock: IReactorTime = clock
+
+
+def _named(relay: object, what: str) -> str:
+    name = getattr(relay, "name", None)
+    return f"udptunnel {name} {what}" if isinstance(name, str) else f"udptunnel {what}"
 
 
 def _socketOf(transport: Any) -> socket.socket | None:

@@ -87,11 +87,15 @@ class ReportingEndpoint:
         description: str,
         stats: TunnelStats,
         timeout: float | None = CONNECT_TIMEOUT,
+        log: Logger | None = None,
     ) -> None:
         """
         @param timeout: how long C{endpoint} lets an attempt take, in
             seconds, to say so when it times out (C{None}: unknown).
+        @param log: where to log (a named tunnel's logger), if not our own.
         """
+        if log is not None:
+            self.log = log
         self._endpoint = endpoint
         self._description = description
         self._stats = stats

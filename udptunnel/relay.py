@@ -99,6 +99,7 @@ class Relay(TunnelService):
         pendingTimeout: float = DEFAULT_TIMEOUT,
         maxPending: int = DEFAULT_LIMIT,
         role: str = "server",
+        name: str | None = None,
     ) -> None:
         """
         @param allow: who may connect the TCP link (C{None}: anybody).
@@ -120,7 +121,7 @@ class Relay(TunnelService):
             once (its C{--allow}, its TLS) refused it, and that is a failed
             attempt, not a link that came up and went down.
         """
-        super().__init__(clock, exitOnStartupError, statsInterval, role)
+        super().__init__(clock, exitOnStartupError, statsInterval, role, name)
         self.udpPeer = udpPeer
         self.learnedPeer: tuple[str, int] | None = None
         #: The one session: the UDP peer (fixed, or learned) and the link.

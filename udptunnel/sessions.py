@@ -93,8 +93,9 @@ class _SessionsBase(TunnelService):
         statsInterval: float = 0,
         role: str = "server",
         maxPending: int = DEFAULT_LIMIT,
+        name: str | None = None,
     ) -> None:
-        super().__init__(clock, exitOnStartupError, statsInterval, role)
+        super().__init__(clock, exitOnStartupError, statsInterval, role, name)
         self.maxSessions = maxSessions
         self.sessionIdle = sessionIdle
         self._maxPending = maxPending

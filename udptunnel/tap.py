@@ -4,7 +4,9 @@ The twistd plugin's command line and service wiring, and nothing else.
 
 from __future__ import annotations
 
+import os
 import re
+import shlex
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
@@ -29,6 +31,7 @@ from .addresses import (
     splitDescription,
     splitHostPort,
 )
+from .config import Config, ConfigError, Parsers, TunnelConfig, loadConfig
 from .datagram import UDPService, connectedPort, systemdDatagramSocket
 from .handshake import PROFILES, handshakeFor
 from .listening import AnnouncingEndpoint, allInterfaces
@@ -622,8 +625,61 @@ class ClientOptions(_EndOptions):
             self["tls-name"] = self["tcp"].host
 
 
+class RunOptions(_WithExample):
+    synopsis = "--config FILE [--check]"
+    longdesc = (
+        "Run every tunnel of a TOML config file (one [tunnel.NAME] table each, "
+        "whose keys are the long options of server or client, plus role = "
+        "\"server\" or \"client\"). SIGUSR2 reloads the file: tunnels added, "
+        "removed or changed are started, stopped or restarted; the others keep "
+        "their links."
+    )
+    optParameters = [
+        ["config", "c", None, "Required. The TOML file of the tunnels."],
+    ]
+    optFlags = [
+        ["check", None, ("Check the file, say what it would run, and exit (status 0 "
+                         "if it is good, 1 if not).")],
+    ]
+
+    def postOptions(self) -> None:
+        if self["config"] is None:
+            raise usage.UsageError("--config is required")
+        # A daemon's working directory may change; a reload reads this path.
+        self["config"] = os.path.abspath(self["config"])
+        self["loaded"] = loadConfig(self["config"], PARSERS)
+        if self["check"]:
+            print(describeConfig(self["loaded"]))
+            raise SystemExit(0)
+
+
+def describeConfig(config: Config) -> str:
+    """
+    What a config file runs, in a few lines (C{--check}).
+    """
+    lines = [f"{config.path}: {len(config.tunnels)} tunnel(s)"
+             + (f", metrics on {config.metrics}" if config.metrics else "")]
+    for tunnel in config.tunnels.values():
+        words = [tunnel.role]
+        for key, value in tunnel.table.items():
+            if key != "role" and value is not False:
+                for one in value if isinstance(value, list) else [value]:
+                    words += [f"--{key}"] + ([] if one is True else [shlex.quote(str(one))])
+        lines.append(f"  {tunnel.name}: udptunnel {' '.join(words)}")
+    return "\n".join(lines)
+
+
+def _optionsFor(role: str) -> usage.Options:
+    return ServerOptions() if role == "server" else ClientOptions()
+
+
+#: How a config file is checked: by the command line's own parsers.
+PARSERS = Parsers(optionsFor=_optionsFor,
+                  metrics=lambda text: _serverEndpoint(text, "--metrics"))
+
+
 class Options(_WithExample):
-    synopsis = "server|client [options]"
+    synopsis = "server|client|run [options]"
     longdesc = (
         "Carry UDP datagrams through one TCP connection, both ways (each datagram "
         "framed by a 2-byte big-endian length)."
@@ -631,6 +687,7 @@ class Options(_WithExample):
     subCommands = [
         ["server", None, ServerOptions, "Listen for the TCP link."],
         ["client", None, ClientOptions, "Connect the TCP link, reconnecting forever."],
+        ["run", None, RunOptions, "Run the tunnels of a config file (--config FILE)."],
     ]
 
     def parseOptions(self, options: list[str] | None = None) -> None:
@@ -647,6 +704,11 @@ class Options(_WithExample):
                 raise
             failed: _WithExample = getattr(self, "subOptions", None) or self
             raise SystemExit(failed.usageError(e)) from None
+        except ConfigError as e:
+            # The file is wrong, not the command line: its error alone.
+            if self.parent is None:
+                raise
+            raise SystemExit(f"{self.commandLine()} run: {e}") from None
         if _daemonising(self):
             # twistd forks before the tunnel binds, and it is the parent that
             # reports what went wrong: see reportStartupErrorsCleanly.
@@ -654,7 +716,7 @@ class Options(_WithExample):
 
     def postOptions(self) -> None:
         if self.subCommand is None:
-            raise usage.UsageError("choose server or client")
+            raise usage.UsageError("choose server, client or run")
 
 
 #: The listen backlog of a server with sessions: many clients (a client
@@ -703,47 +765,77 @@ def _daemonLogFile(options: usage.Options) -> bool:
 
 
 def _listener(description: str, factory: IProtocolFactory, format: str,
-              reactor: Any) -> IService:
+              reactor: Any, log: Any = None) -> IService:
     """
     C{strports.service} (which stops twistd with the reason when it cannot
     listen), whose endpoint logs where it listens once it does.
     """
     service = strports.service(description, factory, reactor=reactor)
-    service.endpoint = AnnouncingEndpoint(service.endpoint, format)
+    service.endpoint = AnnouncingEndpoint(service.endpoint, format, log)
     return service
 
 
 def makeService(options: Options, reactor: Any = None) -> IService:
     """
-    Wire the relay and its children: the UDP socket first (frames arriving
-    on a fresh link need it), then the TCP listener or the connecting
-    client, then the metrics listener, and last systemd's notifications.
+    Wire the tunnel (or a config file's tunnels) and what the process has
+    once: the metrics listener, the log reopener, and last systemd's
+    notifications.
     """
     if reactor is None:
         from twisted.internet import reactor
-    end = options.subOptions
-    client = options.subCommand == "client"
+    from .metrics import metricsSite
+
+    top: Any
+    if options.subCommand == "run":
+        top = _tunnelSet(options.subOptions["loaded"], _inForeground(options), reactor)
+        metrics, site = top.config.metrics, lambda: metricsSite(tunnels=top.tunnels)
+    else:
+        end = options.subOptions
+        top = tunnelService(end, options.subCommand == "client", reactor,
+                            _inForeground(options))
+        metrics, site = end["metrics"], lambda: metricsSite(top)
+    if metrics is not None:
+        _listener(metrics, site(), "serving metrics on http://{address}/metrics",
+                  reactor).setServiceParent(top)
+    if _daemonLogFile(options):
+        LogReopener(reactor).setServiceParent(top)
+    notifying = notifyService(top, reactor)
+    if notifying is not None:
+        notifying.setServiceParent(top)  # the last child: READY once all started
+    return top
+
+
+def _tunnelSet(config: Config, foreground: bool, reactor: Any) -> Any:
+    """
+    The tunnels of a config file, reloaded from it on SIGUSR2.
+    """
+    from .tunnelset import TunnelSet
+
+    def build(tunnel: TunnelConfig, atStart: bool) -> TunnelService:
+        # A tunnel that cannot bind at start ends the process (as a command
+        # line would); at a reload it is logged, and the others run on.
+        return tunnelService(tunnel.options, tunnel.role == "client", reactor,
+                             foreground and atStart, name=tunnel.name)
+
+    return TunnelSet(config, lambda: loadConfig(config.path, PARSERS), build, reactor)
+
+
+def tunnelService(end: usage.Options, client: bool, reactor: Any,
+                  exitOnStartupError: bool, name: str | None = None) -> TunnelService:
+    """
+    The service of one tunnel, with its sockets and connections as
+    children, from its parsed options C{end}.
+    """
     common = {
-        "exitOnStartupError": _inForeground(options),
+        "exitOnStartupError": exitOnStartupError,
         "statsInterval": end["stats-interval"],
         "pendingTimeout": end["pending-timeout"],
         "maxPending": end["max-pending"],
+        "name": name,
     }
     if end["sessions"]:
-        relay = _sessions(end, client, common, reactor)
-    else:
-        relay = _singleLink(end, client, common, reactor)
-    if end["metrics"] is not None:
-        from .metrics import metricsSite
-
-        _listener(end["metrics"], metricsSite(relay),
-                  "serving metrics on http://{address}/metrics", reactor).setServiceParent(relay)
-    if _daemonLogFile(options):
-        LogReopener(reactor).setServiceParent(relay)
-    notifying = notifyService(relay, reactor)
-    if notifying is not None:
-        notifying.setServiceParent(relay)  # the last child: READY once all started
-    return relay
+        return _sessions(end, client, common, reactor)
+    return _singleLink(end, client, common, reactor)
 
 
 def _singleLink(end: usage.Options, client: bool, common: dict[str, Any],
@@ -771,13 +863,14 @@ def _singleLink(end: usage.Options, client: bool, common: dict[str, Any],
     if client:
         endpoint, where = _clientEndpoint(end, reactor)
         internet.ClientService(
-            ReportingEndpoint(endpoint, where, relay.stats, timeout=_connectTimeout(end["tcp"])),
+            ReportingEndpoint(endpoint, where, relay.stats, timeout=_connectTimeout(end["tcp"]),
+                              log=_namedLog(relay)),
             factory,
             retryPolicy=backoff,
             clock=reactor,
         ).setServiceParent(relay)
     else:
-        _serverListener(end, factory, reactor).setServiceParent(relay)
+        _serverListener(end, factory, reactor, relay).setServiceParent(relay)
     return relay
 
 
@@ -813,7 +906,7 @@ def _sessions(end: usage.Options, client: bool, common: dict[str, Any],
         )
         factory = TunnelFactory(relay, settings, tls=tls, handshake=handshake,
                                 **_proxyProtocol(end, reactor))
-        _serverListener(end, factory, reactor).setServiceParent(relay)
+        _serverListener(end, factory, reactor, relay).setServiceParent(relay)
     return relay
 
 
@@ -843,13 +936,23 @@ def _sessionSocket(plan: Any, settings: SocketSettings, reactor: Any) -> Any:
                                           settings, reactor)
 
 
-def _serverListener(end: usage.Options, factory: TunnelFactory, reactor: Any) -> IService:
+def _namedLog(relay: TunnelService) -> Any:
+    """
+    A named tunnel's logger, for what its children log; C{None} (their
+    own) for the tunnel of a command line.
+    """
+    return relay.log if relay.name is not None else None
+
+
+def _serverListener(end: usage.Options, factory: TunnelFactory, reactor: Any,
+                    relay: TunnelService) -> IService:
     listening: IProtocolFactory = factory
     if end["credentials"] is not None:
         from .tls import serverFactory
 
         listening = serverFactory(end["credentials"], factory)
-    return _listener(end["tcp"], listening, "listening for the TCP link on {address}", reactor)
+    return _listener(end["tcp"], listening, "listening for the TCP link on {address}", reactor,
+                     _namedLog(relay))
 
 
 def _clientEndpoint(end: usage.Options, reactor: Any) -> tuple[IStreamClientEndpoint, str]:

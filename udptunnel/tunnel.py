@@ -15,7 +15,7 @@ from collections.abc import Callable
 from typing import Any
 
 from twisted.application.service import MultiService
-from twisted.internet.defer import Deferred, DeferredList
+from twisted.internet.defer import Deferred, DeferredList, maybeDeferred
 from twisted.internet.error import CannotListenError, ConnectionDone, ConnectionLost
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.internet.task import LoopingCall
@@ -40,6 +40,8 @@ class TunnelService(MultiService):
 
     @ivar stats: the tunnel's counters.
     @ivar role: C{"client"} or C{"server"}.
+    @ivar name: the tunnel's name in a config file (C{[tunnel.NAME]}), or
+        C{None} for the one tunnel of a command line.
     """
 
     log = Logger()
@@ -50,10 +52,17 @@ class TunnelService(MultiService):
         exitOnStartupError: bool = False,
         statsInterval: float = 0,
         role: str = "server",
+        name: str | None = None,
     ) -> None:
         super().__init__()
         self.stats = TunnelStats()
         self.role = role
+        if name is not None:
+            # One process, several tunnels: every line says which one, as
+            # the log system ("[udptunnel.dns#info]") and in JSON logs as
+            # log_namespace.  Also the service's name in its parent.
+            self.setName(name)
+            self.log = Logger(namespace=f"udptunnel.{name}", source=self)
         self._clock = clock
         self._exitOnStartupError = exitOnStartupError
         self._warn = RateLimitedLog(self.log, clock)
@@ -201,10 +210,24 @@ class TunnelService(MultiService):
             start()
         except (CannotListenError, OSError, OverflowError, ValueError) as e:
             message = _describeBindError(e)
+            self._undoStart()
+            if self.name is not None:
+                message = f"tunnel {self.name}: {message}"
             if self._exitOnStartupError:
                 raise SystemExit(f"udptunnel: cannot start: {message}") from None
             self.log.critical("cannot start: {message}", message=message)
             raise StartupError(message) from None
+
+    def _undoStart(self) -> None:
+        """
+        Close what a start that failed halfway had opened (the UDP socket
+        bound before the TCP port that was taken), so that the ports are
+        free for the next try (a config file's reload).  A child that never
+        started may fail to stop: that is no news, and not logged.
+        """
+        self.running = 0
+        for child in reversed(list(self)):
+            maybeDeferred(child.stopService).addErrback(lambda _: None)
 
     def stopWith(self, links: list[ILink]) -> Deferred[Any]:
         """
