@@ -88,12 +88,16 @@ class ReportingEndpoint:
         stats: TunnelStats,
         timeout: float | None = CONNECT_TIMEOUT,
         log: Logger | None = None,
+        name: str | None = None,
     ) -> None:
         """
         @param timeout: how long C{endpoint} lets an attempt take, in
             seconds, to say so when it times out (C{None}: unknown).
         @param log: where to log (a named tunnel's logger), if not our own.
+        @param name: the tunnel's name, for Twisted's own lines about this
+            endpoint ("Scheduling retry 1 to connect ...").
         """
+        self._name = name
         if log is not None:
             self.log = log
         self._endpoint = endpoint
@@ -124,4 +128,6 @@ class ReportingEndpoint:
         return reason
 
     def __repr__(self) -> str:
+        if self._name is not None:
+            return f"{self._description} (tunnel {self._name})"
         return self._description

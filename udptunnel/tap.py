@@ -23,6 +23,7 @@ from twisted.python import usage
 
 from . import __version__, reportStartupErrorsCleanly
 from .access import AddressFilter, parseNetwork
+from .activation import SystemdStreamEndpoint, systemdStreamSocket
 from .addresses import (
     HostPort,
     checkServerDescription,
@@ -148,6 +149,10 @@ def _serverEndpoint(value: str, option: str, dualStack: bool = False) -> str:
         value = allInterfaces(value) if dualStack else f"tcp:{value}"
     kind = splitDescription(value)[0]
     _needTLS(kind, option)
+    if kind == "systemd":
+        with _blaming(option):
+            systemdStreamSocket(value)
+        return value
     _validate(serverFromString, "server endpoint", value, option)
     with _blaming(option):
         checkServerDescription(value)
@@ -768,9 +773,13 @@ def _listener(description: str, factory: IProtocolFactory, format: str,
               reactor: Any, log: Any = None) -> IService:
     """
     C{strports.service} (which stops twistd with the reason when it cannot
-    listen), whose endpoint logs where it listens once it does.
+    listen), whose endpoint logs where it listens once it does.  A
+    C{systemd:} socket is adopted our way (L{SystemdStreamEndpoint}), so
+    that a reload can restart its tunnel.
     """
     service = strports.service(description, factory, reactor=reactor)
+    if splitDescription(description)[0] == "systemd":
+        service.endpoint = SystemdStreamEndpoint(reactor, *systemdStreamSocket(description))
     service.endpoint = AnnouncingEndpoint(service.endpoint, format, log)
     return service
 
@@ -864,7 +873,7 @@ def _singleLink(end: usage.Options, client: bool, common: dict[str, Any],
         endpoint, where = _clientEndpoint(end, reactor)
         internet.ClientService(
             ReportingEndpoint(endpoint, where, relay.stats, timeout=_connectTimeout(end["tcp"]),
-                              log=_namedLog(relay)),
+                              log=_namedLog(relay), name=relay.name),
             factory,
             retryPolicy=backoff,
             clock=reactor,

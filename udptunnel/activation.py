@@ -1,0 +1,84 @@
+"""
+The TCP listener a C{systemd:} endpoint names (socket activation), adopted
+so that it can be adopted again.
+
+Twisted's own C{systemd:} endpoint closes the descriptor systemd passed once
+it has adopted it: a tunnel of a config file that a reload restarts would
+then adopt whatever socket got that number since.  This endpoint adopts a
+duplicate at each listen, and the descriptor systemd passed stays open for
+the next start; the choice of socket (C{domain}, C{index} or C{name}) reads
+as Twisted's, from the same list (L{udptunnel._twisted.inheritedSockets}).
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from typing import Any
+
+from twisted.internet.defer import Deferred
+from twisted.internet.endpoints import AdoptedStreamServerEndpoint
+from twisted.internet.interfaces import (
+    IListeningPort,
+    IProtocolFactory,
+    IStreamServerEndpoint,
+)
+from zope.interface import implementer
+
+from ._twisted import inheritedSockets
+from .addresses import splitDescription
+
+_FAMILIES = {"INET": socket.AF_INET, "INET6": socket.AF_INET6, "UNIX": socket.AF_UNIX}
+
+
+def systemdStreamSocket(description: str,
+                        inherited: list[tuple[int, str | None]] | None = None) -> tuple[int, int]:
+    """
+    The descriptor and address family of the listening socket that the
+    endpoint description C{systemd:domain=D:index=N} (or C{name=NAME})
+    names, among those systemd passed (L{inheritedSockets} unless
+    C{inherited} is given).
+
+    @raise ValueError: why it cannot be used, in the user's terms.
+    """
+    _, positional, keywords = splitDescription(description)
+    domain = keywords.get("domain", positional[0] if positional else None)
+    if domain not in _FAMILIES:
+        raise ValueError(f"{description}: give domain=INET, INET6 or UNIX")
+    if ("index" in keywords) == ("name" in keywords):
+        raise ValueError(f"{description}: give one of index=N or name=NAME")
+    if inherited is None:
+        inherited = inheritedSockets()
+    if not inherited:
+        raise ValueError(f"{description}: systemd passed no sockets (no LISTEN_FDS and "
+                         "LISTEN_FDNAMES for this process): start it from a .socket unit, "
+                         "or under systemd-socket-activate")
+    if "index" in keywords:
+        index = keywords["index"]
+        if not index.isdigit() or int(index) >= len(inherited):
+            raise ValueError(f"{description}: systemd passed {len(inherited)} socket(s), "
+                             "numbered from 0")
+        fd = inherited[int(index)][0]
+    else:
+        named = [fd for fd, name in inherited if name == keywords["name"]]
+        if not named:
+            raise ValueError(f"{description}: no socket of that name")
+        fd = named[0]
+    return fd, _FAMILIES[domain]
+
+
+@implementer(IStreamServerEndpoint)
+class SystemdStreamEndpoint:
+    """
+    Listens on a duplicate of descriptor C{fd}, which stays open.
+    """
+
+    def __init__(self, reactor: Any, fd: int, family: int) -> None:
+        self._reactor = reactor
+        self._fd = fd
+        self._family = family
+
+    def listen(self, protocolFactory: IProtocolFactory) -> Deferred[IListeningPort]:
+        # Twisted closes the descriptor it adopts: give it a copy.
+        endpoint = AdoptedStreamServerEndpoint(self._reactor, os.dup(self._fd), self._family)
+        return endpoint.listen(protocolFactory)
