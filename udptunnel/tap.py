@@ -174,32 +174,6 @@ def _connectTimeout(tcp: HostPort | str) -> float | None:
         return CONNECT_TIMEOUT if kind in ("tcp", "ssl", "tls", "unix") else None
 
 
-def _seconds(text: str) -> float:
-    """
-    A duration in seconds, 0 or more.
-    """
-    try:
-        value = float(text)
-    except ValueError:
-        value = -1.0
-    if not 0 <= value < 1e9:
-        raise ValueError(f"expected a number of seconds, 0 or more, not {text!r}")
-    return value
-
-
-def _positiveSeconds(text: str) -> float:
-    """
-    A duration in seconds, more than 0.
-    """
-    value = _seconds(text)
-    if value <= 0:
-        raise ValueError(f"expected a number of seconds, more than 0, not {text!r}")
-    return value
-
-
-_positiveSeconds.coerceDoc = ""  # type: ignore[attr-defined]
-
-
 def _wholeFrom(low: int, high: int) -> Callable[[str], int]:
     """
     A coercer of whole numbers from C{low} to C{high}: what the kernel takes
@@ -215,22 +189,35 @@ def _wholeFrom(low: int, high: int) -> Callable[[str], int]:
     return coerce
 
 
-def _secondsUpTo(high: float) -> Callable[[str], float]:
+#: No duration is longer (a billion seconds is 31 years): what a timer takes.
+_FOREVER = 1e9
+
+
+def _secondsUpTo(high: float, positive: bool = False) -> Callable[[str], float]:
     """
-    A coercer of durations from 0 to C{high} seconds.
+    A coercer of durations from 0 (or, C{positive}, more than 0) to
+    C{high} seconds.
     """
+    if high < _FOREVER:
+        expected = f" from {'more than ' if positive else ''}0 to {high}"
+    else:
+        expected = ", more than 0" if positive else ", 0 or more"
 
     def coerce(text: str) -> float:
         try:
             value = float(text)
         except ValueError:
             value = -1.0
-        if not 0 <= value <= high:
-            raise ValueError(f"expected a number of seconds from 0 to {high}, not {text!r}")
+        if not (0 < value if positive else 0 <= value) or not value <= high:
+            raise ValueError(f"expected a number of seconds{expected}, not {text!r}")
         return value
 
     coerce.coerceDoc = ""  # type: ignore[attr-defined]
     return coerce
+
+
+_seconds = _secondsUpTo(_FOREVER)
+_positiveSeconds = _secondsUpTo(_FOREVER, positive=True)
 
 
 def _naming(name: str, coerce: Callable[[str], Any]) -> Callable[[str], Any]:
@@ -260,7 +247,6 @@ def _profile(text: str) -> str:
 
 
 _profile.coerceDoc = ""  # type: ignore[attr-defined]
-_seconds.coerceDoc = ""  # type: ignore[attr-defined]
 _DEFAULTS = SocketSettings()
 _BUFFER = _wholeFrom(0, MAX_INT)
 
