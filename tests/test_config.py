@@ -417,10 +417,10 @@ class ReloadTests(TestCase):
         self.assertRegex(top.state(), r"^natbox: link up.*; relay: link up")
 
 
-class RunTests(TwistdTestCase):
+class FourTunnels(TwistdTestCase):
     """
-    The installed twistd running a config file, as a user would: the seed
-    scenario's two ends and a DNS-like tunnel with sessions, in one process.
+    A config file for the installed twistd: the seed scenario's two ends
+    and a DNS-like tunnel with sessions (both ends), in one process.
     """
 
     def writeConfig(self, text: str) -> str:
@@ -488,6 +488,13 @@ class RunTests(TwistdTestCase):
         for index, app in enumerate(apps):
             self.assertEqual(receive(app, TIMEOUT),
                              (b"answer to query %d" % index, ("127.0.0.1", self.dnsUDP)))
+
+
+
+class RunTests(FourTunnels):
+    """
+    The installed twistd running a config file, as a user would.
+    """
 
     def test_fourTunnelsAndReloads(self) -> None:
         """

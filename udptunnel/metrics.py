@@ -7,6 +7,7 @@ serves it from the reactor thread, so no thread pool is involved.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import TYPE_CHECKING
 
@@ -206,15 +207,56 @@ class _QuietSite(Site):
         return "udptunnel metrics"
 
 
+class StatusResource(Resource):
+    """
+    C{/status}: every tunnel's state as JSON (L{udptunnel.status}).
+    """
+
+    isLeaf = True
+
+    def __init__(self, tunnels: Callable[[], list[tuple[str | None, TunnelService]]]) -> None:
+        super().__init__()
+        self._tunnels = tunnels
+
+    def render_GET(self, request: Request) -> bytes:
+        from .status import statusDocument
+
+        request.setHeader(b"Content-Type", b"application/json")
+        document = statusDocument(self._tunnels())
+        return json.dumps(document, indent=1).encode() + b"\n"
+
+
+class _Root(Resource):
+    """
+    C{/status} is the status; every other path the metrics (as before
+    C{/status} existed, so any scrape path keeps working).
+    """
+
+    def __init__(self, metrics: Resource, status: Resource) -> None:
+        super().__init__()
+        self._metrics = metrics
+        self._status = status
+
+    def getChild(self, path: bytes, request: Request) -> Resource:
+        return self._status if path == b"status" else self._metrics
+
+    def render(self, request: Request) -> bytes:
+        return self._metrics.render(request)
+
+
 def metricsSite(relay: TunnelService | None = None,
                 tunnels: Callable[[], list[tuple[str, TunnelService]]] | None = None) -> Site:
     """
-    The site of one tunnel's series (C{relay}), or of named C{tunnels}'.
+    The site of one tunnel's series (C{relay}), or of named C{tunnels}',
+    and their status at C{/status}.
     """
     registry = CollectorRegistry(auto_describe=True)
+    listed: Callable[[], list[tuple[str | None, TunnelService]]]
     if relay is not None:
         registry.register(RelayCollector(relay))
+        listed = lambda: [(None, relay)]
     else:
         assert tunnels is not None
         registry.register(TunnelsCollector(tunnels))
-    return _QuietSite(MetricsResource(registry))
+        listed = tunnels  # type: ignore[assignment]
+    return _QuietSite(_Root(MetricsResource(registry), StatusResource(listed)))

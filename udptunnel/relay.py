@@ -135,7 +135,8 @@ class Relay(TunnelService):
         self._lastFrameAt = 0.0
         self._confirm: IDelayedCall | None = None
         self._onLinkEnded = onLinkEnded
-        self._linkSince = 0.0
+        #: When the current link became the link (the clock's seconds).
+        self.linkSince = 0.0
         if idleTimeout > 0:
             self._idle = _IdleWatch(self, idleTimeout)
             self._every(min(idleTimeout / 4, 1.0), self._idle.check)
@@ -273,7 +274,7 @@ class Relay(TunnelService):
         self._ready.discard(link)
         old, self.link = self.link, link
         now = self._clock.seconds()
-        self._linkSince = self._lastFrameAt = now
+        self.linkSince = self._lastFrameAt = now
         self._cancelConfirm()
         self._resume()
         if old is not None:
@@ -326,7 +327,7 @@ class Relay(TunnelService):
         if link is self.link:
             self.link = None
             self._resume()
-            lifetime = self._clock.seconds() - self._linkSince
+            lifetime = self._clock.seconds() - self.linkSince
             if self._confirm is not None:
                 # Closed before it carried a frame or lasted CONFIRM_AFTER.
                 self._cancelConfirm()

@@ -57,6 +57,8 @@ class TunnelService(MultiService):
         super().__init__()
         self.stats = TunnelStats()
         self.role = role
+        #: The clock of the tunnel's timers and ages (the reactor).
+        self.clock = clock
         if name is not None:
             # One process, several tunnels: every line says which one, as
             # the log system ("[udptunnel.dns#info]") and in JSON logs as
