@@ -430,7 +430,9 @@ class DaemonTests(TwistdTestCase):
         self.assertEqual(result.returncode, 1, output)
         self.assertIn(f"cannot listen on 127.0.0.1:{port}", output)
         self.assertNotIn("Traceback", output)
-        self.assertFalse(os.path.exists(pidfile))
+        # twistd's child reports the error to the parent before it removes
+        # the pidfile: the parent may exit first.
+        waitFor(lambda: not os.path.exists(pidfile), "the daemon to remove its pidfile", 10)
 
 
 class ReconnectTests(TwistdTestCase):

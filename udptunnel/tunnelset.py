@@ -94,11 +94,13 @@ class TunnelSet(MultiService):
     # The signal
 
     def startService(self) -> None:
+        # The handler first: READY=1 goes out as the children start, and a
+        # SIGUSR2 right after it must reload, not kill (its default).
+        self._previousHandler = signal.signal(RELOAD_SIGNAL, self._onSignal)
         super().startService()
         self.log.info("{count} tunnel(s) from {path}: {names}; reload with kill -USR2 {pid}",
                       count=len(self._live), path=self.config.path,
                       names=", ".join(self._live), pid=os.getpid())
-        self._previousHandler = signal.signal(RELOAD_SIGNAL, self._onSignal)
 
     def stopService(self) -> Deferred[None]:
         signal.signal(RELOAD_SIGNAL, self._previousHandler or signal.SIG_DFL)
