@@ -387,6 +387,28 @@ class ReloadTests(TestCase):
         self.assertEqual([name for name, _ in top.tunnels()], ["natbox", "relay", "late"])
 
     @inlineCallbacks
+    def test_noReloadOnceStopping(self) -> Any:
+        """
+        A reload that arrives while the process stops starts nothing.
+        """
+        top = self.start()
+        yield top.stopService()
+        self.rewrite(self.seedText('[tunnel.late]\nrole = "server"\ntcp = 0\nudp = 0\n'))
+        yield top.reload()
+        self.assertEqual([name for name, _ in top.tunnels()], ["natbox", "relay"])
+        self.assertFalse(any(service.running for _, service in top.tunnels()))
+
+    @inlineCallbacks
+    def test_metricsChangeWaitsForRestart(self) -> Any:
+        top = self.start()
+        self.rewrite('metrics = "tcp:0:interface=127.0.0.1"\n' + self.seedText())
+        yield top.reload()
+        self.assertIsNone(top.config.metrics)
+        self.assertIn("reload: metrics changed from none to tcp:0:interface=127.0.0.1: the "
+                      "endpoint stays none until a restart", self.messages())
+        self.assertIn("reload: no tunnel changed", self.messages())
+
+    @inlineCallbacks
     def test_namesInLogsAndMetrics(self) -> Any:
         """
         Every line of a tunnel's carries its name (the log namespace); the

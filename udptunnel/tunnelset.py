@@ -117,6 +117,8 @@ class TunnelSet(MultiService):
         Bring the running tunnels in step with the file; a reload asked for
         while one runs follows it (it may read a newer file).
         """
+        if not self.running:
+            return succeed(None)  # stopping: nothing to bring in step
         if self._reloading is not None:
             self._again = True
             return self._reloading
@@ -125,9 +127,10 @@ class TunnelSet(MultiService):
         except ConfigError as e:
             self.log.error("reload: {error}; nothing changed", error=str(e))
             return succeed(None)
-        self._reloading = self._apply(config)
-        self._reloading.addBoth(self._reloaded)
-        return self._reloading
+        reloading = self._reloading = self._apply(config)
+        reloading.addErrback(lambda failure: self.log.failure("reload failed", failure))
+        reloading.addBoth(self._reloaded)
+        return reloading
 
     def _reloaded(self, result: object) -> None:
         self._reloading = None
@@ -142,8 +145,8 @@ class TunnelSet(MultiService):
         changed = [name for name in new if name in old and new[name] != old[name]]
         if config.metrics != self.config.metrics:
             self.log.warn("reload: metrics changed from {old} to {new}: the endpoint stays "
-                          "{old} until a restart", old=self.config.metrics,
-                          new=config.metrics)
+                          "{old} until a restart", old=self.config.metrics or "none",
+                          new=config.metrics or "none")
             config = Config(config.path, self.config.metrics, config.tunnels)
         self.config = config
         if not (removed or added or changed):
@@ -168,6 +171,8 @@ class TunnelSet(MultiService):
         return stopped if stopped is not None else succeed(None)
 
     def _startAll(self, tunnels: list[TunnelConfig]) -> None:
+        if not self.running:
+            return  # stopped while the old tunnels closed
         for tunnel in tunnels:
             try:
                 self._add(tunnel)
