@@ -541,8 +541,8 @@ def readProfile(path: Path) -> dict[str, int]:
 
 def profileReport(directory: Path, records: list[dict[str, Any]], top: int = 12) -> list[str]:
     """
-    Per mode and end (workers of an end together), the leaf frames with the
-    most samples over every measurement, with their share.
+    Per measurement (its repetitions together) and end (its workers
+    together), the leaf frames with the most samples, with their share.
     """
     lines = ["", (f"== where the time goes (py-spy, {Profiler.RATE} samples/s while measured; "
                   f"profiles in {directory})")]
@@ -552,7 +552,8 @@ def profileReport(directory: Path, records: list[dict[str, Any]], top: int = 12)
         config = workersConfig(r["workers"]) if "workers" in r else r["config"]
         for name, path in r.get("profiles", {}).items():
             end = name.split("-")[0]
-            key = (f"{r['mode']} {config}", end)
+            flows = f" {r['flows']} flow{'s' if r['flows'] > 1 else ''}" if "flows" in r else ""
+            key = (f"{r['mode']}{flows} {r['size']} B, {config}", end)
             # A worker's share of the sampling time: samples / this = busy.
             seconds[key] = seconds.get(key, 0.0) + r.get("profiled_s", 0.0)
             merged = groups.setdefault(key, {})
@@ -1262,8 +1263,16 @@ def main(argv: list[str] | None = None) -> int:
     try:
         for i, (rep, mode, size, config, flows, workers) in enumerate(plan, 1):
             try:
-                record = measure(config, mode, size, rep, generator, twistd, workdir, args,
-                                 flows, workers)
+                try:
+                    record = measure(config, mode, size, rep, generator, twistd, workdir,
+                                     args, flows, workers)
+                except BenchError as e:
+                    # A free port taken by another process before an end or
+                    # the sink bound it: once more, on fresh ports.
+                    if "Address already in use" not in str(e):
+                        raise
+                    record = measure(config, mode, size, rep, generator, twistd, workdir,
+                                     args, flows, workers)
             except BenchError as e:
                 record = {"config": config, "mode": mode, "size": size, "rep": rep,
                           "error": str(e)}
