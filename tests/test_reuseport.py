@@ -10,6 +10,7 @@ applications at once.
 
 from __future__ import annotations
 
+import select
 import subprocess
 
 from twisted.application.internet import StreamServerEndpointService
@@ -190,6 +191,15 @@ class WorkersTests(SessionsTestCase):
         apps = self.apps(APPS)
         for round in range(3):
             self.assertOwnReplies(exchange(apps, self.entry, round, TIMEOUT), round)
+        # Each worker answers from the shared address and port, the one
+        # each application sent to (a connected application accepts no other).
+        sources = set()
+        for app in apps:
+            app.sendto(b"from where?", self.entry)
+            ready, _, _ = select.select([app], [], [], TIMEOUT)
+            self.assertTrue(ready, "no reply")
+            sources.add(app.recvfrom(65535)[1])
+        self.assertEqual(sources, {self.entry})
         for end in ("server", "client"):
             def counts(end: str = end) -> list[float | None]:
                 return [self.sessions(metrics[end, i]) for i in (1, 2)]
