@@ -306,7 +306,10 @@ class Tunnel:
                  sessions: bool = False, workers: int = 1):
         self.twistd = twistd
         self.sessions = sessions
-        self.workers = workers
+        # workers 0: one worker of each end, both ends on one CPU (the last
+        # this script may use): the baseline of "one flow on one core".
+        self.oneCPU = max(os.sched_getaffinity(0)) if workers == 0 else None
+        self.workers = workers = max(1, workers)
         self.workdir = workdir
         self.tag = tag
         self.args = args
@@ -348,16 +351,16 @@ class Tunnel:
             serverUDP = ["--udp", self.target]
             clientUDP = ["--udp", f"{LO}:{self.clientUDP}", "--peer", self.sink]
         for log in self.serverLogs:
-            self.servers.append(spawn(
+            self.servers.append(self._pinned(spawn(
                 base + ["server", "--tcp", f"tcp:{self.tcpPort}:interface={LO}"] + serverUDP
-                + self.args.server_arg, log, self.workdir))
+                + self.args.server_arg, log, self.workdir)))
         self._await(lambda: listeners(self.tcpPort) >= self.workers, deadline,
                     f"the server did not listen on TCP {self.tcpPort} within {timeout:.0f} s",
                     self.serverLog)
         for log in self.clientLogs:
-            self.clients.append(spawn(
+            self.clients.append(self._pinned(spawn(
                 base + ["client", "--tcp", f"{LO}:{self.tcpPort}"] + clientUDP
-                + self.args.client_arg, log, self.workdir))
+                + self.args.client_arg, log, self.workdir)))
         if self.workers > 1:
             # Every worker in the UDP port's group before the first flow:
             # one joining later would move flows to itself.
@@ -383,6 +386,11 @@ class Tunnel:
                 f"no datagram came back through the tunnel within {timeout:.0f} s:\n"
                 f"  server log:\n{logTail(self.serverLog)}\n  client log:\n{logTail(self.clientLog)}"
             )
+
+    def _pinned(self, process: subprocess.Popen[bytes]) -> subprocess.Popen[bytes]:
+        if self.oneCPU is not None:
+            os.sched_setaffinity(process.pid, {self.oneCPU})
+        return process
 
     def _await(self, ready: Callable[[], bool], deadline: float, what: str,
                log: Path) -> None:
@@ -656,7 +664,8 @@ def measure(
         record["mode"] = mode  # udpload's mode is "flows" for the sessions mode
         return record
     tag = (f"{mode}-{size}-rep{rep}-{config.replace('.', '')}"
-           + (f"-{flows}flows" if flows else "") + (f"-{workers}workers" if workers > 1 else ""))
+           + (f"-{flows}flows" if flows else "") + (f"-{workers}workers" if workers > 1 else "")
+           + ("-1cpu" if workers == 0 else ""))
     tunnel: Tunnel
     if config == LENNOX:
         tunnel = LennoxTunnel(args.lennox, workdir, tag, args)
@@ -841,7 +850,12 @@ SESSIONS_HEADLINE = {"sessions": "rtps", "sessions-blast": "pps"}
 
 
 def workersConfig(workers: int) -> str:
-    """The name of udptunnel's rows with this many workers of each end."""
+    """
+    The name of udptunnel's rows with this many workers of each end (0: one
+    of each, both on one CPU).
+    """
+    if workers == 0:
+        return f"{TUNNEL} 1 CPU"
     return TUNNEL if workers == 1 else f"{TUNNEL} x{workers}"
 
 
@@ -856,8 +870,9 @@ def summariseSessions(records: list[dict[str, Any]], mode: str, sizes: list[int]
     headline = SESSIONS_HEADLINE[mode]
     out: dict[str, Any] = {}
     for size in sizes:
-        base = [r for r in records if r["mode"] == mode and r["size"] == size
-                and r.get("flows") == 1 and r["config"] == TUNNEL and r.get("workers") == 1]
+        base, oneCPU = ([r for r in records if r["mode"] == mode and r["size"] == size
+                         and r.get("flows") == 1 and r["config"] == TUNNEL
+                         and r.get("workers") == w] for w in (1, 0))
         for flows in flowCounts:
             rows = [r for r in records
                     if r["mode"] == mode and r["size"] == size and r.get("flows") == flows]
@@ -866,9 +881,12 @@ def summariseSessions(records: list[dict[str, Any]], mode: str, sizes: list[int]
             for workers in workerCounts:
                 name = workersConfig(workers)
                 rs = [r for r in rows if r["config"] == TUNNEL and r.get("workers") == workers]
+                if not rs:
+                    continue  # the one-CPU baseline has one flow only
                 cell[name] = medians(rs, SESSIONS_SUMMARISED[mode] + TUNNEL_ONLY)
                 cell[name]["ratio_to_direct"] = ratios(rs, direct, [headline, "rtt_p50_us"])
                 cell[name]["ratio_to_one_flow"] = ratios(rs, base, [headline])
+                cell[name]["ratio_to_one_cpu"] = ratios(rs, oneCPU, [headline])
             out.setdefault(str(size), {})[str(flows)] = cell
     return out
 
@@ -899,13 +917,15 @@ def sessionsTable(mode: str, sessions: dict, summary: dict, sizes: list[int],
             ("== sessions one way: N flows at once, each from its own source port, "
              "datagrams/s at the sink"),
             ("   x1flow = / one flow through one worker of each end (same repetition); "
-             "xN workers: N processes of each end sharing the ports (--reuse-port)"),
+             "xN workers: N processes of each end sharing the ports (--reuse-port);"),
+            ("   1 CPU: one worker of each end, both pinned to one CPU (the generator "
+             "not)"),
             (f"   at most {args.in_flight or 'unpaced'} datagrams sent and not yet at the sink; "
              "CPU% s/c = server / client end (all its workers); idle% = the machine's "
              "idle time (all CPUs)"),
         ]
     unit = "rt/s" if echo else "dgram/s"
-    head = (f"{'size':>5} {'flows':>5} {'config':<14} {unit:>10} {'[min-max]':>21} {'xD':>6} "
+    head = (f"{'size':>5} {'flows':>5} {'config':<16} {unit:>10} {'[min-max]':>21} {'xD':>6} "
             + (f"{'x1link':>6} {'RTT p50/p99 us':>15} {'flow RTT us':>13} " if echo
                else f"{'x1flow':>6} {'loss%':>6} ")
             + f"{'setup s':>7} {'CPU us/op':>9} {'CPU% s/c':>9} {'idle%':>5} {'RSS MiB':>11}")
@@ -915,11 +935,13 @@ def sessionsTable(mode: str, sessions: dict, summary: dict, sizes: list[int],
         for flows in flowCounts:
             cell = sessions[str(size)][str(flows)]
             for config in [DIRECT] + [workersConfig(w) for w in workerCounts]:
+                if config not in cell:
+                    continue
                 c = cell[config]
                 tunnel = config != DIRECT
                 ratio = c.get("ratio_to_direct", {}).get(headline)
                 value = c.get(headline)
-                cols = (f"{size:>5} {flows:>5} {config:<14} {fmtInt(value):>10} "
+                cols = (f"{size:>5} {flows:>5} {config:<16} {fmtInt(value):>10} "
                         f"{'[' + fmtInt(c.get(headline + '_min')) + '-' + fmtInt(c.get(headline + '_max')) + ']':>21} "
                         f"{fmtNum(ratio, 2) if tunnel else '-':>6} ")
                 if echo:
@@ -944,12 +966,14 @@ def sessionsTable(mode: str, sessions: dict, summary: dict, sizes: list[int],
     if not echo and 1 in flowCounts and max(flowCounts) > 1:
         most, workers = max(flowCounts), max(workerCounts)
         for size in sizes:
-            c = sessions[str(size)][str(most)][workersConfig(workers)]
+            c = sessions[str(size)][str(most)].get(workersConfig(workers), {})
             toOne = c.get("ratio_to_one_flow", {}).get(headline)
+            toCPU = c.get("ratio_to_one_cpu", {}).get(headline)
             lines.append(
                 f"   {size} B: {most} flows through {workers} worker(s) of each end carry "
-                f"{fmtNum(toOne, 2)}x one flow through one (median of the per-repetition "
-                f"ratios)")
+                f"{fmtNum(toOne, 2)}x one flow through one"
+                + (f", {fmtNum(toCPU, 2)}x one flow with both ends on one CPU" if toCPU else "")
+                + " (medians of the per-repetition ratios)")
     return "\n".join(lines)
 
 
@@ -1071,7 +1095,8 @@ def sessionsCheck(mode: str, sessions: dict, sizes: list[int], flowCounts: list[
     for size in sizes:
         for flows in flowCounts:
             cell = sessions[str(size)][str(flows)]
-            best = max((cell[workersConfig(w)] for w in workerCounts),
+            best = max((cell[workersConfig(w)] for w in workerCounts
+                        if workersConfig(w) in cell),
                        key=lambda c: c.get(key) or 0)
             ratio = best.get("ratio_to_direct", {}).get(key)
             if ratio is None:
@@ -1122,6 +1147,9 @@ def parseArgs(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--in-flight", type=int, default=1024,
                    help="sessions-blast mode: datagrams sent and not yet at the sink, at most "
                         "(0: unpaced, as blast) [%(default)s]")
+    p.add_argument("--no-one-cpu", action="store_true",
+                   help="sessions-blast mode: leave out the baseline of one flow through one "
+                        "worker of each end, both ends on one CPU")
     p.add_argument("--lennox", default=LENNOX_PATH,
                    help="Debian's udptunnel 1.1, measured beside when it is there "
                         "[%(default)s]")
@@ -1167,6 +1195,8 @@ def parseArgs(argv: list[str] | None = None) -> argparse.Namespace:
     args.workers = [int(n) for n in (args.workers or "1,2").split(",")]
     if not all(1 <= n <= 16 for n in args.workers):
         p.error("--workers must be 1..16 each")
+    # The one-CPU baseline: with one worker measured, and a CPU to pin to.
+    args.one_cpu = 1 in args.workers and not args.no_one_cpu
     if not 0 <= args.in_flight <= 1_000_000:
         p.error("--in-flight must be 0..1000000")
     args.lennox = None if args.no_lennox or not (
@@ -1254,8 +1284,9 @@ def main(argv: list[str] | None = None) -> int:
         for size in args.sizes
         for flows in flowsOf.get(mode, [None])
         for config, workers in (
-            [(DIRECT, 1)] + [(TUNNEL, w) for w in args.workers] if mode in SESSIONS_MODES
-            else [(c, 1) for c in configs])
+            [(DIRECT, 1)] + [(TUNNEL, w) for w in args.workers]
+            + ([(TUNNEL, 0)] if mode == "sessions-blast" and flows == 1 and args.one_cpu else [])
+            if mode in SESSIONS_MODES else [(c, 1) for c in configs])
     ]
     started = time.monotonic()
     records: list[dict[str, Any]] = []
@@ -1294,19 +1325,23 @@ def main(argv: list[str] | None = None) -> int:
         shutil.rmtree(workdir, ignore_errors=True)
     elapsed = time.monotonic() - started
     summary = summarise(records, args.sizes, args.modes, configs)
-    sessions = {mode: summariseSessions(records, mode, args.sizes, flowsOf[mode], args.workers)
+    workersOf = {"sessions": args.workers,
+                 "sessions-blast": args.workers + ([0] if args.one_cpu else [])}
+    sessions = {mode: summariseSessions(records, mode, args.sizes, flowsOf[mode],
+                                        workersOf[mode])
                 for mode in SESSIONS_MODES if mode in args.modes}
     print()
     print(table(summary, args.sizes, args.modes, args.repeat, configs))
     for mode, cells in sessions.items():
-        print(sessionsTable(mode, cells, summary, args.sizes, flowsOf[mode], args.workers, args))
+        print(sessionsTable(mode, cells, summary, args.sizes, flowsOf[mode], workersOf[mode],
+                            args))
     if args.profile is not None:
         print("\n".join(profileReport(args.profile, records)))
     print()
     for note in generatorCheck(summary, args.sizes, args.modes):
         print(note)
     for mode, cells in sessions.items():
-        for note in sessionsCheck(mode, cells, args.sizes, flowsOf[mode], args.workers):
+        for note in sessionsCheck(mode, cells, args.sizes, flowsOf[mode], workersOf[mode]):
             print(note)
     if not args.lennox:
         print("Debian's udptunnel 1.1 not measured"
@@ -1315,7 +1350,7 @@ def main(argv: list[str] | None = None) -> int:
     failures = [r for r in records if "error" in r]
     for r in failures:
         flows = f" {r['flows']} flows" if "flows" in r else ""
-        flows += f" {r['workers']} workers" if r.get("workers", 1) > 1 else ""
+        flows += f" {workersConfig(r['workers'])}" if r.get("workers", 1) != 1 else ""
         print(f"FAILED {r['config']} {r['mode']}{flows} {r['size']} B rep {r['rep']}: "
               f"{r['error']}")
     print(f"{len(records)} measurements in {elapsed:.0f} s")
