@@ -851,7 +851,7 @@ def _udpService(plan: Any, relay: Any, settings: SocketSettings, reactor: Any,
                 reusePort: bool = False) -> UDPService:
     service = ReusePortUDPService if reusePort else UDPService
     return service(plan.port, TunnelDatagramProtocol(relay, settings), plan.interface,
-                      MAX_DATAGRAM, reactor, fd=plan.fd)
+                   MAX_DATAGRAM, reactor, fd=plan.fd)
 
 
 def _sessionSocket(plan: Any, settings: SocketSettings, reactor: Any) -> Any:
