@@ -724,6 +724,8 @@ def measure(
     # Per datagram carried one way (blast), per round trip (window, ping:
     # two datagrams through the tunnel, one each way).
     record["tunnel_cpu_us_per_op"] = round(1e6 * cpu / done, 2) if done else None
+    if done and result.get("self_cpu_s") is not None:  # the generator's own
+        record["generator_cpu_us_per_op"] = round(1e6 * result["self_cpu_s"] / done, 2)
     record["server_peak_rss_kib"] = memory["server"].get("VmHWM")
     record["client_peak_rss_kib"] = memory["client"].get("VmHWM")
     record["server_rss_kib"] = memory["server"].get("VmRSS")
@@ -843,7 +845,8 @@ def summarise(records: list[dict[str, Any]], sizes: list[int], modes: list[str],
 SESSIONS_SUMMARISED = {
     "sessions": ["rtps", "MBps", "lost", "rtt_p50_us", "rtt_p99_us", "flow_rtt_median_us",
                  "flow_rtt_max_us", "flow_rt_fewest", "flow_rt_most", "setup_s", "self_cpu_s"],
-    "sessions-blast": ["pps", "MBps", "loss_pct", "setup_s", "self_cpu_s"],
+    "sessions-blast": ["pps", "MBps", "loss_pct", "setup_s", "self_cpu_s",
+                       "generator_cpu_us_per_op"],
 }
 #: The headline figure of each sessions mode.
 SESSIONS_HEADLINE = {"sessions": "rtps", "sessions-blast": "pps"}
@@ -974,6 +977,18 @@ def sessionsTable(mode: str, sessions: dict, summary: dict, sizes: list[int],
                 f"{fmtNum(toOne, 2)}x one flow through one"
                 + (f", {fmtNum(toCPU, 2)}x one flow with both ends on one CPU" if toCPU else "")
                 + " (medians of the per-repetition ratios)")
+            one = sessions[str(size)].get("1", {}).get(workersConfig(1), {})
+            perDatagram = (one.get("generator_cpu_us_per_op") or 0) + (
+                one.get("tunnel_cpu_us_per_op") or 0)
+            cpus = len(os.sched_getaffinity(0))
+            if perDatagram and one.get(headline):
+                ceiling = cpus * 1e6 / perDatagram
+                lines.append(
+                    f"   {size} B: with the generator on the same {cpus} CPUs "
+                    f"({fmtNum(one['generator_cpu_us_per_op'], 2)} us a datagram, the tunnel "
+                    f"{fmtNum(one['tunnel_cpu_us_per_op'], 2)}), they carry at most "
+                    f"{fmtInt(ceiling)}/s: {ceiling / one[headline]:.2f}x one flow through "
+                    f"one worker")
     return "\n".join(lines)
 
 
