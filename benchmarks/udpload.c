@@ -15,6 +15,22 @@
  *   udpload flows  --target H:P --sink H:P --size N --flows F [--window W] [--count N]
  *                  [--duration S] [--setup-s S]
  *
+ * blast --in-flight N keeps at most N datagrams sent and not yet at the sink
+ * (after 100 ms without an arrival, what is outstanding counts as lost):
+ * the tunnel's one-way capacity, without the sender spending a core on
+ * datagrams a full socket drops.
+ *
+ * blast --flows F sends from F application sockets, each on its own
+ * source port, in turn: one way, through a tunnel's sessions.  Like flows it
+ * opens the sessions first (the sink echoes until then), says so, and only
+ * then blasts.
+ *
+ * --a-bind H:P binds the application socket(s) there and leaves them
+ * unconnected (the datagrams go to --target with sendto, and replies are
+ * taken from any source), and --reply-to H:P sends every echo there instead
+ * of to its source: for a tunnel whose ends send from a port of their own
+ * (Debian's udptunnel 1.1).
+ *
  * flows is window with F application sockets, each on its own source port
  * (so each is a session of a tunnel with --sessions), each with W datagrams
  * in flight, all answered by the one echo socket.  The sessions are opened
@@ -68,7 +84,11 @@ struct options {
     int timeoutMs;
     int drainMs;
     int flows;
+    int flowsGiven;
+    long inFlight;
     double setupSeconds;
+    struct sockaddr_storage aBind, replyTo;
+    socklen_t aBindLen, replyToLen;
 };
 
 static uint32_t runId;
@@ -85,7 +105,8 @@ static void usage(const char *why)
             "udpload: %s\n"
             "usage: udpload blast|window|ping|probe|flows --target HOST:PORT --sink HOST:PORT\n"
             "         [--size N] [--count N] [--duration S] [--window W] [--warmup N]\n"
-            "         [--timeout-ms MS] [--drain-ms MS] [--flows F] [--setup-s S]\n",
+            "         [--timeout-ms MS] [--drain-ms MS] [--flows F] [--setup-s S]\n"
+            "         [--a-bind HOST:PORT] [--reply-to HOST:PORT] [--in-flight N]\n",
             why);
     exit(2);
 }
@@ -149,13 +170,34 @@ static int openSocket(int family)
     return fd;
 }
 
-/* The app socket: an ephemeral port, connected to the target. */
+/* Where unconnected sockets send (--a-bind), or NULL; where echoes go
+ * (--reply-to), or NULL for their source. */
+static const struct sockaddr_storage *sendTarget, *echoTarget;
+static socklen_t sendTargetLen, echoTargetLen;
+
+/* The app socket: an ephemeral port, connected to the target; or, with
+ * --a-bind, bound there and unconnected. */
 static int appSocket(const struct options *o)
 {
     int fd = openSocket(o->target.ss_family);
+    if (o->aBindLen) {
+        int one = 1;
+        setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+        if (bind(fd, (const struct sockaddr *)&o->aBind, o->aBindLen) < 0)
+            die("bind --a-bind");
+        return fd;
+    }
     if (connect(fd, (const struct sockaddr *)&o->target, o->targetLen) < 0)
         die("connect to --target");
     return fd;
+}
+
+/* send() on an app socket, connected or not. */
+static ssize_t appSend(int fd, const void *buf, size_t len)
+{
+    if (sendTarget != NULL)
+        return sendto(fd, buf, len, 0, (const struct sockaddr *)sendTarget, sendTargetLen);
+    return send(fd, buf, len, 0);
 }
 
 static int sinkSocket(const struct options *o)
@@ -265,6 +307,16 @@ static int waitReadable(int fd, int ms)
     return r > 0;
 }
 
+/* Address the first n messages of a batch to `to' (NULL: none, for a
+ * connected socket). */
+static void aim(struct batch *b, int n, const struct sockaddr_storage *to, socklen_t len)
+{
+    for (int i = 0; i < n; i++) {
+        b->msgs[i].msg_hdr.msg_name = (void *)to;
+        b->msgs[i].msg_hdr.msg_namelen = to ? len : 0;
+    }
+}
+
 /* Send n prepared datagrams of a batch; returns how many went. */
 static int sendBatch(int fd, struct batch *b, int n, long *errors)
 {
@@ -309,6 +361,8 @@ static void *echoMain(void *arg)
             continue;
         for (int i = 0; i < n; i++)
             b->iovs[i].iov_len = b->msgs[i].msg_len;
+        if (echoTarget != NULL)
+            aim(b, n, echoTarget, echoTargetLen);
         e->echoed += sendBatch(e->fd, b, n, &e->sendErrors);
     }
     return NULL;
@@ -328,16 +382,72 @@ static void echoStop(struct echo *e, pthread_t thread)
     pthread_join(thread, NULL);
 }
 
+struct flow {
+    int fd;
+    long nextSeq;   /* per flow, below PROBE_SEQ */
+    long completed;
+    long lost;
+    int inFlight;
+    long *slots;    /* the sequence numbers in flight, -1 where free */
+    uint64_t last;  /* when it last sent a window or got a reply */
+    uint64_t rttSum;
+};
+
 /* ---- blast: send as fast as possible, count what reaches the sink ---- */
 
 struct sender {
     const struct options *o;
     int fd;
+    const int *fds; /* with --flows: the flows' sockets, in turn */
+    int nfds;
     long sent;
     long sendErrors;
     uint64_t start, end;
     atomic_int done;
+    /* --in-flight: what the sink has counted, and the sender's wait for it */
+    atomic_long received;
+    pthread_mutex_t lock;
+    pthread_cond_t arrived;
+    long writtenOff; /* datagrams given up as lost after a stall */
+    long stalls;
 };
+
+/* --in-flight: wait until n more datagrams may go (at most o->inFlight
+ * sent and not yet at the sink); after 100 ms without an arrival, what is
+ * outstanding counts as lost.  0 once the deadline passed. */
+static int senderMayGo(struct sender *s, int n, uint64_t deadline)
+{
+    const struct options *o = s->o;
+    long seen = atomic_load(&s->received);
+    uint64_t since = nowNs();
+    while (s->sent - seen - s->writtenOff + n > o->inFlight) {
+        uint64_t t = nowNs();
+        if (t >= deadline)
+            return 0;
+        if (t - since >= 100000000u) {
+            s->writtenOff = s->sent - seen;
+            s->stalls++;
+            break;
+        }
+        struct timespec until;
+        clock_gettime(CLOCK_REALTIME, &until);
+        until.tv_nsec += 5000000;
+        if (until.tv_nsec >= 1000000000L) {
+            until.tv_sec++;
+            until.tv_nsec -= 1000000000L;
+        }
+        pthread_mutex_lock(&s->lock);
+        if (atomic_load(&s->received) == seen)
+            pthread_cond_timedwait(&s->arrived, &s->lock, &until);
+        pthread_mutex_unlock(&s->lock);
+        long now = atomic_load(&s->received);
+        if (now != seen) {
+            seen = now;
+            since = nowNs();
+        }
+    }
+    return 1;
+}
 
 static void *senderMain(void *arg)
 {
@@ -358,25 +468,83 @@ static void *senderMain(void *arg)
         int n = BATCH;
         if (o->count - s->sent < n)
             n = (int)(o->count - s->sent);
+        if (o->inFlight && !senderMayGo(s, n, deadline))
+            break;
         for (int i = 0; i < n; i++)
             stamp(b->bufs[i], (uint32_t)(s->sent + i), t);
-        s->sent += sendBatch(s->fd, b, n, &s->sendErrors);
+        int fd = s->nfds ? s->fds[(s->sent / BATCH) % s->nfds] : s->fd;
+        aim(b, n, sendTarget, sendTargetLen);
+        s->sent += sendBatch(fd, b, n, &s->sendErrors);
     }
     s->end = nowNs();
     atomic_store(&s->done, 1);
     return NULL;
 }
 
+static int flowsSetup(const struct options *o, struct flow *flows, int epfd, long *setupSent);
+static void raiseDescriptorLimit(long needed);
+
+/* blast --flows: open the flows' sessions (the sink echoes meanwhile), then
+ * say so; their sockets go to fds.  0 if they did not all open. */
+static double blastSetupSeconds;
+
+static int blastFlowsSetup(const struct options *o, int sink, int *fds)
+{
+    raiseDescriptorLimit(o->flows + 64);
+    struct echo e;
+    pthread_t echoThread;
+    echoStart(&e, &echoThread, sink);
+    int epfd = epoll_create1(0);
+    if (epfd < 0)
+        die("epoll_create1");
+    struct flow *flows = calloc((size_t)o->flows, sizeof *flows);
+    if (flows == NULL)
+        die("calloc");
+    for (int i = 0; i < o->flows; i++) {
+        flows[i].fd = fds[i] = appSocket(o);
+        struct epoll_event ev = {.events = EPOLLIN, .data.u32 = (uint32_t)i};
+        if (epoll_ctl(epfd, EPOLL_CTL_ADD, flows[i].fd, &ev) < 0)
+            die("epoll_ctl");
+    }
+    long setupSent = 0;
+    uint64_t setupStart = nowNs();
+    int ready = flowsSetup(o, flows, epfd, &setupSent);
+    double setupS = (nowNs() - setupStart) / 1e9;
+    echoStop(&e, echoThread);
+    close(epfd);
+    free(flows);
+    if (!ready) {
+        printf("{\"mode\":\"blast\",\"ok\":false,\"flows\":%d,\"setup_s\":%.3f,"
+               "\"error\":\"not every flow's first datagram came back within %.0f s\"}\n",
+               o->flows, setupS, o->setupSeconds);
+        return 0;
+    }
+    printf("{\"phase\":\"ready\",\"setup_s\":%.3f}\n", setupS);
+    blastSetupSeconds = setupS;
+    return 1;
+}
+
 static int blast(const struct options *o)
 {
-    int sink = sinkSocket(o), app = appSocket(o);
+    int sink = sinkSocket(o), app = -1;
+    int *fds = NULL;
+    if (o->flowsGiven) {
+        fds = calloc((size_t)o->flows, sizeof *fds);
+        if (fds == NULL)
+            die("calloc");
+        if (!blastFlowsSetup(o, sink, fds))
+            return 1;
+    } else
+        app = appSocket(o);
     struct seen seen;
     seenInit(&seen, o->count);
     struct batch *b = malloc(sizeof *b);
     if (b == NULL)
         die("malloc");
     batchInit(b, MAX_SIZE + 1);
-    struct sender s = {.o = o, .fd = app};
+    struct sender s = {.o = o, .fd = app, .fds = fds, .nfds = fds ? o->flows : 0};
+    pthread_mutex_init(&s.lock, NULL);
+    pthread_cond_init(&s.arrived, NULL);
     pthread_t thread;
     double cpu0 = cpuSeconds();
     if (pthread_create(&thread, NULL, senderMain, &s) != 0)
@@ -421,21 +589,28 @@ static int blast(const struct options *o)
                 first = t;
             last = t;
         }
+        if (o->inFlight) {
+            pthread_mutex_lock(&s.lock);
+            atomic_store(&s.received, received);
+            pthread_cond_signal(&s.arrived);
+            pthread_mutex_unlock(&s.lock);
+        }
     }
     pthread_join(thread, NULL);
     double cpu = cpuSeconds() - cpu0;
     double elapsed = received ? (last - s.start) / 1e9 : 0;
     double pps = elapsed > 0 ? received / elapsed : 0;
     double sendSeconds = (s.end - s.start) / 1e9;
-    printf("{\"mode\":\"blast\",\"size\":%d,\"sent\":%ld,\"send_errors\":%ld,"
+    printf("{\"mode\":\"blast\",\"ok\":true,\"flows\":%d,\"size\":%d,\"sent\":%ld,\"send_errors\":%ld,"
            "\"received\":%ld,\"loss_pct\":%.3f,\"dup\":%ld,\"reordered\":%ld,"
            "\"badlen\":%ld,\"foreign\":%ld,\"send_s\":%.6f,\"send_pps\":%.1f,"
            "\"first_arrival_s\":%.6f,\"elapsed_s\":%.6f,\"pps\":%.1f,\"MBps\":%.3f,"
-           "\"self_cpu_s\":%.3f}\n",
-           o->size, s.sent, s.sendErrors, received,
+           "\"self_cpu_s\":%.3f,\"in_flight\":%ld,\"stalls\":%ld,\"setup_s\":%.3f}\n",
+           o->flows, o->size, s.sent, s.sendErrors, received,
            s.sent ? 100.0 * (s.sent - received) / s.sent : 0.0, dup, reordered, badLen,
            foreign, sendSeconds, sendSeconds > 0 ? s.sent / sendSeconds : 0,
-           received ? (first - s.start) / 1e9 : 0, elapsed, pps, pps * o->size / 1e6, cpu);
+           received ? (first - s.start) / 1e9 : 0, elapsed, pps, pps * o->size / 1e6, cpu,
+           o->inFlight, s.stalls, blastSetupSeconds);
     return 0;
 }
 
@@ -470,6 +645,7 @@ static int window(const struct options *o)
             for (int i = 0; i < n; i++)
                 stamp(out->bufs[i], (uint32_t)(nextSeq + i), t);
             nextSeq += n;
+            aim(out, n, sendTarget, sendTargetLen);
             inFlight += sendBatch(app, out, n, &sendErrors);
             toSend -= n;
         }
@@ -551,7 +727,7 @@ static uint64_t pingOnce(const struct options *o, int app, unsigned char *out,
 {
     uint64_t t0 = nowNs();
     stamp(out, seq, t0);
-    if (send(app, out, (size_t)o->size, 0) < 0)
+    if (appSend(app, out, (size_t)o->size) < 0)
         ++*sendErrors;
     uint64_t giveUp = t0 + (uint64_t)o->timeoutMs * 1000000u;
     for (;;) {
@@ -640,16 +816,6 @@ static int probe(const struct options *o)
 
 /* ---- flows: F sources, each with W datagrams in flight, one echo ---- */
 
-struct flow {
-    int fd;
-    long nextSeq;   /* per flow, below PROBE_SEQ */
-    long completed;
-    long lost;
-    int inFlight;
-    long *slots;    /* the sequence numbers in flight, -1 where free */
-    uint64_t last;  /* when it last sent a window or got a reply */
-    uint64_t rttSum;
-};
 
 static uint32_t flowSeq(int flow, long seq)
 {
@@ -714,7 +880,7 @@ static int flowsSetup(const struct options *o, struct flow *flows, int epfd, lon
                     if (done[i - first])
                         continue;
                     stamp(out, flowSeq(i, PROBE_SEQ), t);
-                    if (send(flows[i].fd, out, HEADER, 0) == HEADER)
+                    if (appSend(flows[i].fd, out, HEADER) == HEADER)
                         ++*setupSent;
                 }
                 lastSent = t;
@@ -951,7 +1117,11 @@ int main(int argc, char **argv)
         } else if (!strcmp(name, "--sink")) {
             o.sinkLen = parseAddress(value, &o.sink);
             haveSink = 1;
-        } else if (!strcmp(name, "--size"))
+        } else if (!strcmp(name, "--a-bind"))
+            o.aBindLen = parseAddress(value, &o.aBind);
+        else if (!strcmp(name, "--reply-to"))
+            o.replyToLen = parseAddress(value, &o.replyTo);
+        else if (!strcmp(name, "--size"))
             o.size = atoi(value);
         else if (!strcmp(name, "--count"))
             o.count = atol(value);
@@ -965,8 +1135,12 @@ int main(int argc, char **argv)
             o.timeoutMs = atoi(value);
         else if (!strcmp(name, "--drain-ms"))
             o.drainMs = atoi(value);
-        else if (!strcmp(name, "--flows"))
+        else if (!strcmp(name, "--flows")) {
             o.flows = atoi(value);
+            o.flowsGiven = 1;
+        }
+        else if (!strcmp(name, "--in-flight"))
+            o.inFlight = atol(value);
         else if (!strcmp(name, "--setup-s"))
             o.setupSeconds = atof(value);
         else
@@ -992,6 +1166,18 @@ int main(int argc, char **argv)
         usage("--setup-s must be in (0, 600] seconds");
     if (!strcmp(o.mode, "flows") && (o.count > FLOW_SEQS || o.window > 64))
         usage("flows: --count at most 4194304 and --window at most 64");
+    if (o.inFlight < 0 || o.inFlight > MAX_COUNT)
+        usage("--in-flight must be 0..100000000");
+    if (o.aBindLen && o.flows > 1)
+        usage("--a-bind is one socket: not with --flows");
+    if (o.aBindLen) {
+        sendTarget = &o.target;
+        sendTargetLen = o.targetLen;
+    }
+    if (o.replyToLen) {
+        echoTarget = &o.replyTo;
+        echoTargetLen = o.replyToLen;
+    }
     runId = (uint32_t)(nowNs() ^ ((uint64_t)getpid() << 16)) | 1u;
     setvbuf(stdout, NULL, _IOLBF, 0);
     if (!strcmp(o.mode, "blast"))

@@ -84,6 +84,14 @@ CASES: list[tuple[str, tuple[str, ...], tuple[str, ...]]] = [
      ("--idle-timeout", "--session-idle")),
     ("max sessions 0", ("client", "--tcp", "127.0.0.1:9999", "--udp", UDP, "--sessions",
                         "--max-sessions", "0"), ("--max-sessions",)),
+    ("a shared port for the single link", (*SERVER, "--reuse-port"),
+     ("--reuse-port", "--sessions")),
+    ("a shared port that is no TCP port",
+     ("server", "--tcp", "unix:/tmp/udptunnel-test.sock", "--peer", "127.0.0.1:17074",
+      "--sessions", "--reuse-port"), ("--reuse-port", "TCP --tcp", "ReusePort=yes")),
+    ("a shared client port that is ephemeral",
+     ("client", "--tcp", "127.0.0.1:9999", "--udp", "127.0.0.1:0", "--sessions",
+      "--reuse-port"), ("--reuse-port", "--udp", "a port")),
 ]
 
 

@@ -44,6 +44,7 @@ from .protocols import MAX_DATAGRAM, TunnelDatagramProtocol, TunnelFactory
 from .proxy import ProxyEndpoint, parseProxy
 from .reconnect import CONNECT_TIMEOUT, Backoff, ReportingEndpoint
 from .relay import Relay
+from .reuseport import ReusePortReactor, ReusePortUDPService
 from .sessions import (
     DEFAULT_MAX_SESSIONS,
     DEFAULT_SESSION_IDLE,
@@ -403,6 +404,10 @@ class _EndOptions(_WithExample):
 
     optFlags: list[list[Any]] = [
         ["sessions", None, SESSIONS_HELP],
+        ["reuse-port", None,
+         ("With --sessions: share the port with other processes started the same way "
+          "(SO_REUSEPORT), each with sessions of its own, to use more cores: a server's "
+          "--tcp, a client's --udp.")],
     ]
 
     def __init__(self) -> None:
@@ -467,6 +472,9 @@ class _EndOptions(_WithExample):
                     "--idle-timeout is for the single link: with --sessions each session "
                     "ends after --session-idle")
             self.checkSessions()
+        elif self["reuse-port"]:
+            raise usage.UsageError(
+                "--reuse-port is for --sessions: one link cannot be shared by processes")
 
     def checkSessions(self) -> None:
         raise NotImplementedError()
@@ -538,6 +546,10 @@ class ServerOptions(_EndOptions):
                 "before the TLS handshake, which this server would read first")
         if self["sessions"]:
             self["tcp"] = _withBacklog(self["tcp"])
+        if self["reuse-port"] and self["tcp"].split(":", 1)[0] not in ("tcp", "tcp6"):
+            raise usage.UsageError(
+                "--reuse-port needs a TCP --tcp (a port, tcp:... or tcp6:...); with "
+                "systemd, give each worker's .socket unit ReusePort=yes instead")
 
     def checkSessions(self) -> None:
         if self["peer"] is None:
@@ -606,6 +618,10 @@ class ClientOptions(_EndOptions):
 
     def postOptions(self) -> None:
         super().postOptions()
+        if self["reuse-port"] and (self["plan"].fd is not None or self["plan"].port == 0):
+            raise usage.UsageError(
+                "--reuse-port shares --udp: give it a port (HOST:PORT); with systemd, "
+                "give each worker's .socket unit ReusePort=yes instead")
         if self["proxy"] is not None and not isinstance(self["tcp"], HostPort):
             raise usage.UsageError(
                 "--proxy: give --tcp as HOST:PORT (the proxy connects to it), "
@@ -890,7 +906,8 @@ def _sessions(end: usage.Options, client: bool, common: dict[str, Any],
             udpAllow=_filter(end["udp-allow"]),
             **limits, **common,
         )
-        _udpService(plan, relay, settings, reactor).setServiceParent(relay)
+        _udpService(plan, relay, settings, reactor,
+                    reusePort=end["reuse-port"]).setServiceParent(relay)
     else:
         relay = ServerSessions(
             reactor,
@@ -901,7 +918,8 @@ def _sessions(end: usage.Options, client: bool, common: dict[str, Any],
         )
         factory = TunnelFactory(relay, settings, tls=tls, handshake=handshake,
                                 **_proxyProtocol(end, reactor))
-        _serverListener(end, factory, reactor, relay).setServiceParent(relay)
+        listening = ReusePortReactor(reactor) if end["reuse-port"] else reactor
+        _serverListener(end, factory, listening, relay).setServiceParent(relay)
     return relay
 
 
@@ -917,9 +935,11 @@ def _filter(networks: Any) -> AddressFilter | None:
     return AddressFilter(networks) if networks else None
 
 
-def _udpService(plan: Any, relay: Any, settings: SocketSettings, reactor: Any) -> UDPService:
-    return UDPService(plan.port, TunnelDatagramProtocol(relay, settings), plan.interface,
-                      MAX_DATAGRAM, reactor, fd=plan.fd)
+def _udpService(plan: Any, relay: Any, settings: SocketSettings, reactor: Any,
+                reusePort: bool = False) -> UDPService:
+    service = ReusePortUDPService if reusePort else UDPService
+    return service(plan.port, TunnelDatagramProtocol(relay, settings), plan.interface,
+                   MAX_DATAGRAM, reactor, fd=plan.fd)
 
 
 def _sessionSocket(plan: Any, settings: SocketSettings, reactor: Any) -> Any:
