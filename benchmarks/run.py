@@ -1182,6 +1182,8 @@ def parseArgs(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--window", type=int, default=32, help="datagrams in flight [32]")
     p.add_argument("--ping-count", type=int, default=None, help="pings per measurement [3000]")
     p.add_argument("--json-out", type=Path, help="write the results as JSON to this file")
+    p.add_argument("--plot", type=Path, metavar="FILE.png",
+                   help="draw the comparison as a chart (needs matplotlib: '.[bench]')")
     p.add_argument("--twistd", type=Path,
                    help="the twistd to run [the one next to this Python: %(default)s]",
                    default=Path(sys.executable).parent / "twistd")
@@ -1279,6 +1281,12 @@ def main(argv: list[str] | None = None) -> int:
             f"the environment udptunnel is installed in (e.g. .venv/bin/python "
             f"benchmarks/run.py), or give --twistd."
         )
+    if args.plot is not None:
+        from plot import missing
+
+        why = missing()
+        if why is not None:
+            raise SystemExit(f"benchmarks/run.py: {why}")
     if args.pin:
         cpus = {int(c) for c in args.pin.split(",")}
         os.sched_setaffinity(0, cpus)  # inherited by everything started below
@@ -1362,6 +1370,13 @@ def main(argv: list[str] | None = None) -> int:
         print("Debian's udptunnel 1.1 not measured"
               + (" (--no-lennox)" if args.no_lennox else f" (no {LENNOX_PATH})"))
     print(memoryLine(records))
+    if args.plot is not None:
+        from plot import plotSummary
+
+        drawn = plotSummary(summary, args.sizes, args.modes, configs, args.plot,
+                            f"udptunnel {env.get('udptunnel')}, {env['cpus']} CPUs, loopback; "
+                            f"medians of {args.repeat}")
+        print(f"chart of {len(drawn)} panels written to {args.plot}")
     failures = [r for r in records if "error" in r]
     for r in failures:
         flows = f" {r['flows']} flows" if "flows" in r else ""
