@@ -678,3 +678,21 @@ class ExampleTests(SynchronousTestCase):
         self.assertIn("udptunnel run --config /etc/udptunnel/natbox.toml", values["ExecStart"])
         self.assertEqual(values["ExecReload"], "/bin/kill -USR2 $MAINPID")
         self.assertEqual(values["Type"], "notify")
+
+    def test_workerTemplate(self) -> None:
+        """
+        The workers' template unit: its command line parses (instance 1),
+        shares the port, and its instances run as one user.
+        """
+        with open(os.path.join(CONTRIB, "systemd", "udptunnel-client@.service")) as file:
+            unit = file.read().replace("\\\n", " ")
+        values = dict(line.split("=", 1) for line in unit.splitlines()
+                      if "=" in line and not line.startswith("#"))
+        argv = values["ExecStart"].replace("%i", "1").replace("relay.example.net", "127.0.0.1")
+        words = argv.split()
+        options = tap.Options()
+        options.parseOptions(words[words.index("udptunnel") + 1:])
+        client = options.subOptions
+        self.assertTrue(client["sessions"] and client["reuse-port"])
+        self.assertEqual(client["metrics"], "tcp:9101:interface=127.0.0.1")
+        self.assertEqual(values["User"], "udptunnel-client")
