@@ -294,8 +294,8 @@ class LiveTests(TwistdTestCase):
     def config(self) -> str:
         self.pop, self.resolver = self.udpSocket(), self.udpSocket()
         self.metrics, linkTCP, sessionsTCP = freePort(), freePort(), freePort()
-        self.linkUDP, relayUDP, self.sessionsUDP = (freePort(kind=socket.SOCK_DGRAM)
-                                                    for _ in range(3))
+        self.linkUDP, self.relayUDP, self.sessionsUDP = (freePort(kind=socket.SOCK_DGRAM)
+                                                         for _ in range(3))
         path = self.path("tunnels.toml")
         with open(path, "w") as file:
             file.write(textwrap.dedent(f"""\
@@ -309,7 +309,7 @@ class LiveTests(TwistdTestCase):
                 [tunnel.relay]
                 role = "client"
                 tcp = "127.0.0.1:{linkTCP}"
-                udp = "127.0.0.1:{relayUDP}"
+                udp = "127.0.0.1:{self.relayUDP}"
                 peer = "127.0.0.1:{self.pop.getsockname()[1]}"
 
                 [tunnel.dns-stub]
@@ -325,7 +325,6 @@ class LiveTests(TwistdTestCase):
                 peer = "127.0.0.1:{self.resolver.getsockname()[1]}"
                 sessions = true
                 """))
-        self.relayUDP = relayUDP
         return path
 
     def scrape(self) -> dict[str, list[dict[str, str]]]:
@@ -343,6 +342,12 @@ class LiveTests(TwistdTestCase):
         return samples
 
     def test_everyQueriedMetricExists(self) -> None:
+        """
+        Each selector's metric is served, with the labels it matches on
+        (and the values it matches with C{=}), and with a C{tunnel} label;
+        each label a query groups by or a legend shows is on one of its
+        metrics; each series served is queried by some panel.
+        """
         process = self.spawn("run", TWISTD, "-n", "--pidfile=", "udptunnel", "run",
                              "--config", self.config())
         self.waitForOutput(process, "4 tunnel(s) from")
