@@ -256,6 +256,18 @@ class ReloadTests(TestCase):
             peer = "127.0.0.1:{self.popPort.getHost().port}"
             """) + textwrap.dedent(extra)
 
+    def withServer(self, name: str, udp: int) -> str:
+        """
+        The seed scenario's file and one more server, C{name}, on UDP port
+        C{udp} (and an ephemeral TCP port).
+        """
+        return self.seedText(f"""
+            [tunnel.{name}]
+            role = "server"
+            udp = "127.0.0.1:{udp}"
+            tcp = "tcp:0:interface=127.0.0.1"
+            """)
+
     def rewrite(self, text: str) -> None:
         with open(self.path, "w") as file:
             file.write(text)
@@ -290,12 +302,7 @@ class ReloadTests(TestCase):
         link = natbox.link  # type: ignore[attr-defined]
         self.assertIsNotNone(link)
         extraUDP = freePort(kind=socket.SOCK_DGRAM)
-        self.rewrite(self.seedText(f"""
-            [tunnel.extra]
-            role = "server"
-            udp = "127.0.0.1:{extraUDP}"
-            tcp = "tcp:0:interface=127.0.0.1"
-            """))
+        self.rewrite(self.withServer("extra", extraUDP))
         yield top.reload()
         after = dict(top.tunnels())
         self.assertEqual(list(after), ["natbox", "relay", "extra"])
@@ -370,12 +377,7 @@ class ReloadTests(TestCase):
         self.addCleanup(busy.close)
         busy.bind(("127.0.0.1", 0))
         port = busy.getsockname()[1]
-        self.rewrite(self.seedText(f"""
-            [tunnel.late]
-            role = "server"
-            udp = "127.0.0.1:{port}"
-            tcp = "tcp:0:interface=127.0.0.1"
-            """))
+        self.rewrite(self.withServer("late", port))
         yield top.reload()
         self.assertEqual([name for name, _ in top.tunnels()], ["natbox", "relay"])
         self.assertTrue(any(m.startswith("reload: tunnel late not started: ")
@@ -494,6 +496,21 @@ class FourTunnels(TwistdTestCase):
                                     timeout=TIMEOUT) as response:
             return response.read().decode()  # type: ignore[no-any-return]
 
+    def startFourTunnels(self) -> tuple[str, subprocess.Popen[bytes], socket.socket]:
+        """
+        The installed twistd running L{fourTunnels}, once the seed tunnel
+        relayed a round trip and the DNS tunnel three queries: the config
+        file, the process, and the seed's application socket.
+        """
+        config = self.writeConfig(self.fourTunnels())
+        process = self.spawn("run", TWISTD, "-n", "--pidfile=", "udptunnel", "run",
+                             "--config", config)
+        self.waitForOutput(process, "4 tunnel(s) from")
+        app = self.udpSocket()
+        self.assertRelays(app, self.pop, self.seedUDP, self.relayUDP)
+        self.queries(3)
+        return config, process, app
+
     def queries(self, count: int) -> None:
         """
         C{count} applications, each on its own port, ask the "resolver"
@@ -524,13 +541,7 @@ class RunTests(FourTunnels):
         metrics; SIGUSR2 restarts only the changed tunnel (the seed link
         stays up and its phantom peer known); a bad file changes nothing.
         """
-        config = self.writeConfig(self.fourTunnels())
-        process = self.spawn("run", TWISTD, "-n", "--pidfile=", "udptunnel", "run",
-                             "--config", config)
-        self.waitForOutput(process, "4 tunnel(s) from")
-        app = self.udpSocket()
-        self.assertRelays(app, self.pop, self.seedUDP, self.relayUDP)
-        self.queries(3)
+        config, process, app = self.startFourTunnels()
         output = self.output(process)
         self.assertIn("[udptunnel.natbox#info] link up", output)
         self.assertIn("[udptunnel.relay#info] link up", output)

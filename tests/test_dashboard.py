@@ -11,8 +11,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import socket
-import textwrap
 import urllib.request
 from collections.abc import Iterator
 from typing import Any, NamedTuple
@@ -20,13 +18,10 @@ from typing import Any, NamedTuple
 from prometheus_client.parser import text_string_to_metric_families
 from twisted.trial.unittest import SynchronousTestCase
 
+from .test_config import FourTunnels
 from .test_twistd import (
     STOPPED_BY_SIGTERM,
     TIMEOUT,
-    TWISTD,
-    TwistdTestCase,
-    freePort,
-    receive,
 )
 
 DASHBOARD = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
@@ -283,7 +278,7 @@ class ModelTests(SynchronousTestCase):
             self.assertLessEqual(wanted, set(selector.matchers), (where, selector))
 
 
-class LiveTests(TwistdTestCase):
+class LiveTests(FourTunnels):
     """
     The installed twistd runs four tunnels as a user would, a one-link pair
     (a phantom server, a client with a fixed peer) and a sessions pair, so
@@ -291,43 +286,7 @@ class LiveTests(TwistdTestCase):
     label the dashboard queries is in a scrape of C{/metrics}.
     """
 
-    def config(self) -> str:
-        self.pop, self.resolver = self.udpSocket(), self.udpSocket()
-        self.metrics, linkTCP, sessionsTCP = freePort(), freePort(), freePort()
-        self.linkUDP, self.relayUDP, self.sessionsUDP = (freePort(kind=socket.SOCK_DGRAM)
-                                                         for _ in range(3))
-        path = self.path("tunnels.toml")
-        with open(path, "w") as file:
-            file.write(textwrap.dedent(f"""\
-                metrics = "tcp:{self.metrics}:interface=127.0.0.1"
-
-                [tunnel.natbox]
-                role = "server"
-                udp = "127.0.0.1:{self.linkUDP}"
-                tcp = "tcp:{linkTCP}:interface=127.0.0.1"
-
-                [tunnel.relay]
-                role = "client"
-                tcp = "127.0.0.1:{linkTCP}"
-                udp = "127.0.0.1:{self.relayUDP}"
-                peer = "127.0.0.1:{self.pop.getsockname()[1]}"
-
-                [tunnel.dns-stub]
-                role = "client"
-                tcp = "127.0.0.1:{sessionsTCP}"
-                udp = "127.0.0.1:{self.sessionsUDP}"
-                sessions = true
-
-                [tunnel.dns-relay]
-                role = "server"
-                tcp = "tcp:{sessionsTCP}:interface=127.0.0.1"
-                udp = "127.0.0.1:0"
-                peer = "127.0.0.1:{self.resolver.getsockname()[1]}"
-                sessions = true
-                """))
-        return path
-
-    def scrape(self) -> dict[str, list[dict[str, str]]]:
+    def servedSamples(self) -> dict[str, list[dict[str, str]]]:
         """
         The labels of every sample served, by sample name (a counter's
         C{_total}, an info's C{_info}: the names PromQL sees).
@@ -348,20 +307,8 @@ class LiveTests(TwistdTestCase):
         each label a query groups by or a legend shows is on one of its
         metrics; each series served is queried by some panel.
         """
-        process = self.spawn("run", TWISTD, "-n", "--pidfile=", "udptunnel", "run",
-                             "--config", self.config())
-        self.waitForOutput(process, "4 tunnel(s) from")
-        app = self.udpSocket()
-        self.assertRelays(app, self.pop, self.linkUDP, self.relayUDP)
-        for index in range(2):  # two sessions, each answered
-            query = self.udpSocket()
-            query.sendto(b"query %d" % index, ("127.0.0.1", self.sessionsUDP))
-            got = receive(self.resolver, TIMEOUT)
-            assert got is not None, "a query never reached the resolver"
-            self.resolver.sendto(b"answer", got[1])
-            self.assertEqual(receive(query, TIMEOUT), (b"answer", ("127.0.0.1",
-                                                                    self.sessionsUDP)))
-        served = self.scrape()
+        _, process, _ = self.startFourTunnels()
+        served = self.servedSamples()
 
         queried = dashboardSelectors(loadDashboard())
         names = {selector.metric for _, selector in queried}

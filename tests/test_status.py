@@ -143,13 +143,7 @@ class CommandTests(FourTunnels):
     """
 
     def test_statusOfLiveDaemon(self) -> None:
-        config = self.writeConfig(self.fourTunnels())
-        process = self.spawn("run", TWISTD, "-n", "--pidfile=", "udptunnel", "run",
-                             "--config", config)
-        self.waitForOutput(process, "4 tunnel(s) from")
-        app = self.udpSocket()
-        self.assertRelays(app, self.pop, self.seedUDP, self.relayUDP)
-        self.queries(3)
+        _, _, app = self.startFourTunnels()
         url = f"http://127.0.0.1:{self.metrics}/"
         done = statusCommand(url)
         self.assertEqual(done.returncode, 0, done)
