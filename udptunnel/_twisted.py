@@ -40,6 +40,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from .batching import SegmentSender, kernelSegments, segmentMessage, socketSegments
 from .interfaces import IDatagramSocket
 from .stats import RateLimitedLog
 
@@ -305,6 +306,9 @@ class TunnelUDPPort(udp.Port):
         (L{LocalAddresses}), as a well-behaved UDP server does: it reads
         with C{recvmsg} and sends with C{sendmsg}.  Bound to one address,
         it keeps C{recvfrom} and C{sendto}.
+      - L{sendMany} sends the frames of one TCP read with UDP segmentation
+        offload where the kernel has it (L{udptunnel.batching}): one
+        C{sendmsg} per run of same-size datagrams to one address.
 
     If L{portProblems} finds the port unlike what C{doRead} reads, it reads
     with Twisted's own C{doRead} instead (the protocol's
@@ -318,6 +322,8 @@ class TunnelUDPPort(udp.Port):
     #: On a wildcard-bound socket, the local address each recent source
     #: sent to (L{LocalAddresses}); C{None} on a socket bound to one address.
     localAddresses: LocalAddresses | None = None
+    #: Sends a read's frames in runs (UDP GSO), or one by one.
+    segments: SegmentSender
 
     def startListening(self) -> None:
         super().startListening()
@@ -327,6 +333,13 @@ class TunnelUDPPort(udp.Port):
             self.doRead = super().doRead  # type: ignore[method-assign]
         elif isWildcard(sock):
             self._answerFromDestination(sock)
+        local = self.localAddresses
+        self.segments = SegmentSender(
+            self.sendTo,
+            local.sendSegments if local is not None else socketSegments(sock),
+            enabled=kernelSegments(sock),
+        )
+        self.sendMany = self.segments.sendMany
 
     def _answerFromDestination(self, sock: socket.socket) -> None:
         """
@@ -545,6 +558,7 @@ class LocalAddresses:
         #: source -> (the pktinfo bytes received, the ancillary data to send)
         self._bySource: dict[Any, tuple[bytes, list[tuple[int, int, bytes]]]] = {}
         self.sendTo = self._sender(sock)
+        self.sendSegments = self._segmentSender(sock)
 
     def saw(self, source: Any, ancillary: list[tuple[int, int, bytes]]) -> None:
         """
@@ -631,6 +645,33 @@ class LocalAddresses:
             return sendto(data, addr)
 
         return sendTo
+
+    def _segmentSender(self, sock: socket.socket) -> Callable[[Any, int, Any], Any]:
+        """
+        The C{sendSegments} of a wildcard-bound socket
+        (L{udptunnel.batching.SegmentSender}): a run of datagrams in one
+        C{sendmsg}, from the local address C{addr} last sent to as
+        L{sendTo} sends them, with the C{UDP_SEGMENT} message beside the
+        pktinfo one.
+        """
+        sendmsg = sock.sendmsg
+        known = self._bySource.get
+        bySource = self._bySource
+
+        def sendSegments(buffers: Any, segmentSize: int, addr: Any) -> Any:
+            segment = segmentMessage(segmentSize)
+            entry = known(addr)
+            if entry is None:
+                return sendmsg(buffers, [segment], 0, addr)
+            try:
+                return sendmsg(buffers, [*entry[1], segment], 0, addr)
+            except OSError as e:
+                if e.errno not in _ADDRESS_GONE:
+                    raise
+            bySource.pop(addr, None)
+            return sendmsg(buffers, [segment], 0, addr)
+
+        return sendSegments
 
 
 def _guardLog(port: TunnelUDPPort) -> RateLimitedLog:

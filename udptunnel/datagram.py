@@ -20,6 +20,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from ._twisted import TunnelUDPPort, adoptedUDPPort, inheritedSockets
+from .batching import SegmentSender, kernelSegments, socketSegments
 from .interfaces import IDatagramSocket
 from .kerneldrops import socketDrops
 from .protocols import MAX_DATAGRAM
@@ -92,7 +93,7 @@ class SessionSocket:
     of its own for every socket, two lines a session that no rate limit
     reaches, and a server opens one per connection.  This reads through the
     reactor's public C{addReader}, with the same bounded, batched read as
-    L{TunnelUDPPort}.
+    L{TunnelUDPPort}, and the same segmented sends (L{sendMany}).
     """
 
     maxDatagramsPerRead = 256
@@ -104,6 +105,9 @@ class SessionSocket:
         self._peer = sock.getpeername()[:2]
         self._reading = False
         self.sendTo = self._sendTo
+        self.segments = SegmentSender(self._sendTo, socketSegments(sock, connected=True),
+                                      enabled=kernelSegments(sock))
+        self.sendMany = self.segments.sendMany
         protocol.makeConnection(self)  # type: ignore[arg-type]
         self.startReading()
 
