@@ -17,6 +17,7 @@ from twisted.internet import reactor
 from twisted.internet.protocol import DatagramProtocol
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
+from udptunnel._twisted import _closeReactor, _Reader, dispatchProblems, leanDispatch
 from udptunnel.batching import (
     MAX_PAYLOAD,
     MAX_SEGMENTS,
@@ -28,7 +29,7 @@ from udptunnel.datagram import SessionSocket, TunnelUDPPort
 from udptunnel.relay import Relay
 
 from .daemons import bigBuffers
-from .fakes import FakeLink, FakeUDPTransport
+from .fakes import FakeLink, FakeUDPTransport, captureLogEvents
 from .test_twistd import TIMEOUT, TWISTD, TwistdTestCase, receive
 
 POP = ("192.0.2.53", 5072)
@@ -445,3 +446,104 @@ class TwistdSegmentsTests(TwistdTestCase):
         self.assertEqual({g[1] for g in got if g}, {("127.0.0.1", clientUDP)})
         self.assertIsNone(receive(pop, 0.2, skipProbes=False))
         self.assertEqual(client.poll(), None, subprocess.list2cmdline(client.args))
+
+
+class LeanDispatchTests(SynchronousTestCase):
+    """
+    L{leanDispatch}: the epoll reactor's iteration without the per-event log
+    context, checked against the installed Twisted.
+    """
+
+    def freshReactor(self) -> Any:
+        from twisted.internet.epollreactor import EPollReactor
+
+        fresh = EPollReactor()
+        self.addCleanup(_closeReactor, fresh)
+        return fresh
+
+    def pair(self) -> tuple[socket.socket, socket.socket]:
+        mine, peer = socket.socketpair()
+        self.addCleanup(mine.close)
+        self.addCleanup(peer.close)
+        mine.setblocking(False)
+        return mine, peer
+
+    def test_installedTwistedPasses(self) -> None:
+        """
+        Fails loudly when a Twisted release breaks what leanPoll relies on.
+        """
+        self.assertEqual(dispatchProblems(), [])
+
+    def test_changedTwistedRefused(self) -> None:
+        from twisted.internet.epollreactor import EPollReactor
+
+        class Renamed(EPollReactor):
+            def __init__(self) -> None:
+                super().__init__()
+                self._byDescriptor = self.__dict__.pop("_selectables")
+
+        self.assertIn("EPollReactor._selectables is not a dict", dispatchProblems(Renamed))
+
+    def test_otherReactorsUntouched(self) -> None:
+        from twisted.internet.task import Clock
+        from twisted.internet.testing import MemoryReactor
+
+        for other in (Clock(), MemoryReactor(), None):
+            self.assertFalse(leanDispatch(other))
+            self.assertFalse(getattr(other, "_udptunnelLeanPoll", False))
+
+    def test_dispatchesAsTwistedDoes(self) -> None:
+        """
+        Installed once; a read event reaches its reader; an exception out
+        of doRead still disconnects that reader (Twisted's own handling),
+        and the others go on.
+        """
+        fresh = self.freshReactor()
+        self.assertTrue(leanDispatch(fresh))
+        iteration = fresh.doIteration
+        self.assertTrue(leanDispatch(fresh))
+        self.assertIs(fresh.doIteration, iteration)
+
+        mine, peer = self.pair()
+        good = _Reader(mine)
+        fresh.addReader(good)
+        badSock, badPeer = self.pair()
+
+        class Broken(_Reader):
+            lost: object = None
+
+            def doRead(self) -> None:
+                raise RuntimeError("bug")
+
+            def connectionLost(self, reason: object) -> None:
+                self.lost = reason
+
+        bad = Broken(badSock)
+        fresh.addReader(bad)
+        peer.send(b"x")
+        badPeer.send(b"y")
+        fresh.doIteration(1.0)
+        self.assertEqual(good.reads, 1)
+        self.assertIsNotNone(bad.lost)
+        self.assertNotIn(bad, fresh.getReaders())
+        self.assertIn(good, fresh.getReaders())
+        self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
+        fresh.removeReader(good)
+
+    def test_failedCheckKeepsTwistedsOwn(self) -> None:
+        """
+        When the check fails, one warning, and the reactor keeps its own
+        doIteration.
+        """
+        from udptunnel import _twisted
+
+        self.patch(_twisted, "_dispatchVerdict", None)
+        self.patch(_twisted, "dispatchProblems", lambda: ["EPollReactor has no _poller.poll"])
+        events = captureLogEvents(self)
+        fresh = self.freshReactor()
+        before = fresh.doIteration
+        self.assertFalse(leanDispatch(fresh))
+        self.assertFalse(leanDispatch(fresh))
+        self.assertEqual(fresh.doIteration, before)
+        warnings = [e for e in events if "Dispatching events" in e.get("log_format", "")]
+        self.assertEqual(len(warnings), 1)

@@ -161,7 +161,16 @@ class SegmentSender:
 
         @return: how many datagrams were sent, and their bytes.
         """
-        if len(datagrams) == 1 or not self.enabled:
+        if len(datagrams) == 1:
+            # The latency path (one frame per read): one call, no more.
+            data = datagrams[0]
+            try:
+                self.sendTo(data, addr)
+            except OSError as e:
+                failed(e, len(data), addr)
+                return 0, 0
+            return 1, len(data)
+        if not self.enabled:
             return self._oneByOne(datagrams, addr, failed)
         sent = size = 0
         sendSegments = self.sendSegments
