@@ -17,7 +17,13 @@ from twisted.internet import reactor
 from twisted.internet.protocol import DatagramProtocol
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
-from udptunnel._twisted import _closeReactor, _Reader, dispatchProblems, leanDispatch
+from udptunnel._twisted import (
+    _closeReactor,
+    _Reader,
+    dispatchProblems,
+    leanDispatch,
+    waiting,
+)
 from udptunnel.batching import (
     MAX_PAYLOAD,
     MAX_SEGMENTS,
@@ -547,3 +553,50 @@ class LeanDispatchTests(SynchronousTestCase):
         self.assertEqual(fresh.doIteration, before)
         warnings = [e for e in events if "Dispatching events" in e.get("log_format", "")]
         self.assertEqual(len(warnings), 1)
+
+
+class WaitingTests(TestCase):
+    """
+    The UDP read loop asks whether more waits instead of reading until a
+    read fails with EAGAIN (the latency path's costliest call of ours).
+    """
+
+    def test_waiting(self) -> None:
+        receiver = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.addCleanup(receiver.close)
+        receiver.bind(("127.0.0.1", 0))
+        receiver.setblocking(False)
+        readable = waiting(receiver)
+        self.assertFalse(readable())
+        sender = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.addCleanup(sender.close)
+        sender.sendto(b"", receiver.getsockname())  # FIONREAD would say 0 here
+        self.assertTrue(readable())
+        receiver.recv(10)
+        self.assertFalse(readable())
+
+    def test_oneDatagramOneRead(self) -> None:
+        port = TunnelUDPPort(0, Sink(), "127.0.0.1", 65535, reactor)
+        port.startListening()
+        port.stopReading()
+        self.addCleanup(port.stopListening)
+        got: list[Any] = []
+        port.protocol.datagramsReceived = got.extend  # type: ignore[method-assign]
+        real = port.socket
+        calls: list[int] = []
+
+        class Counting:
+            def recvfrom(self, size: int) -> Any:
+                calls.append(size)
+                return real.recvfrom(size)
+
+        sender = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.addCleanup(sender.close)
+        sender.sendto(b"one", port.socket.getsockname())
+        port.socket = Counting()  # type: ignore[assignment]
+        try:
+            port.doRead()
+        finally:
+            port.socket = real
+        self.assertEqual([d for d, _ in got], [b"one"])
+        self.assertEqual(len(calls), 1)

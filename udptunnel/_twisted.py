@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import collections
 import io
+import select
 import socket
 import struct
 from collections.abc import Callable
@@ -402,6 +403,29 @@ def leanDispatch(reactor: Any) -> bool:
 _TRY_LATER = {EAGAIN, EWOULDBLOCK, EINTR}
 
 
+def waiting(sock: socket.socket) -> Callable[[], object]:
+    """
+    A function that says whether anything waits to be read on C{sock} (a
+    datagram, an empty one included, or an error to report): C{poll} with
+    no timeout, on this one descriptor.
+
+    Why: the read loop stops at the read that fails with C{EAGAIN}, and on
+    the latency path (one datagram per wake-up) that failed read, its
+    exception included, cost 2.6 us against 0.4 us for this question
+    (measured): so after the first datagram of a turn, the loop asks
+    before reading on.  C{FIONREAD} would not do: it says 0 both for no
+    datagram and for an empty one.
+    """
+    poller = select.poll()
+    poller.register(sock.fileno(), select.POLLIN)
+    poll = poller.poll
+
+    def readable() -> object:
+        return poll(0)
+
+    return readable
+
+
 def portProblems(port: udp.Port) -> list[str]:
     """
     What, on the listening C{port}, breaks the assumptions of
@@ -485,6 +509,8 @@ class TunnelUDPPort(udp.Port):
     #: On a wildcard-bound socket, the local address each recent source
     #: sent to (L{LocalAddresses}); C{None} on a socket bound to one address.
     localAddresses: LocalAddresses | None = None
+    #: Whether a datagram waits (L{waiting}).
+    _waiting: Callable[[], object]
     #: Sends a read's frames in runs (UDP GSO), or one by one.
     segments: SegmentSender
 
@@ -496,6 +522,7 @@ class TunnelUDPPort(udp.Port):
             self.doRead = super().doRead  # type: ignore[method-assign]
         elif isWildcard(sock):
             self._answerFromDestination(sock)
+        self._waiting = waiting(sock)
         local = self.localAddresses
         self.segments = SegmentSender(
             self.sendTo,
@@ -538,6 +565,7 @@ class TunnelUDPPort(udp.Port):
         trimAddress = self.addressFamily == socket.AF_INET6
         datagrams: list[tuple[bytes, Any]] = []
         append = datagrams.append
+        waiting = self._waiting
         for _ in range(self.maxDatagramsPerRead):
             try:
                 data, addr = recvfrom(size)
@@ -553,6 +581,8 @@ class TunnelUDPPort(udp.Port):
                 # Flow and scope ids off, as Twisted's own port does.
                 addr = addr[:2]
             append((data, addr))
+            if len(datagrams) == 1 and not waiting():
+                break
         if datagrams:
             try:
                 self.protocol.datagramsReceived(datagrams)
@@ -574,6 +604,7 @@ class TunnelUDPPort(udp.Port):
         lastSource = lastAncillary = None
         datagrams: list[tuple[bytes, Any]] = []
         append = datagrams.append
+        waiting = self._waiting
         for _ in range(self.maxDatagramsPerRead):
             try:
                 data, ancillary, _flags, addr = recvmsg(size, _ANCILLARY_SPACE)
@@ -592,6 +623,8 @@ class TunnelUDPPort(udp.Port):
                 saw(addr, ancillary)
                 lastSource, lastAncillary = addr, ancillary
             append((data, addr))
+            if len(datagrams) == 1 and not waiting():
+                break
         if datagrams:
             try:
                 self.protocol.datagramsReceived(datagrams)

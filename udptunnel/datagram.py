@@ -19,7 +19,7 @@ from twisted.internet.protocol import DatagramProtocol
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from ._twisted import TunnelUDPPort, adoptedUDPPort, inheritedSockets
+from ._twisted import TunnelUDPPort, adoptedUDPPort, inheritedSockets, waiting
 from .batching import SegmentSender, kernelSegments, socketSegments
 from .interfaces import IDatagramSocket
 from .kerneldrops import socketDrops
@@ -108,6 +108,7 @@ class SessionSocket:
         self.segments = SegmentSender(self._sendTo, socketSegments(sock, connected=True),
                                       enabled=kernelSegments(sock))
         self.sendMany = self.segments.sendMany
+        self._waiting = waiting(sock)
         protocol.makeConnection(self)  # type: ignore[arg-type]
         self.startReading()
 
@@ -120,6 +121,7 @@ class SessionSocket:
     def doRead(self) -> None:
         recv = self.socket.recv
         peer = self._peer
+        waiting = self._waiting
         datagrams = []
         for _ in range(self.maxDatagramsPerRead):
             try:
@@ -130,6 +132,8 @@ class SessionSocket:
                 if e.errno == ECONNREFUSED:
                     continue  # the ICMP error of an earlier send
                 break  # nothing else is expected; the next turn tries again
+            if len(datagrams) == 1 and not waiting():
+                break  # as TunnelUDPPort.doRead: no read that would fail
         if datagrams:
             self.protocol.datagramsReceived(datagrams)  # type: ignore[attr-defined]
 
