@@ -30,6 +30,7 @@ from udptunnel.batching import (
     SegmentSender,
     kernelSegments,
     runs,
+    socketSegments,
 )
 from udptunnel.datagram import SessionSocket, TunnelUDPPort
 from udptunnel.relay import Relay
@@ -190,6 +191,15 @@ class SegmentSenderTests(SynchronousTestCase):
         self.assertEqual(self.sock.calls, [
             ("one", b"y" * 10), ("one", b"y" * 10), ("run", (9, [b"z" * 9] * 2)),
         ])
+
+    def test_EMSGSIZELowersSegmentSize(self) -> None:
+        """
+        Newer kernels say EMSGSIZE for a segment over the MTU: the same.
+        """
+        self.sock.segmentErrors.append(OSError(errno.EMSGSIZE, "fake"))
+        self.assertEqual(self.send([b"x" * 10] * 2), (2, 20))
+        self.assertEqual(self.sender.maxSegment, 9)
+        self.assertEqual(self.sock.failures, [])
 
     def test_EINVALOfTheDatagramsThemselves(self) -> None:
         """
@@ -600,3 +610,45 @@ class WaitingTests(TestCase):
             port.socket = real
         self.assertEqual([d for d, _ in got], [b"one"])
         self.assertEqual(len(calls), 1)
+
+
+class OverMTUTests(SynchronousTestCase):
+    """
+    Over a real veth of MTU 1500 between two network namespaces this test
+    makes: a run of segments over the MTU is refused by the kernel, goes one
+    datagram at a time (fragmented), and that size is not tried again; a
+    run under the MTU still leaves in one send.
+    """
+
+    def test_overMTU(self) -> None:
+        from .daemons import Namespaces, whyNoNamespaces
+        from .test_faults import skipUnlessAble
+
+        skipUnlessAble(whyNoNamespaces())
+        spaces = Namespaces()
+        self.addCleanup(spaces.remove)
+        one, two = spaces.add("gso1"), spaces.add("gso2")
+        spaces.veth(one, two, "198.18.0.1/30", "198.18.0.2/30")
+        sender = spaces.socket(one, bind=("198.18.0.1", 0))
+        self.addCleanup(sender.close)
+        receiver = bigBuffers(spaces.socket(two, bind=("198.18.0.2", 0)))
+        self.addCleanup(receiver.close)
+        receiver.settimeout(TIMEOUT)
+        self.assertTrue(kernelSegments(sender))
+        segments = SegmentSender(sender.sendto, socketSegments(sender))
+        calls = RealSocketTests.spy(self, segments)  # type: ignore[arg-type]
+        frames = [bytes([i]) * 2000 for i in range(3)] + [bytes([i]) * 1400 for i in range(3)]
+        failures: list[Any] = []
+        addr = receiver.getsockname()
+        self.assertEqual(segments.sendMany(frames, addr, lambda *a: failures.append(a)),
+                         (6, 10200))
+        self.assertEqual(failures, [])
+        self.assertEqual(segments.maxSegment, 1999)
+        # The first run (3 x 2000 and the shorter 1400 after them) refused,
+        # the second (the other two 1400s) sent.
+        self.assertEqual(calls, [4, 2])
+        got = [receiver.recv(65535) for _ in frames]
+        self.assertEqual(got, frames)
+        segments.sendMany(frames[:3], addr, self.fail)
+        self.assertEqual(calls, [4, 2])  # not tried again at that size
+        self.assertEqual([receiver.recv(65535) for _ in range(3)], frames[:3])

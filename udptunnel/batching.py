@@ -37,6 +37,7 @@ from errno import (
     EAGAIN,
     EINVAL,
     EIO,
+    EMSGSIZE,
     ENOBUFS,
     ENOPROTOOPT,
     EOPNOTSUPP,
@@ -60,6 +61,10 @@ _NO_ROOM = frozenset({EAGAIN, EWOULDBLOCK, ENOBUFS})
 #: Errors that mean this kernel, socket or route cannot segment at all: the
 #: sender goes on one datagram per call for good.
 _UNSUPPORTED = frozenset({EIO, ENOPROTOOPT, EOPNOTSUPP})
+#: Errors of a segment larger than the route's MTU (C{EINVAL} on some
+#: kernels, C{EMSGSIZE} on others: Linux 6.18 over a veth of MTU 1500 says
+#: C{EMSGSIZE}): alone, such datagrams go (fragmented).
+_SEGMENT_TOO_BIG = frozenset({EINVAL, EMSGSIZE})
 
 _SEGMENT = struct.Struct("=H")
 
@@ -131,9 +136,9 @@ class SegmentSender:
     knows C{UDP_SEGMENT} at all (L{kernelSegments}, at start), whether a
     send of a run met C{EIO}, C{ENOPROTOOPT} or C{EOPNOTSUPP} (no
     segmentation on this socket or route: off for good), and the segment
-    size above which the kernel said C{EINVAL} (a segment over the route's
-    MTU) while each datagram alone went: no run of that size or more is
-    tried again.
+    size above which the kernel said C{EINVAL} or C{EMSGSIZE} (a segment
+    over the route's MTU) while each datagram alone went: no run of that
+    size or more is tried again.
 
     A run that fails is sent again one datagram at a time, so that each
     datagram is counted sent or dropped by its own error exactly as without
@@ -204,7 +209,7 @@ class SegmentSender:
         if error.errno in _UNSUPPORTED:
             self.enabled = False
         sent, size = self._oneByOne(run, addr, failed)
-        if error.errno == EINVAL and sent == len(run):
+        if error.errno in _SEGMENT_TOO_BIG and sent == len(run):
             # Each went alone, so the size was too much for segmentation
             # (over the route's MTU): stop trying it.
             self.maxSegment = min(self.maxSegment, segmentSize - 1)
