@@ -26,6 +26,8 @@ What was measured and dropped (same machine, same process, loopback):
   - The TCP write as C{sendmsg} of the frames' buffers instead of one
     C{b"".join}: 10-35% slower per frame (the kernel's per-buffer cost is more
     than the copy it saves).
+  - UDP reads with C{recvfrom_into} a reused buffer: 1.5-1.65 us per
+    datagram, the copy out included, against 1.3 us for C{recvfrom}.
 """
 
 from __future__ import annotations
