@@ -19,7 +19,8 @@ from twisted.internet.protocol import DatagramProtocol
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from ._twisted import TunnelUDPPort, adoptedUDPPort, inheritedSockets
+from ._twisted import TunnelUDPPort, adoptedUDPPort, inheritedSockets, waiting
+from .batching import SegmentSender, kernelSegments, socketSegments
 from .interfaces import IDatagramSocket
 from .kerneldrops import socketDrops
 from .protocols import MAX_DATAGRAM
@@ -92,7 +93,7 @@ class SessionSocket:
     of its own for every socket, two lines a session that no rate limit
     reaches, and a server opens one per connection.  This reads through the
     reactor's public C{addReader}, with the same bounded, batched read as
-    L{TunnelUDPPort}.
+    L{TunnelUDPPort}, and the same segmented sends (L{sendMany}).
     """
 
     maxDatagramsPerRead = 256
@@ -104,6 +105,10 @@ class SessionSocket:
         self._peer = sock.getpeername()[:2]
         self._reading = False
         self.sendTo = self._sendTo
+        self.segments = SegmentSender(self._sendTo, socketSegments(sock, connected=True),
+                                      enabled=kernelSegments(sock))
+        self.sendMany = self.segments.sendMany
+        self._waiting = waiting(sock)
         protocol.makeConnection(self)  # type: ignore[arg-type]
         self.startReading()
 
@@ -116,6 +121,7 @@ class SessionSocket:
     def doRead(self) -> None:
         recv = self.socket.recv
         peer = self._peer
+        waiting = self._waiting
         datagrams = []
         for _ in range(self.maxDatagramsPerRead):
             try:
@@ -126,6 +132,8 @@ class SessionSocket:
                 if e.errno == ECONNREFUSED:
                     continue  # the ICMP error of an earlier send
                 break  # nothing else is expected; the next turn tries again
+            if len(datagrams) == 1 and not waiting():
+                break  # as TunnelUDPPort.doRead: no read that would fail
         if datagrams:
             self.protocol.datagramsReceived(datagrams)  # type: ignore[attr-defined]
 
