@@ -56,13 +56,16 @@ class UDPService(Service):
         self._fd = fd
         self.port: TunnelUDPPort | None = None
 
+    #: The port it binds (a subclass of L{TunnelUDPPort} for C{--reuse-port}).
+    portType: type[TunnelUDPPort] = TunnelUDPPort
+
     def _listen(self) -> None:
         if self.port is None:
             _, protocol, _, maxPacketSize, reactor = self._args
             if self._fd is not None:
                 port = adoptedUDPPort(self._fd, protocol, maxPacketSize, reactor)
             else:
-                port = TunnelUDPPort(*self._args)
+                port = self.portType(*self._args)
             port.startListening()
             self.port = port
 

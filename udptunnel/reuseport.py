@@ -89,11 +89,8 @@ class ReusePortUDPPort(TunnelUDPPort):
 
 class ReusePortUDPService(UDPService):
     """
-    L{UDPService} binding a L{ReusePortUDPPort}.
+    L{UDPService} binding a L{ReusePortUDPPort} (tap refuses C{--reuse-port}
+    with a systemd socket, the one the service would adopt instead).
     """
 
-    def _listen(self) -> None:
-        if self.port is None:
-            port = ReusePortUDPPort(*self._args)
-            port.startListening()
-            self.port = port
+    portType = ReusePortUDPPort
