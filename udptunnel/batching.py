@@ -218,17 +218,27 @@ class SegmentSender:
         return sent, size
 
     def _oneByOne(self, datagrams: Sequence[bytes], addr: Any, failed: Failed) -> tuple[int, int]:
-        sendTo = self.sendTo
-        sent = size = 0
-        for data in datagrams:
-            try:
-                sendTo(data, addr)
-            except OSError as e:
-                failed(e, len(data), addr)
-            else:
-                sent += 1
-                size += len(data)
-        return sent, size
+        return sendEach(self.sendTo, datagrams, addr, failed)
+
+
+def sendEach(sendTo: Callable[[bytes, Any], Any], datagrams: Sequence[bytes], addr: Any,
+             failed: Failed) -> tuple[int, int]:
+    """
+    Send C{datagrams} to C{addr} one C{sendTo} each, telling C{failed} of
+    each one the kernel refused.
+
+    @return: how many datagrams were sent, and their bytes.
+    """
+    sent = size = 0
+    for data in datagrams:
+        try:
+            sendTo(data, addr)
+        except OSError as e:
+            failed(e, len(data), addr)
+        else:
+            sent += 1
+            size += len(data)
+    return sent, size
 
 
 def socketSegments(sock: socket.socket, connected: bool = False) -> SendSegments:

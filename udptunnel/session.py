@@ -25,6 +25,7 @@ from collections.abc import Callable
 from typing import Any
 
 from .addresses import showAddress
+from .batching import sendEach
 from .interfaces import IDatagramSocket, ILink
 
 
@@ -119,16 +120,7 @@ class Session:
             # call each (UDP GSO, udptunnel.batching), counted the same way.
             sent, size = sendMany(frames, destination, self._sendFailed)
         else:
-            sendTo = udp.sendTo
-            sent = size = 0
-            for data in frames:
-                try:
-                    sendTo(data, destination)
-                except OSError as e:
-                    self._sendFailed(e, len(data), destination)
-                else:
-                    sent += 1
-                    size += len(data)
+            sent, size = sendEach(udp.sendTo, frames, destination, self._sendFailed)
         traffic = self.traffic
         traffic.fromTunnelDatagrams += sent
         traffic.fromTunnelBytes += size
