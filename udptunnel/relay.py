@@ -263,7 +263,7 @@ class Relay(TunnelService):
         if self.link is None:
             self._promote(link, "no-link")
             return
-        silentFor = self._clock.seconds() - self._lastFrameAt
+        silentFor = self.clock.seconds() - self._lastFrameAt
         if silentFor >= LINK_SILENT:
             self._promote(link, "link-silent")
         else:
@@ -273,7 +273,7 @@ class Relay(TunnelService):
         self._pending.remove(link)
         self._ready.discard(link)
         old, self.link = self.link, link
-        now = self._clock.seconds()
+        now = self.clock.seconds()
         self.linkSince = self._lastFrameAt = now
         self._cancelConfirm()
         self._resume()
@@ -289,7 +289,7 @@ class Relay(TunnelService):
             )
             old.abort()
         if self.role == "client":
-            self._confirm = self._clock.callLater(CONFIRM_AFTER, self._confirmLink, link)
+            self._confirm = self.clock.callLater(CONFIRM_AFTER, self._confirmLink, link)
         else:
             self._linkUp(link)
         link.attachProducer(_UDPReadingProducer(self, link))
@@ -318,7 +318,7 @@ class Relay(TunnelService):
         if self._confirm is not None:
             self._cancelConfirm()
             self._linkUp(link)
-        self._lastFrameAt = self._clock.seconds()
+        self._lastFrameAt = self.clock.seconds()
         self.session.fromTunnel(frames)
 
     def linkLost(self, link: ILink, reason: Failure) -> None:
@@ -327,7 +327,7 @@ class Relay(TunnelService):
         if link is self.link:
             self.link = None
             self._resume()
-            lifetime = self._clock.seconds() - self.linkSince
+            lifetime = self.clock.seconds() - self.linkSince
             if self._confirm is not None:
                 # Closed before it carried a frame or lasted CONFIRM_AFTER.
                 self._cancelConfirm()
@@ -429,7 +429,7 @@ class _IdleWatch:
         relay = self._relay
         stats = relay.stats
         carried = stats.toTunnelDatagrams + stats.fromTunnelDatagrams + stats.linksUp
-        now = relay._clock.seconds()
+        now = relay.clock.seconds()
         if carried != self._seen:
             self._seen, self._since = carried, now
         elif relay.link is not None and now - self._since >= self._timeout:

@@ -153,8 +153,8 @@ class _SessionsBase(TunnelService):
 
     def _opened(self, session: Session) -> None:
         self.stats.sessionsOpened += 1
-        self._seen[session] = (-1, self._clock.seconds())
-        session.since = self._clock.seconds()
+        self._seen[session] = (-1, self.clock.seconds())
+        session.since = self.clock.seconds()
         self._warn.info("session-opened", "session opened: UDP {peer}, TCP {remote}",
                         **session.describe())
         self.stateChanged()
@@ -163,14 +163,14 @@ class _SessionsBase(TunnelService):
         self.stats.sessionsClosed += 1
         self._seen.pop(session, None)
         self._traffic.closed.add(session.traffic)
-        lifetime = self._clock.seconds() - session.since
+        lifetime = self.clock.seconds() - session.since
         self._warn.info("session-closed", "session closed: UDP {peer}, TCP {remote}, after "
                         "{lifetime:.1f} s, {toTunnel} bytes in, {fromTunnel} bytes out "
                         "({why})", lifetime=lifetime, why=why, **session.describe())
         self.stateChanged()
 
     def _expireIdle(self) -> None:
-        now = self._clock.seconds()
+        now = self.clock.seconds()
         for session in self.liveSessions():
             carried = session.traffic.datagrams()
             seen, since = self._seen.get(session, (-1, now))
@@ -615,7 +615,7 @@ class ClientSessions(_SessionsBase):
                         peer=showAddress(session.peer), why=reason.getErrorMessage())
         if connecting.queue or connecting.arrivedSinceAttempt:
             delay = retryDelay(connecting.attempts, *([self._random] if self._random else []))
-            connecting.retry = self._clock.callLater(delay, self._retry, session)
+            connecting.retry = self.clock.callLater(delay, self._retry, session)
         else:
             self._end(session, "cannot connect")
         return

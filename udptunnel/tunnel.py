@@ -65,7 +65,6 @@ class TunnelService(MultiService):
             # log_namespace.  Also the service's name in its parent.
             self.setName(name)
             self.log = Logger(namespace=f"udptunnel.{name}", source=self)
-        self._clock = clock
         self._exitOnStartupError = exitOnStartupError
         self._warn = RateLimitedLog(self.log, clock)
         self._timers: list[tuple[LoopingCall, float]] = []
@@ -82,7 +81,7 @@ class TunnelService(MultiService):
 
     def _every(self, interval: float, call: Any) -> None:
         timer = LoopingCall(call)
-        timer.clock = self._clock
+        timer.clock = self.clock
         self._timers.append((timer, interval))
 
     def stateChanged(self) -> None:
@@ -249,7 +248,7 @@ class TunnelService(MultiService):
             waits.append(gone)
             link.close()
         if waits:
-            abortLater = self._clock.callLater(CLOSE_GRACE, self._abortAll, links)
+            abortLater = self.clock.callLater(CLOSE_GRACE, self._abortAll, links)
             DeferredList(waits).addCallback(lambda _: _cancel(abortLater))
         stopped = DeferredList([*waits, super().stopService()])
         return stopped.addCallback(self._logSummary)
