@@ -25,7 +25,6 @@ from twisted.web.server import Request, Site
 
 from . import __version__
 from .addresses import showAddress, showHost
-from .stats import DROP_REASONS
 
 if TYPE_CHECKING:
     from .tunnel import TunnelService
@@ -59,11 +58,9 @@ class RelayCollector:
             yield _counter(f"udptunnel_{direction}_bytes",
                            f"Bytes carried {direction.replace('_', ' ')}.", size)
         yield _labelled("udptunnel_dropped_datagrams", "Datagrams dropped, by reason.",
-                        "reason", stats.allDrops(), DROP_REASONS)
-        events = {"up": stats.linksUp, "lost": stats.linksLost, "failed": stats.linksFailed}
-        if server:
-            events.update(replaced=stats.linksReplaced, refused=stats.linksRefused)
-        yield _labelled("udptunnel_links", "TCP links, by event.", "event", events, ())
+                        "reason", stats.dropCounts(), ())
+        yield _labelled("udptunnel_links", "TCP links, by event.", "event",
+                        stats.linkEvents(server), ())
         if server:
             yield _labelled("udptunnel_link_takeovers",
                             "Links taken over from a live one, by why the newcomer won.",

@@ -70,6 +70,25 @@ class TunnelStats(Traffic):
             drops[KERNEL_DROPS] = self.kernelDrops
         return drops
 
+    def dropCounts(self) -> dict[str, int]:
+        """
+        L{allDrops}, with every known reason (L{DROP_REASONS}) there from
+        the start, at 0: what the metrics and the status show.
+        """
+        counts = dict.fromkeys(DROP_REASONS, 0)
+        counts.update(self.allDrops())
+        return counts
+
+    def linkEvents(self, server: bool) -> dict[str, int]:
+        """
+        The links' events this end can have: a client's links are never
+        replaced or refused.
+        """
+        events = {"up": self.linksUp, "lost": self.linksLost, "failed": self.linksFailed}
+        if server:
+            events.update(replaced=self.linksReplaced, refused=self.linksRefused)
+        return events
+
     def summary(self) -> str:
         """
         One line, for the log: every --stats-interval and at shutdown.  Its

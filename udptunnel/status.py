@@ -15,7 +15,6 @@ from typing import Any
 from . import __version__
 from .addresses import showAddress
 from .session import Session, Traffic
-from .stats import DROP_REASONS
 from .tunnel import TunnelService
 
 
@@ -38,11 +37,7 @@ def tunnelStatus(name: str | None, relay: TunnelService) -> dict[str, Any]:
         "role": relay.role,
         "kind": "single-link" if sessions is None else "sessions",
     }
-    drops = dict.fromkeys(DROP_REASONS, 0)
-    drops.update(stats.allDrops())
-    links = {"up": stats.linksUp, "lost": stats.linksLost, "failed": stats.linksFailed}
-    if relay.role == "server":
-        links.update(replaced=stats.linksReplaced, refused=stats.linksRefused)
+    links: dict[str, int] = stats.linkEvents(relay.role == "server")
     if sessions is None:
         link = getattr(relay, "link", None)
         learned = getattr(relay, "learnedPeer", None)
@@ -66,7 +61,7 @@ def tunnelStatus(name: str | None, relay: TunnelService) -> dict[str, Any]:
         links["sessionsOpen"] = len(live)
     status["links"] = links
     status["pending"] = relay.pendingCount()
-    status["drops"] = drops
+    status["drops"] = stats.dropCounts()
     return status
 
 
