@@ -57,6 +57,8 @@ class TunnelConfig:
     role: str
     table: Mapping[str, Any]
     options: usage.Options = field(compare=False)
+    #: The command line the table stands for (C{--udp=5073}, C{--sessions}).
+    argv: tuple[str, ...] = field(compare=False, default=())
 
 
 @dataclass(frozen=True)
@@ -141,7 +143,7 @@ def _tunnel(where: str, name: str, table: Mapping[str, Any],
     options = optionsFor(role)
     argv = arguments(where, role, {k: v for k, v in table.items() if k != "role"}, options)
     _parse(where, options, argv)
-    return TunnelConfig(name, role, dict(table), options)
+    return TunnelConfig(name, role, dict(table), options, tuple(argv))
 
 
 def arguments(where: str, role: str, table: Mapping[str, Any],

@@ -668,10 +668,9 @@ def describeConfig(config: Config) -> str:
              + (f", metrics on {config.metrics}" if config.metrics else "")]
     for tunnel in config.tunnels.values():
         words = [tunnel.role]
-        for key, value in tunnel.table.items():
-            if key != "role" and value is not False:
-                for one in value if isinstance(value, list) else [value]:
-                    words += [f"--{key}"] + ([] if one is True else [shlex.quote(str(one))])
+        for argument in tunnel.argv:
+            option, equals, value = argument.partition("=")
+            words += [option, shlex.quote(value)] if equals else [option]
         lines.append(f"  {tunnel.name}: udptunnel {' '.join(words)}")
     return "\n".join(lines)
 
