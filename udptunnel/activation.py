@@ -47,24 +47,43 @@ def systemdStreamSocket(description: str,
         raise ValueError(f"{description}: give domain=INET, INET6 or UNIX")
     if ("index" in keywords) == ("name" in keywords):
         raise ValueError(f"{description}: give one of index=N or name=NAME")
+    index = keywords.get("index")
+    if index is not None and not index.isdigit():
+        raise ValueError(f"{description}: index=N, a number from 0")
+    # Twisted's choice among the sockets of one name: the first.
+    fd = passedSockets(description, inherited,
+                       index=int(index) if index is not None else None,
+                       name=keywords.get("name"))[0]
+    return fd, _FAMILIES[domain]
+
+
+def passedSockets(label: str, inherited: list[tuple[int, str | None]] | None = None,
+                  index: int | None = None, name: str | None = None) -> list[int]:
+    """
+    The descriptors among those systemd passed (L{inheritedSockets} unless
+    C{inherited} is given) that C{index} (the Nth, from 0) or C{name} (all
+    of that C{LISTEN_FDNAMES} name) picks: for C{--tcp systemd:...} and
+    C{--udp systemd:...} alike.
+
+    @raise ValueError: why none can be, after C{label} (what the user gave).
+    """
     if inherited is None:
         inherited = inheritedSockets()
     if not inherited:
-        raise ValueError(f"{description}: systemd passed no sockets (no LISTEN_FDS and "
+        raise ValueError(f"{label}: systemd passed no sockets (no LISTEN_FDS and "
                          "LISTEN_FDNAMES for this process): start it from a .socket unit, "
                          "or under systemd-socket-activate")
-    if "index" in keywords:
-        index = keywords["index"]
-        if not index.isdigit() or int(index) >= len(inherited):
-            raise ValueError(f"{description}: systemd passed {len(inherited)} socket(s), "
+    if index is not None:
+        if index >= len(inherited):
+            raise ValueError(f"{label}: systemd passed {len(inherited)} socket(s), "
                              "numbered from 0")
-        fd = inherited[int(index)][0]
-    else:
-        named = [fd for fd, name in inherited if name == keywords["name"]]
-        if not named:
-            raise ValueError(f"{description}: no socket of that name")
-        fd = named[0]
-    return fd, _FAMILIES[domain]
+        return [inherited[index][0]]
+    named = [fd for fd, passed in inherited if passed == name]
+    if not named:
+        names = sorted({passed for _, passed in inherited if passed is not None})
+        raise ValueError(f"{label}: no socket of that name; systemd passed "
+                         f"{', '.join(names) or 'unnamed sockets'}")
+    return named
 
 
 @implementer(IStreamServerEndpoint)

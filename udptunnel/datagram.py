@@ -19,7 +19,8 @@ from twisted.internet.protocol import DatagramProtocol
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from ._twisted import TunnelUDPPort, adoptedUDPPort, inheritedSockets, waiting
+from ._twisted import TunnelUDPPort, adoptedUDPPort, waiting
+from .activation import passedSockets
 from .batching import SegmentSender, kernelSegments, socketSegments
 from .interfaces import IDatagramSocket
 from .kerneldrops import socketDrops
@@ -226,25 +227,10 @@ def systemdDatagramSocket(
 
     @raise ValueError: why it cannot be used, in the user's terms.
     """
-    if inherited is None:
-        inherited = inheritedSockets()
-    if not inherited:
-        raise ValueError(
-            f"systemd:{which}: systemd passed no sockets (no LISTEN_FDS and "
-            "LISTEN_FDNAMES for this process): start it from a .socket unit, or "
-            "under systemd-socket-activate"
-        )
     if isinstance(which, int):
-        if which >= len(inherited):
-            raise ValueError(f"systemd:{which}: systemd passed {len(inherited)} "
-                             f"socket(s), numbered from 0")
-        candidates = [inherited[which][0]]
+        candidates = passedSockets(f"systemd:{which}", inherited, index=which)
     else:
-        candidates = [fd for fd, name in inherited if name == which]
-        if not candidates:
-            names = sorted({name for _, name in inherited if name is not None})
-            raise ValueError(f"systemd:{which}: no socket of that name; systemd passed "
-                             f"{', '.join(names) or 'unnamed sockets'}")
+        candidates = passedSockets(f"systemd:{which}", inherited, name=which)
     found = []
     for fd in candidates:
         try:
