@@ -57,7 +57,9 @@ class TunnelSet(MultiService):
         self._reactor = reactor
         self._tunnels = MultiService()
         self._tunnels.setServiceParent(self)
-        self._live: dict[str, tuple[TunnelConfig, TunnelService]] = {}
+        #: The running tunnels' services, by name (their tables are
+        #: L{config}'s).
+        self._live: dict[str, TunnelService] = {}
         self.stateObservers: list[Callable[[], object]] = []
         #: Told when a reload starts and when it has finished (the
         #: notifications' RELOADING=1 and READY=1).
@@ -72,7 +74,7 @@ class TunnelSet(MultiService):
         """
         The running tunnels and their names, in the file's order.
         """
-        return [(name, service) for name, (_, service) in self._live.items()]
+        return list(self._live.items())
 
     def state(self) -> str:
         return "; ".join(f"{name}: {service.state()}" for name, service in self.tunnels())
@@ -87,7 +89,7 @@ class TunnelSet(MultiService):
         """
         service = self._build(tunnel, atStart)
         service.stateObservers.append(self.stateChanged)
-        self._live[tunnel.name] = (tunnel, service)
+        self._live[tunnel.name] = service
         service.setServiceParent(self._tunnels)
         return service
 
@@ -164,10 +166,16 @@ class TunnelSet(MultiService):
                                                    if name in added or name in changed]))
         return done
 
-    def _stop(self, name: str) -> Deferred[Any]:
-        _, service = self._live.pop(name)
+    def _forget(self, name: str) -> TunnelService:
+        """
+        Take tunnel C{name} out of the running ones (not out of its parent).
+        """
+        service = self._live.pop(name)
         service.stateObservers.remove(self.stateChanged)
-        stopped = service.disownServiceParent()
+        return service
+
+    def _stop(self, name: str) -> Deferred[Any]:
+        stopped = self._forget(name).disownServiceParent()
         return stopped if stopped is not None else succeed(None)
 
     def _startAll(self, tunnels: list[TunnelConfig]) -> None:
@@ -195,8 +203,7 @@ class TunnelSet(MultiService):
         itself (L{TunnelService._undoStart}), so it is taken out of its
         parent without a stop, which would stop children that never started.
         """
-        _, service = self._live.pop(name)
-        service.stateObservers.remove(self.stateChanged)
+        service = self._forget(name)
         # Not running, so not in the file as we know it: the next reload
         # sees it as added, and tries again.
         self.config.tunnels.pop(name)
