@@ -37,6 +37,7 @@ CASES: list[tuple[str, tuple[str, ...], tuple[str, ...]]] = [
     ("no such end", ("relay",), ("relay",)),
     ("--tcp missing", ("server", "--udp", UDP), ("--tcp", "required")),
     ("unknown option", (*SERVER, "--frobnicate"), ("--frobnicate",)),
+    ("an option's prefix", (*SERVER, "--proxy"), ("--proxy", "did you mean --proxy-protocol")),
     ("server port out of range", ("server", "--tcp", "70000", "--udp", UDP),
      ("--tcp", "70000", "65535")),
     ("endpoint port out of range", ("server", "--tcp", "tcp:port=70000", "--udp", UDP),

@@ -30,6 +30,7 @@ from udptunnel.tap import (
     EXAMPLE,
     ClientOptions,
     Options,
+    RunOptions,
     ServerOptions,
     _connectTimeout,
     _naming,
@@ -168,6 +169,72 @@ class ErrorTests(SynchronousTestCase):
 
     def test_badClientEndpoint(self) -> None:
         self.assertUsageError("--tcp", "client", "--tcp", "tcp:onlyhost", "--udp", "1")
+
+
+class ExactNamesTests(SynchronousTestCase):
+    """
+    An option is taken only under its whole name: getopt's unique prefixes
+    made C{server --proxy} mean C{--proxy-protocol}.
+    """
+
+    def assertUsageError(self, fragments: tuple[str, ...], *argv: str) -> None:
+        error = str(self.assertRaises(usage.UsageError, parse, *argv))
+        for fragment in fragments:
+            self.assertIn(fragment, error)
+
+    def test_prefixRefused(self) -> None:
+        """
+        A prefix of one option is refused, naming the option it may stand
+        for; and where a sibling command has an option of that name, that
+        is said too.
+        """
+        self.assertUsageError(("unknown option --proxy", "an option of 'client'",
+                               "did you mean --proxy-protocol?"),
+                              "server", "--tcp", "9999", "--udp", "5073", "--proxy")
+        self.assertUsageError(("unknown option --sess", "did you mean --sessions?"),
+                              "client", "--tcp", "h:1", "--udp", "1", "--sess")
+        self.assertUsageError(("unknown option --metric", "did you mean --metrics?"),
+                              "server", "--tcp", "9999", "--udp", "5073", "--metric=9100")
+        self.assertUsageError(("unknown option --conf",), "run", "--conf", "x.toml")
+
+    def test_siblingOption(self) -> None:
+        """
+        An option of the other end says whose it is, not "Wrong number of
+        arguments" (what getopt made of C{server --proxy URL}).
+        """
+        self.assertUsageError(("unknown option --proxy", "an option of 'client'"),
+                              "server", "--proxy", "http://x:1", "--tcp", "9999",
+                              "--udp", "5073")
+        self.assertUsageError(("unknown option --allow", "an option of 'server'"),
+                              "client", "--tcp", "h:1", "--udp", "1", "--allow", "10.0.0.0/8")
+
+    def test_valuesAreNotOptions(self) -> None:
+        """
+        The value of an option is never taken for an option, even when it
+        begins with dashes; C{--} ends the options.
+        """
+        from udptunnel.optionnames import checkExactNames
+
+        options = ServerOptions()
+        checkExactNames(options, ["--tcp", "--prox", "--udp=1", "--", "--prox"])
+        checkExactNames(options, ["--sessions", "positional", "--prox"])
+        self.assertRaises(usage.UsageError, checkExactNames, options, ["--udp=1", "--prox"])
+
+    def test_shortOptions(self) -> None:
+        """
+        A short option's value (the rest of its cluster, or the next
+        argument) is skipped as getopt skips it.
+        """
+        from udptunnel.optionnames import checkExactNames
+
+        options = RunOptions()
+        checkExactNames(options, ["-c", "--weird-file-name", "--check"])
+        checkExactNames(options, ["-cfile.toml", "--check"])
+        self.assertRaises(usage.UsageError, checkExactNames, options, ["-c", "f", "--chec"])
+
+    def test_wholeNamesStillWork(self) -> None:
+        options = parse("server", "--tcp", "9999", "--udp", "5073", "--proxy-protocol")
+        self.assertTrue(options.subOptions["proxy-protocol"])
 
 
 class HelpTests(SynchronousTestCase):

@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 import re
 import shlex
+import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
@@ -38,6 +39,7 @@ from .handshake import PROFILES, handshakeFor
 from .listening import AnnouncingEndpoint, allInterfaces
 from .logreopen import LogReopener
 from .notify import notifyService
+from .optionnames import checkExactNames
 from .pending import DEFAULT_LIMIT as DEFAULT_MAX_PENDING
 from .pending import DEFAULT_TIMEOUT as DEFAULT_PENDING_TIMEOUT
 from .protocols import MAX_DATAGRAM, TunnelDatagramProtocol, TunnelFactory
@@ -289,6 +291,21 @@ class _WithExample(usage.Options):
         print(f"udptunnel {__version__}")
         raise SystemExit(0)
 
+    def parseOptions(self, options: list[str] | None = None) -> None:
+        """
+        Parse, taking option names whole (L{checkExactNames}).
+        """
+        argv = list(sys.argv[1:] if options is None else options)
+        checkExactNames(self, argv, self.elsewhere())
+        super().parseOptions(argv)
+
+    def elsewhere(self) -> dict[str, str]:
+        """
+        The options a sibling command has and this one lacks, each with
+        that command's name (for the error of a misplaced option).
+        """
+        return {}
+
     def _top(self) -> _WithExample:
         """
         The plugin's own top-level options (whose parent is the runner's).
@@ -536,6 +553,9 @@ class ServerOptions(_EndOptions):
     def parseTCP(self, value: str) -> str:
         return _serverEndpoint(value, "--tcp", dualStack=True)
 
+    def elsewhere(self) -> dict[str, str]:
+        return _onlyIn(ClientOptions, ServerOptions)
+
     def postOptions(self) -> None:
         if self["sessions"] and self["peer"] is None:
             self.checkSessions()  # before --udp's own complaint, which is beside the point
@@ -609,6 +629,9 @@ class ClientOptions(_EndOptions):
             raise usage.UsageError(f"--tcp: {notHostPort}") from None
         return value
 
+    def elsewhere(self) -> dict[str, str]:
+        return _onlyIn(ServerOptions, ClientOptions)
+
     def checkSessions(self) -> None:
         if self["plan"].peer is not None:
             raise usage.UsageError(
@@ -658,6 +681,16 @@ class RunOptions(_WithExample):
         if self["check"]:
             print(describeConfig(self["loaded"]))
             raise SystemExit(0)
+
+
+def _onlyIn(other: type[usage.Options], this: type[usage.Options]) -> dict[str, str]:
+    """
+    The long options of command C{other} that command C{this} lacks.
+    """
+    names = {name.rstrip("=") for name in other().longOpt}
+    mine = {name.rstrip("=") for name in this().longOpt}
+    command = "server" if other is ServerOptions else "client"
+    return dict.fromkeys(sorted(names - mine), command)
 
 
 def describeConfig(config: Config) -> str:
