@@ -24,6 +24,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from udptunnel.handshake import (
     NO_HANDSHAKE,
     RFC1036_PREAMBLE,
+    Handshake,
     HandshakeMismatch,
     checkPreamble,
     handshakeFor,
@@ -76,7 +77,10 @@ class PreambleTests(SynchronousTestCase):
         self.assertEqual((CLIENT.send, CLIENT.expect), (RFC1036_PREAMBLE, b""))
         self.assertEqual((SERVER.send, SERVER.expect), (b"", RFC1036_PREAMBLE))
         self.assertEqual(handshakeFor("none", True), NO_HANDSHAKE)
-        self.assertEqual(handshakeFor("none", False), NO_HANDSHAKE)
+        # A listening end without a preamble watches for rfc1036's.
+        self.assertEqual(handshakeFor("none", False),
+                         Handshake(foreign=(("rfc1036", RFC1036_PREAMBLE),)))
+        self.assertEqual(SERVER.foreign, ())
 
     def test_check(self) -> None:
         self.assertIsNone(checkPreamble(b"abc", b""))
@@ -177,6 +181,97 @@ class ServerProtocolTests(SynchronousTestCase):
         self.assertEqual(relay.links, [protocol])
         protocol.dataReceived(frame(RFC1036_PREAMBLE))
         self.assertEqual(relay.frames, [RFC1036_PREAMBLE])
+
+
+NONE_SERVER = handshakeFor("none", connecting=False)
+
+
+class ForeignPreambleTests(SynchronousTestCase):
+    """
+    A listening end of the classic wire that receives rfc1036's preamble
+    closes the connection and says which C{--handshake} the peer wants,
+    instead of reading the preamble's C{ud} as a 30,052-byte frame.
+    """
+
+    def test_preambleRefusedWithTheHint(self) -> None:
+        relay = ReasonRecordingRelay()
+        protocol, transport = connect(relay, NONE_SERVER)
+        self.assertEqual(relay.links, [protocol])  # the link at once, as before
+        protocol.dataReceived(RFC1036_PREAMBLE + frame(b"never"))
+        self.assertTrue(transport.disconnecting)
+        protocol.connectionLost(Failure(ConnectionDone()))
+        self.assertEqual(relay.frames, [])
+        (reason,) = relay.reasons
+        self.assertTrue(reason.check(HandshakeMismatch))
+        self.assertIn("the peer sends rfc1036's handshake: use --handshake rfc1036",
+                      reason.getErrorMessage())
+
+    def test_oneByteAtATime(self) -> None:
+        relay = ReasonRecordingRelay()
+        protocol, transport = connect(relay, NONE_SERVER)
+        for i, byte in enumerate(RFC1036_PREAMBLE):
+            self.assertFalse(transport.disconnecting, i)
+            protocol.dataReceived(bytes([byte]))
+        self.assertTrue(transport.disconnecting)
+
+    def test_framesPassAtOnce(self) -> None:
+        """
+        A stream whose first byte cannot begin the preamble is frames from
+        that byte; one that begins like it is held only until a byte
+        differs, and then parsed whole.
+        """
+        relay = RecordingRelay()
+        protocol, _ = connect(relay, NONE_SERVER)
+        protocol.dataReceived(frame(b"one"))
+        self.assertEqual(relay.frames, [b"one"])
+
+        relay = RecordingRelay()
+        protocol, transport = connect(relay, NONE_SERVER)
+        big = b"u" + b"x" * (0x7578 - 1)
+        stream = frame(big) + frame(b"two")
+        protocol.dataReceived(stream[:1])
+        self.assertEqual(protocol.recvd, b"")  # held: it may be the preamble
+        protocol.dataReceived(stream[1:])
+        self.assertEqual(relay.frames, [big, b"two"])
+        self.assertFalse(transport.disconnecting)
+
+    def test_nearMissIsFrames(self) -> None:
+        """
+        The preamble with its last byte wrong is no preamble: frames.
+        """
+        relay = RecordingRelay()
+        protocol, transport = connect(relay, NONE_SERVER)
+        protocol.dataReceived(WRONG)
+        self.assertFalse(transport.disconnecting)
+        self.assertEqual(protocol.recvd, WRONG)
+
+    def test_pendingConnectionCounted(self) -> None:
+        """
+        Refused while waiting (a live link was there), it is counted as a
+        pending connection closed for C{handshake}, and logged with the
+        hint; the live link is untouched.
+        """
+        events = captureLogEvents(self)
+        relay = Relay(Clock(), role="server")
+        relay.udpStarted(FakeUDPTransport())
+        live, _ = connect(relay, NONE_SERVER)
+        live.dataReceived(frame(b"traffic"))
+        protocol, transport = connect(relay, NONE_SERVER)
+        protocol.dataReceived(RFC1036_PREAMBLE)
+        protocol.connectionLost(Failure(ConnectionDone()))
+        self.assertIs(relay.link, live)
+        self.assertEqual(relay.stats.pendingClosed["handshake"], 1)
+        self.assertTrue(any("use --handshake rfc1036" in str(e.get("why", "")) for e in events))
+
+    def test_clientDoesNotWatch(self) -> None:
+        """
+        A connecting end never receives a preamble (rfc1036's server sends
+        none): its first bytes are frames, whatever they are.
+        """
+        relay = RecordingRelay()
+        protocol, transport = connect(relay, handshakeFor("none", connecting=True))
+        protocol.dataReceived(RFC1036_PREAMBLE)
+        self.assertFalse(transport.disconnecting)
 
 
 class ClientProtocolTests(SynchronousTestCase):
@@ -356,6 +451,25 @@ class StandInPeerTests(TwistdTestCase):
         self.assertIsNone(receive(pop, 0.5))
         self.assertIn(self.stop(self.server), STOPPED_BY_SIGTERM)
         self.assertIn("handshake=1", self.output(self.server))
+
+    def test_serverWithoutProfile(self) -> None:
+        """
+        A server without C{--handshake} hangs up on a stand-in rfc1036
+        client and says what to use, instead of relaying garbage.
+        """
+        tcp, pop = freePort(), self.udpSocket()
+        self.server = self.spawn(
+            "server", TWISTD, "-n", "--pidfile=", "udptunnel", "server",
+            "--tcp", f"tcp:{tcp}:interface=127.0.0.1", "--udp", "127.0.0.1:0",
+            "--peer", f"127.0.0.1:{pop.getsockname()[1]}", "--stats-interval", "0",
+        )
+        self.waitForOutput(self.server, "listening for the TCP link on")
+        client = self.tcpClient(tcp)
+        client.sendall(RFC1036_PREAMBLE + frame(b"hello") * 2000)
+        self.assertTrue(closedByPeer(client))
+        self.waitForOutput(self.server, "the peer sends rfc1036's handshake: "
+                                        "use --handshake rfc1036")
+        self.assertIsNone(receive(pop, 0.5))
 
     def test_clientWithStandInServer(self) -> None:
         """

@@ -63,6 +63,9 @@ class RecordingRelay:
     def linkConnected(self, link):
         return self.allowed
 
+    def linkIdentified(self, link):
+        return self.allowed
+
     def linkMade(self, link):
         self.links.append(link)
 

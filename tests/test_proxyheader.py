@@ -23,6 +23,7 @@ from twisted.internet.address import IPv4Address
 from twisted.internet.error import ConnectionDone
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
+from twisted.logger import formatEvent
 from twisted.python import usage
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
@@ -143,6 +144,15 @@ class ParserTests(SynchronousTestCase):
                      b"PROXY TCP4 198.51.100.7\r192.0.2.1 40001 9999\r\n"):
             self.assertRefused(line)
 
+    def test_v1ScopedAddress(self) -> None:
+        """
+        A balancer names an address, never a scope: a scope id (what
+        Python's ipaddress would take, whatever it holds) is refused, in
+        either address of the line.
+        """
+        self.assertRefused(b"PROXY TCP6 fe80::1%eth0 ::1 5555 9999\r\n")
+        self.assertRefused(b"PROXY TCP6 ::1 ::1%\x1b[2J 5555 9999\r\n")
+
     def test_v1TooLong(self) -> None:
         """
         No CRLF within 107 bytes: refused then, not awaited for ever.
@@ -162,17 +172,21 @@ class ParserTests(SynchronousTestCase):
 
 class PrefixRelay(RecordingRelay):
     """
-    Records the address each connection had when the relay heard of it.
+    Records the address each connection had when the relay heard of it,
+    and when its header named its client.
     """
 
     def linkConnected(self, link):
         self.connected = getattr(self, "connected", []) + [(link.remoteHost, link.remote)]
         return super().linkConnected(link)
 
+    def linkIdentified(self, link):
+        self.identified = getattr(self, "identified", []) + [(link.remoteHost, link.remote)]
+        return super().linkIdentified(link)
 
-def connect(relay, clock=None, handshake=None, pendingTimeout=10):
-    factory = TunnelFactory(relay, proxyProtocol=True, pendingTimeout=pendingTimeout,
-                            clock=clock or Clock(),
+
+def connect(relay, handshake=None):
+    factory = TunnelFactory(relay, proxyProtocol=True,
                             **({"handshake": handshake} if handshake else {}))
     protocol = factory.buildProtocol(None)
     transport = StringTransport(peerAddress=IPv4Address("TCP", "192.0.2.100", 5555))
@@ -183,15 +197,18 @@ def connect(relay, clock=None, handshake=None, pendingTimeout=10):
 class ProtocolTests(SynchronousTestCase):
     def test_admittedWithTheClientsAddress(self) -> None:
         """
-        The relay hears of the connection only once the header arrived,
-        with the client's address, and the bytes after the header in the
+        The relay hears of the connection as soon as it is accepted, with
+        nobody to judge yet (the balancer's address, no host), and again
+        once the header named the client; the bytes after the header in the
         same read are frames.
         """
         relay = PrefixRelay()
         protocol, _ = connect(relay)
-        self.assertEqual(getattr(relay, "connected", []), [])
+        self.assertEqual(relay.connected, [(None, "192.0.2.100:5555")])
+        self.assertEqual(getattr(relay, "identified", []), [])
+        self.assertEqual(relay.links, [])
         protocol.dataReceived(V1 + frame(b"one"))
-        self.assertEqual(relay.connected, [("198.51.100.7", "198.51.100.7:40001")])
+        self.assertEqual(relay.identified, [("198.51.100.7", "198.51.100.7:40001")])
         self.assertEqual(relay.links, [protocol])
         self.assertEqual(relay.frames, [b"one"])
 
@@ -200,14 +217,27 @@ class ProtocolTests(SynchronousTestCase):
         protocol, _ = connect(relay)
         for byte in v2(family=2) + frame(b"one"):
             protocol.dataReceived(bytes([byte]))
-        self.assertEqual(relay.connected, [("2001:db8::7", "[2001:db8::7]:40001")])
+        self.assertEqual(relay.identified, [("2001:db8::7", "[2001:db8::7]:40001")])
         self.assertEqual(relay.frames, [b"one"])
 
     def test_localKeepsTheBalancer(self) -> None:
         relay = PrefixRelay()
         protocol, _ = connect(relay)
         protocol.dataReceived(v2(command=0))
-        self.assertEqual(relay.connected, [("192.0.2.100", "192.0.2.100:5555")])
+        self.assertEqual(relay.identified, [("192.0.2.100", "192.0.2.100:5555")])
+
+    def test_refusedClientNotReported(self) -> None:
+        """
+        A client the relay refuses once the header named it is closed; the
+        relay, which refused it, hears nothing more of it.
+        """
+        relay = PrefixRelay()
+        protocol, transport = connect(relay)
+        relay.allowed = False
+        protocol.dataReceived(V1 + frame(b"one"))
+        self.assertTrue(transport.disconnecting)
+        protocol.connectionLost(Failure(ConnectionDone()))
+        self.assertEqual((relay.links, relay.frames, relay.lost), ([], [], []))
 
     def test_thenThePreamble(self) -> None:
         """
@@ -282,34 +312,79 @@ class CountedTests(SynchronousTestCase):
 
     def test_silentConnectionClosed(self) -> None:
         """
-        A connection that never completes its header is closed after the
-        pending timeout, and counted.
+        A connection that never completes its header is closed at the
+        pending deadline, which runs from its accept, and counted as a
+        timeout (as one that never completes a preamble); no timer of the
+        protocol's own is left.
         """
         clock = Clock()
         relay = Relay(clock, role="server", pendingTimeout=5)
         relay.udpStarted(FakeUDPTransport())
-        protocol, transport = connect(relay, clock, pendingTimeout=5)
+        protocol, transport = connect(relay)
         protocol.dataReceived(V1[:10])
         clock.advance(4.9)
         self.assertFalse(transport.disconnecting)
         clock.advance(0.1)
         self.assertTrue(transport.disconnecting)
         protocol.connectionLost(Failure(ConnectionDone()))
-        self.assertEqual(relay.stats.pendingClosed["proxy-header"], 1)
+        self.assertEqual(relay.stats.pendingClosed["timeout"], 1)
+        self.assertEqual(relay.pendingCount(), 0)
         self.assertEqual(clock.getDelayedCalls(), [])
+
+    def test_headersWithinMaxPending(self) -> None:
+        """
+        Connections still sending their header count against
+        C{--max-pending}: one more closes the oldest, so a drip of partial
+        headers cannot hold more descriptors than the cap.
+        """
+        for relay in (Relay(Clock(), role="server", maxPending=4),
+                      ServerSessions(Clock(), ("192.0.2.1", 53),
+                                     lambda protocol: FakeUDPTransport(), maxPending=4)):
+            transports = []
+            for _ in range(6):
+                protocol, transport = connect(relay)
+                protocol.dataReceived(b"PROXY TCP4 10.")
+                transports.append(transport)
+            self.assertEqual([t.disconnecting for t in transports], [True] * 2 + [False] * 4)
+            self.assertEqual(relay.stats.pendingClosed["evicted"], 2)
+            self.assertEqual(relay.pendingCount(), 4)
 
     def test_goneBeforeItsHeader(self) -> None:
         """
-        A connection closed by its peer before the header: nothing to tell
-        the relay (it never heard of it), and its timer is cancelled.
+        A connection its peer closes before any header (a balancer's TCP
+        health check) is counted as closed by its peer, as a probe of a
+        server without the PROXY protocol is; it is no failure.
         """
-        clock = Clock()
-        relay = PrefixRelay()
-        protocol, _ = connect(relay, clock)
-        protocol.dataReceived(V1[:10])
-        protocol.connectionLost(Failure(ConnectionDone()))
-        self.assertEqual(relay.lost, [])
-        self.assertEqual(clock.getDelayedCalls(), [])
+        for relay in (Relay(Clock(), role="server"),
+                      ServerSessions(Clock(), ("192.0.2.1", 53),
+                                     lambda protocol: FakeUDPTransport())):
+            protocol, _ = connect(relay)
+            protocol.dataReceived(V1[:10])
+            protocol.connectionLost(Failure(ConnectionDone()))
+            self.assertEqual(relay.stats.pendingClosed["peer-closed"], 1)
+            self.assertEqual(relay.stats.linksFailed, 0)
+            self.assertEqual(relay.pendingCount(), 0)
+
+    def test_scopedAddressRefused(self) -> None:
+        """
+        A v1 header whose address has a scope id (which Python's ipaddress
+        takes, whatever it holds, and C{--allow} would ignore) is refused
+        and counted; the bytes it carried reach the log escaped.
+        """
+        events = captureLogEvents(self)
+        relay = Relay(Clock(), role="server", allow=AddressFilter([parseNetwork("::1/128")]))
+        relay.udpStarted(FakeUDPTransport())
+        for scope in (b"\x1b[2J\x1b[31mESC", b"\nFORGED line"):
+            protocol, transport = connect(relay)
+            protocol.dataReceived(b"PROXY TCP6 ::1%" + scope + b" ::1 5555 9999\r\n")
+            self.assertTrue(transport.disconnecting)
+            protocol.connectionLost(Failure(ConnectionDone()))
+        self.assertEqual(relay.stats.pendingClosed["proxy-header"], 2)
+        self.assertIsNone(relay.link)
+        text = "\n".join(formatEvent(event) for event in events)
+        self.assertIn("scoped address", text)
+        self.assertNotIn("\x1b", text)
+        self.assertNotIn("\nFORGED", text)
 
 
 def haproxyProblem() -> str | None:

@@ -7,7 +7,7 @@ from __future__ import annotations
 import errno
 
 from twisted.internet.address import IPv6Address
-from twisted.internet.error import ConnectionDone
+from twisted.internet.error import ConnectionDone, ConnectionLost
 from twisted.internet.task import Clock
 from twisted.logger import LogLevel
 from twisted.python.failure import Failure
@@ -400,8 +400,22 @@ class LinkTests(RelayTestMixin, SynchronousTestCase):
         relay = self.makeRelay()
         link = FakeLink()
         relay.linkConnected(link)
-        self.lose(relay, link)
+        relay.linkLost(link, Failure(ConnectionLost()))
         self.assertEqual(relay.stats.linksFailed, 1)
+        self.assertEqual(relay.pendingCount(), 0)
+
+    def test_probeClosedByPeer(self) -> None:
+        """
+        A server's connection that its peer closes cleanly before it was
+        ready (a health check of a server behind a balancer, before its
+        PROXY header) is a probe, as one that was ready: no failure.
+        """
+        relay = self.makeRelay()
+        link = FakeLink()
+        relay.linkConnected(link)
+        self.lose(relay, link)
+        self.assertEqual(relay.stats.linksFailed, 0)
+        self.assertEqual(relay.stats.pendingClosed["peer-closed"], 1)
         self.assertEqual(relay.pendingCount(), 0)
 
     def test_capClosesOldest(self) -> None:
@@ -674,7 +688,7 @@ class LinkLifetimeTests(RelayTestMixin, SynchronousTestCase):
         relay = self.makeReportingRelay()
         link = FakeLink()
         relay.linkConnected(link)
-        self.lose(relay, link)
+        relay.linkLost(link, Failure(ConnectionLost()))
         self.assertEqual(self.lifetimes, [0.0])
         self.assertEqual(relay.stats.linksFailed, 1)
 

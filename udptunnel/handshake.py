@@ -40,6 +40,10 @@ class Handshake:
 
     send: bytes = b""
     expect: bytes = b""
+    #: The preambles of the other profiles, with their names, that a
+    #: listening end watches for in its first bytes: a peer that sends one
+    #: wants that C{--handshake}, and is told so instead of read as frames.
+    foreign: tuple[tuple[str, bytes], ...] = ()
 
 
 #: The classic wire: nothing before the first frame.
@@ -52,7 +56,11 @@ def handshakeFor(profile: str, connecting: bool) -> Handshake:
     (client) or listening (server) end plays.
     """
     preamble = PROFILES[profile]
-    return Handshake(send=preamble) if connecting else Handshake(expect=preamble)
+    if connecting:
+        return Handshake(send=preamble)
+    foreign = tuple((name, other) for name, other in PROFILES.items()
+                    if other and name != profile)
+    return Handshake(expect=preamble, foreign=foreign)
 
 
 def checkPreamble(expected: bytes, received: bytes) -> bool | None:

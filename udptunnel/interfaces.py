@@ -50,7 +50,18 @@ class ILinkRelay(Interface):
         """
         A TCP connection (an L{ILink}) is established; return whether it is
         admitted.  An admitted connection waits, with a deadline, to become
-        the link.
+        the link.  Its C{remoteHost} is C{None} when nobody can judge it yet
+        (behind a balancer, until L{linkIdentified}) or ever (a Unix
+        socket's peer).
+        """
+
+    def linkIdentified(link):
+        """
+        A connection waiting for its PROXY protocol header got it:
+        C{link.remoteHost} and C{link.remote} are now the client's it names
+        (the balancer's for a header that names none).  Return whether
+        C{--allow} admits that client; a refused one is forgotten, and the
+        protocol closes it without reporting its loss.
         """
 
     def linkMade(link):

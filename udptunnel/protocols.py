@@ -12,10 +12,8 @@ from typing import Any, cast
 from twisted.internet.address import IPv4Address, IPv6Address
 from twisted.internet.interfaces import (
     IConsumer,
-    IDelayedCall,
     IHandshakeListener,
     IPushProducer,
-    IReactorTime,
     ITCPTransport,
 )
 from twisted.internet.protocol import DatagramProtocol, Factory
@@ -24,10 +22,9 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from ._twisted import writerFor
-from .addresses import showAddress
+from .addresses import printable, showAddress
 from .handshake import NO_HANDSHAKE, Handshake, HandshakeMismatch, checkPreamble
 from .interfaces import IDatagramRelay, ILink, ILinkRelay
-from .pending import DEFAULT_TIMEOUT
 from .proxyheader import ProxyHeaderError, parseProxyHeader
 from .sockopts import SocketSettings, tuneTCP, tuneUDP
 
@@ -126,48 +123,64 @@ class TunnelStreamProtocol(Int16StringReceiver):
     _preambleDone = True
     #: The preamble's bytes received so far, while it is awaited.
     _preamble = b""
+    #: The stream's first bytes while they could still be another
+    #: profile's preamble (L{Handshake.foreign}); C{None} once they cannot.
+    _sniffed: bytes | None = None
     #: With C{--proxy-protocol}: the header's bytes so far while it is
-    #: awaited (C{None} once it arrived, or when none is expected), and the
-    #: deadline for it.
+    #: awaited (C{None} once it arrived, or when none is expected).
     _proxyHeader: bytes | None = None
-    _proxyDeadline: IDelayedCall | None = None
+    #: The host of the TCP peer itself (the balancer, behind one).
+    _peerHost: str | None = None
     #: Why we closed the connection, reported to the relay at
     #: connectionLost instead of the abort's own reason.
     _closedFor: Failure | None = None
 
     def connectionMade(self) -> None:
+        """
+        Announce the connection to the relay at once, so that it waits among
+        the pending ones (their cap and their deadline) through every stage
+        before the first frame: the PROXY header, TLS, the preamble.
+        """
         assert self.transport is not None
         address = self.transport.getPeer()
         if isinstance(address, (IPv4Address, IPv6Address)):
-            self.remoteHost = address.host
+            self.remoteHost = self._peerHost = address.host
             self.remote = showAddress((address.host, address.port))
         else:
-            self.remote = str(getattr(address, "name", None) or address)
+            self.remote = printable(str(getattr(address, "name", None) or address))
         sock = _socketOf(self.transport)
         if sock is not None:
             tuneTCP(sock, self.factory.settings)
         self._write, self._writeThrough = writerFor(self.transport)
-        self._preambleDone = not self.factory.handshake.expect
+        handshake = self.factory.handshake
+        self._preambleDone = not handshake.expect
+        if handshake.foreign:
+            self._sniffed = b""
         if self.factory.proxyProtocol:
-            # The peer is the balancer: the relay hears of the connection
-            # (and --allow judges it) once the header named the client.
+            # The peer is the balancer: --allow judges the client the header
+            # names (linkIdentified), so nobody is judged until then.
             self._proxyHeader = b""
-            timeout = self.factory.pendingTimeout
-            self._proxyDeadline = self.factory.clock.callLater(
-                timeout, self._proxyFailed,
-                ProxyHeaderError(f"no PROXY protocol header after {timeout:g} s"))
-            return
-        self._admit()
-
-    def _admit(self) -> None:
-        """
-        Ask the relay whether the connection may go on (C{--allow}, the
-        session cap), and go on: TLS first if any, else become the link.
-        """
+            self.remoteHost = None
         if not self.factory.relay.linkConnected(self):
-            self.refused = True
-            self.abort()
-        elif not self.factory.tls:
+            self._refuse()
+        elif self._proxyHeader is None:
+            self._secure()
+
+    def _refuse(self, why: Exception | None = None) -> None:
+        """
+        Close the connection at once; the relay hears C{why} at
+        connectionLost, or nothing (it refused the connection itself).
+        """
+        if why is not None:
+            self._closedFor = Failure(why)
+        self.refused = True
+        self.abort()
+
+    def _secure(self) -> None:
+        """
+        The connection is admitted: TLS first if any, else become the link.
+        """
+        if not self.factory.tls:
             self._secured = True
             self._establish()
         # Over TLS the connection becomes the link only once the handshake
@@ -206,61 +219,71 @@ class TunnelStreamProtocol(Int16StringReceiver):
             return None
         self._preamble = b""
         if not matched:
-            self.refused = True
-            self._closedFor = Failure(HandshakeMismatch(
+            self._refuse(HandshakeMismatch(
                 f"its first bytes were not the {len(expected)}-byte preamble of "
                 f"--handshake (it began {received[:8].hex(' ')})"))
-            self.abort()
             return None
         self._preambleDone = True
         self._establish()
         return received[len(expected):]
 
+    def _sniff(self, data: bytes) -> bytes | None:
+        """
+        Watch the stream's first bytes for another profile's preamble (a
+        peer that speaks rfc1036's handshake to a server without it would
+        otherwise be read as a 30 kB frame of garbage).  The bytes are held
+        only while they match one (a real first frame that long is still
+        incomplete then); returned once they cannot, C{None} meanwhile or
+        when one matched (the connection is then closed, saying which
+        C{--handshake} the peer wants).
+        """
+        assert self._sniffed is not None
+        received = self._sniffed + data
+        undecided = False
+        for profile, preamble in self.factory.handshake.foreign:
+            matched = checkPreamble(preamble, received)
+            if matched:
+                self._sniffed = None
+                self._refuse(HandshakeMismatch(
+                    f"the peer sends {profile}'s handshake: use --handshake {profile}"))
+                return None
+            undecided = undecided or matched is None
+        if undecided:
+            self._sniffed = received
+            return None
+        self._sniffed = None
+        return received
+
     def _receiveProxyHeader(self, data: bytes) -> bytes | None:
         """
         Take the PROXY protocol header out of the stream's first bytes, take
-        the client's address from it, and admit the connection.  The bytes
-        after it (in the same read) are the stream, returned; C{None} while
-        it is incomplete, or when it was wrong (the connection is closed).
+        the client's address from it, and have the relay judge that client.
+        The bytes after it (in the same read) are the stream, returned;
+        C{None} while it is incomplete, or when it was wrong or the client
+        is refused (the connection is closed).
         """
         assert self._proxyHeader is not None
         received = self._proxyHeader + data
         try:
             header = parseProxyHeader(received)
         except ProxyHeaderError as e:
-            self._proxyFailed(e)
+            self._proxyHeader = None
+            self._refuse(e)
             return None
         if header is None:
             self._proxyHeader = received
             return None
         self._proxyHeader = None
-        self._cancelProxyDeadline()
         if header.source is not None:
             self.remoteHost = header.source[0]
             self.remote = showAddress(header.source)
-        self._admit()
+        else:
+            self.remoteHost = self._peerHost  # LOCAL: the balancer's own
+        if not self.factory.relay.linkIdentified(self):
+            self._refuse()
+            return None
+        self._secure()
         return received[header.length:]
-
-    def _proxyFailed(self, error: ProxyHeaderError) -> None:
-        """
-        No valid header (or none in time): close the connection, and have
-        the relay count it.  It is announced first, without an address (so
-        --allow, which has no client to judge, does not count it as
-        refused; the logs name the balancer), and closed with the reason
-        the relay reports at connectionLost.
-        """
-        self._proxyHeader = None
-        self._cancelProxyDeadline()
-        self.remoteHost = None
-        if self.factory.relay.linkConnected(self):
-            self._closedFor = Failure(error)
-        self.refused = True
-        self.abort()
-
-    def _cancelProxyDeadline(self) -> None:
-        deadline, self._proxyDeadline = self._proxyDeadline, None
-        if deadline is not None and deadline.active():
-            deadline.cancel()
 
     def dataReceived(self, data: bytes) -> None:
         """
@@ -285,6 +308,11 @@ class TunnelStreamProtocol(Int16StringReceiver):
         if not self._preambleDone:
             rest = self._receivePreamble(data)
             if not rest or self.refused:
+                return
+            data = rest
+        if self._sniffed is not None:
+            rest = self._sniff(data)
+            if not rest:
                 return
             data = rest
         if self._unprocessed:
@@ -369,10 +397,6 @@ class TunnelStreamProtocol(Int16StringReceiver):
 
     def connectionLost(self, reason: Failure | None = None) -> None:
         assert reason is not None
-        if self._proxyHeader is not None:
-            # Gone before its header: the relay never heard of it.
-            self._cancelProxyDeadline()
-            return
         if self._closedFor is not None:
             self.factory.relay.linkLost(self, self._closedFor)
         elif not self.refused:  # the relay counted and logged it already
@@ -410,8 +434,6 @@ class TunnelFactory(Factory[TunnelStreamProtocol]):
     @ivar proxyProtocol: whether every connection must begin with a PROXY
         protocol header (C{--proxy-protocol}), whose source address is the
         connection's from then on.
-    @ivar pendingTimeout: seconds a connection may take to send that header
-        (the relay's own deadline to become the link starts after it).
     """
 
     protocol = TunnelStreamProtocol
@@ -427,19 +449,12 @@ class TunnelFactory(Factory[TunnelStreamProtocol]):
     def __init__(
         self, relay: ILinkRelay, settings: SocketSettings | None = None, tls: bool = False,
         handshake: Handshake = NO_HANDSHAKE, proxyProtocol: bool = False,
-        pendingTimeout: float = DEFAULT_TIMEOUT, clock: IReactorTime | None = None,
     ) -> None:
         self.relay = relay
         self.settings = settings or SocketSettings()
         self.tls = tls
         self.handshake = handshake
         self.proxyProtocol = proxyProtocol
-        self.pendingTimeout = pendingTimeout
-        if clock is None:
-            from twisted.internet import reactor
-
-            clock = cast(IReactorTime, reactor)
-        self.clock: IReactorTime = clock
 
 
 def _named(relay: object, what: str) -> str:

@@ -86,6 +86,11 @@ def _parseV1(data: bytes) -> ProxyHeader | None:
 
 
 def _address(text: bytes, version: int) -> str:
+    if b"%" in text:
+        # Python's ipaddress takes any scope id ("::1%<anything>"), which
+        # --allow would ignore and the logs would print: a balancer names
+        # the client's address, and that has no scope.
+        raise ProxyHeaderError(f"PROXY v1 header with a scoped address {text[:45]!r}")
     try:
         address = ipaddress.ip_address(text.decode("ascii"))
     except (UnicodeDecodeError, ValueError):

@@ -23,7 +23,7 @@ from .addresses import showAddress
 from .interfaces import IDatagramSocket, ILink, IRelay
 from .pending import DEFAULT_LIMIT, DEFAULT_TIMEOUT, PendingLinks
 from .session import Session
-from .tunnel import TunnelService, refusedBy
+from .tunnel import TunnelService
 
 #: A waiting connection takes over a link from which no frame came for this
 #: many seconds: long enough that a link carrying any steady traffic (even
@@ -344,16 +344,8 @@ class Relay(TunnelService):
         elif self._pending.remove(link):
             ready = link in self._ready
             self._ready.discard(link)
-            refusal = refusedBy(reason)
-            if ready:
-                self.pendingClosed(link, "peer-closed", why)
-            elif refusal is not None:
-                self.pendingClosed(link, refusal, why)
-            else:
+            if self.waitingLost(link, reason, why, ready):
                 lifetime = 0.0
-                self.stats.linksFailed += 1
-                self._warn.warn("failed", "connection with {remote} ended before it became "
-                                "the link: {why}", remote=link.remote, why=why)
         if lifetime is not None and self._onLinkEnded is not None:
             self._onLinkEnded(lifetime)
         self.linkGone(link)
@@ -385,6 +377,10 @@ class Relay(TunnelService):
         How many connections are waiting to become the link.
         """
         return len(self._pending)
+
+    def forgetWaiting(self, link: ILink) -> None:
+        self._pending.remove(link)
+        self._ready.discard(link)
 
     def closeLink(self) -> None:
         """

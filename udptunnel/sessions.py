@@ -43,7 +43,7 @@ from .interfaces import IDatagramRelay, IDatagramSocket, ILink, ILinkRelay
 from .pending import DEFAULT_LIMIT, DEFAULT_TIMEOUT, PendingLinks
 from .reconnect import retryDelay
 from .session import Session, Traffic
-from .tunnel import TunnelService, refusedBy
+from .tunnel import TunnelService
 
 #: Seconds without a datagram either way after which a session ends (what
 #: udp2raw and phantun use).
@@ -353,14 +353,11 @@ class ServerSessions(_SessionsBase):
             self._closeSocket(session)
             self._ended(session, why)
         elif self._pending.remove(link):
-            refusal = refusedBy(reason)
-            if refusal is not None:
-                self.pendingClosed(link, refusal, why)
-            else:
-                self.stats.linksFailed += 1
-                self._warn.warn("failed", "connection with {remote} ended before it became "
-                                "a session: {why}", remote=link.remote, why=why)
+            self.waitingLost(link, reason, why)
         self.linkGone(link)
+
+    def forgetWaiting(self, link: ILink) -> None:
+        self._pending.remove(link)
 
     def _closeSocket(self, session: Session) -> None:
         udp, session.udp = session.udp, None
@@ -425,6 +422,9 @@ class _SessionEnd:
 
     def linkConnected(self, link: ILink) -> bool:
         return self._sessions.sessionConnected(self._session, link)
+
+    def linkIdentified(self, link: ILink) -> bool:
+        return True  # a connection we opened carries no PROXY header
 
     def linkMade(self, link: ILink) -> None:
         self._sessions.sessionLinkMade(self._session, link)

@@ -902,7 +902,7 @@ def _singleLink(end: usage.Options, client: bool, common: dict[str, Any],
     _udpService(plan, relay, settings, reactor).setServiceParent(relay)
     factory = TunnelFactory(relay, settings, tls=credentials is not None,
                             handshake=handshakeFor(end["handshake"], client),
-                            **_proxyProtocol(end, reactor))
+                            **_proxyProtocol(end))
     if client:
         endpoint, where = _clientEndpoint(end, reactor)
         internet.ClientService(
@@ -949,18 +949,17 @@ def _sessions(end: usage.Options, client: bool, common: dict[str, Any],
             **limits, **common,
         )
         factory = TunnelFactory(relay, settings, tls=tls, handshake=handshake,
-                                **_proxyProtocol(end, reactor))
+                                **_proxyProtocol(end))
         listening = ReusePortReactor(reactor) if end["reuse-port"] else reactor
         _serverListener(end, factory, listening, relay).setServiceParent(relay)
     return relay
 
 
-def _proxyProtocol(end: usage.Options, reactor: Any) -> dict[str, Any]:
+def _proxyProtocol(end: usage.Options) -> dict[str, Any]:
     """
-    A server factory's C{--proxy-protocol} arguments (a client has none).
+    A server factory's C{--proxy-protocol} argument (a client has none).
     """
-    return {"proxyProtocol": bool(end.get("proxy-protocol")),
-            "pendingTimeout": end["pending-timeout"], "clock": reactor}
+    return {"proxyProtocol": bool(end.get("proxy-protocol"))}
 
 
 def _filter(networks: Any) -> AddressFilter | None:

@@ -24,6 +24,7 @@ from twisted.python.failure import Failure
 
 from . import StartupError, __version__
 from .access import AddressFilter
+from .addresses import printable
 from .handshake import HandshakeMismatch
 from .interfaces import IDatagramSocket, ILink
 from .kerneldrops import kernelDrops
@@ -143,6 +144,22 @@ class TunnelService(MultiService):
                         remote=link.remote)
         return False
 
+    def linkIdentified(self, link: ILink) -> bool:
+        """
+        C{--allow} judges the client a PROXY header named; a refused
+        connection stops waiting (L{forgetWaiting}).
+        """
+        if self.allowed(link):
+            return True
+        self.forgetWaiting(link)
+        return False
+
+    def forgetWaiting(self, link: ILink) -> None:
+        """
+        Take C{link} off the connections waiting to become a link.
+        """
+        raise NotImplementedError()
+
     # Connections: who closed them, and those that never became a link
 
     #: What an admitted connection waits to become, in the log lines.
@@ -166,6 +183,27 @@ class TunnelService(MultiService):
         why = describeLoss(reason, link in self._closedHere)
         self._closedHere.discard(link)
         return why
+
+    def waitingLost(self, link: ILink, reason: Failure, why: str, ready: bool = False) -> bool:
+        """
+        Count and log a connection that ended while it waited to become a
+        link: refused for what it sent first (L{refusedBy}); closed by a
+        peer of a listening end that never got that far, or that was ready
+        and only waited for its turn (a port scan, a balancer's health
+        check: C{peer-closed}); or else a failure (a TLS handshake that
+        failed, a connection lost), which is returned as C{True}.
+        """
+        refusal = refusedBy(reason)
+        if refusal is not None:
+            self.pendingClosed(link, refusal, why)
+        elif ready or (self.role == "server" and why == CLOSED_BY_PEER):
+            self.pendingClosed(link, "peer-closed", why)
+        else:
+            self.stats.linksFailed += 1
+            self._warn.warn("failed", "connection with {remote} ended before it became "
+                            + self.becomes + ": {why}", remote=link.remote, why=why)
+            return True
+        return False
 
     def pendingClosed(self, link: ILink, reason: str, why: str) -> None:
         """
@@ -326,10 +364,14 @@ def describeLoss(reason: Failure, closedHere: bool = False) -> str:
     cleanly" or "in a non-clean fashion" do not say who closed it.
     """
     if reason.check(ConnectionDone):
-        return "closed here" if closedHere else "closed by the peer"
+        return "closed here" if closedHere else CLOSED_BY_PEER
     if reason.check(ConnectionLost):
         return "closed here" if closedHere else "connection lost (reset or aborted)"
-    return reason.getErrorMessage()
+    return printable(reason.getErrorMessage())
+
+
+#: L{describeLoss}'s words for a connection its peer closed cleanly.
+CLOSED_BY_PEER = "closed by the peer"
 
 
 def refusedBy(reason: Failure) -> str | None:
