@@ -5,6 +5,7 @@ C{python -m udptunnel status}, from fakes to the installed twistd.
 
 from __future__ import annotations
 
+import io
 import json
 import subprocess
 import sys
@@ -129,6 +130,91 @@ class RenderTests(SynchronousTestCase):
         self.assertEqual(statusURL("http://127.0.0.1:9100/"), "http://127.0.0.1:9100/status")
         self.assertEqual(statusURL("http://h:9100/metrics"), "http://h:9100/status")
         self.assertEqual(statusURL("http://h:9100/status"), "http://h:9100/status")
+
+
+class CommandLineTests(SynchronousTestCase):
+    """
+    C{python -m udptunnel [status]}'s command line, in-process: help and
+    version exit 0, a bad target is a usage error (status 1) and never a
+    traceback, and what the endpoint says reaches the terminal escaped.
+    """
+
+    def udptunnel(self, *argv: str) -> tuple[int | str | None, str, str]:
+        """
+        C{python -m udptunnel ARGV}: its exit status, output and errors.
+        """
+        from udptunnel.__main__ import main
+
+        out, err = io.StringIO(), io.StringIO()
+        self.patch(sys, "stdout", out)
+        self.patch(sys, "stderr", err)
+        try:
+            status: int | str | None = main(list(argv))
+        except SystemExit as e:
+            status = e.code
+        return status, out.getvalue(), err.getvalue()
+
+    def test_helpAndVersion(self) -> None:
+        from udptunnel import __version__
+
+        for argv in (["--help"], ["status", "--help"]):
+            status, out, _ = self.udptunnel(*argv)
+            self.assertIn(status, (0, None), argv)
+            self.assertIn("python -m udptunnel status", out)
+        for argv in (["--version"], ["status", "--version"]):
+            status, out, _ = self.udptunnel(*argv)
+            self.assertIn(status, (0, None), argv)
+            self.assertEqual(out, f"udptunnel {__version__}\n", argv)
+
+    def test_noCommand(self) -> None:
+        for argv in ([], ["frobnicate"]):
+            status, _, err = self.udptunnel(*argv)
+            self.assertEqual(status, 1)
+            self.assertIn("Usage: python -m udptunnel status", err)
+
+    def test_badTargets(self) -> None:
+        """
+        Each is a usage error naming the target, with status 1.
+        """
+        for target, fragment in (("http://[::1", "not a valid URL"),
+                                 ("http://127.0.0.1:abc/", "not a valid URL"),
+                                 ("ftp://h/", "not an http:// URL"),
+                                 ("70000", "65535"), ("h:p:q", "HOST:PORT"),
+                                 ("http://:9100/", "with a host")):
+            status, out, err = self.udptunnel("status", target)
+            self.assertEqual(status, 1, target)
+            self.assertIn(fragment, lastLine(err), target)
+            self.assertNotIn("Traceback", err)
+            self.assertEqual(out, "")
+
+    def test_exactOptionNames(self) -> None:
+        status, _, err = self.udptunnel("status", "--jso", "9100")
+        self.assertEqual(status, 1)
+        self.assertIn("did you mean --json?", err)
+
+    def test_targets(self) -> None:
+        """
+        A bare port is on 127.0.0.1 (where C{--metrics PORT} listens), as is
+        C{HOST:PORT}'s host; a URL stays as it is.
+        """
+        from udptunnel.statuscmd import endpointURL
+
+        self.assertEqual(endpointURL("9100"), "http://127.0.0.1:9100/")
+        self.assertEqual(endpointURL("relay:9100"), "http://relay:9100/")
+        self.assertEqual(endpointURL("[::1]:9100"), "http://[::1]:9100/")
+        self.assertEqual(endpointURL("http://h:9/metrics"), "http://h:9/metrics")
+
+    def test_renderEscapes(self) -> None:
+        """
+        Control characters in the document (a PROXY header's address, a
+        tunnel name) reach the terminal as escapes, never raw.
+        """
+        relay, _, link = phantomRelay()
+        link.remote = "[::1%\x1b[2J\x1b[31mESC]:5555"
+        text = render(statusDocument([("seed\nFORGED", relay)]))
+        self.assertNotIn("\x1b", text)
+        self.assertIn("[::1%\\x1b[2J\\x1b[31mESC]:5555", text)
+        self.assertIn("tunnel: seed\\nFORGED", text)
 
 
 def statusCommand(*argv: str) -> subprocess.CompletedProcess[str]:

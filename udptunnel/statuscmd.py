@@ -9,10 +9,15 @@ from __future__ import annotations
 import json
 import sys
 import urllib.error
+import urllib.parse
 import urllib.request
 from typing import Any
 
 from twisted.python import usage
+
+from . import __version__
+from .addresses import printable, splitHostPort
+from .optionnames import checkExactNames
 
 DEFAULT_URL = "http://127.0.0.1:9100/"
 #: Seconds to wait for the endpoint: a tunnel answers at once, or not at all.
@@ -20,19 +25,54 @@ TIMEOUT = 5.0
 
 
 class StatusOptions(usage.Options):
-    synopsis = "[URL] [--json]"
+    synopsis = "[URL | [HOST:]PORT] [--json]"
     longdesc = (f"Show what a running udptunnel is doing, from its --metrics endpoint "
-                f"(URL, default {DEFAULT_URL}): every tunnel, its link, its UDP peer, "
-                "its sessions, traffic and drops.")
+                f"(URL, default {DEFAULT_URL}; a bare PORT means 127.0.0.1:PORT): "
+                "every tunnel, its link, its UDP peer, its sessions, traffic and drops.")
     optFlags = [["json", None, "Print the JSON document (/status) instead of the table."]]
 
-    def parseArgs(self, url: str = DEFAULT_URL) -> None:
-        if "://" not in url:
-            url = "http://" + url
-        self["url"] = url
+    def parseOptions(self, options: list[str] | None = None) -> None:
+        argv = list(sys.argv[1:] if options is None else options)
+        checkExactNames(self, argv)
+        super().parseOptions(argv)
+
+    def parseArgs(self, target: str = DEFAULT_URL) -> None:
+        self["url"] = endpointURL(target)
+
+    def opt_version(self) -> None:
+        """
+        Print the version of udptunnel and exit.
+        """
+        print(f"udptunnel {__version__}")
+        raise SystemExit(0)
 
     def getSynopsis(self) -> str:
         return f"Usage: python -m udptunnel status {self.synopsis}"
+
+
+def endpointURL(target: str) -> str:
+    """
+    The URL of a metrics endpoint given as a URL, C{HOST:PORT} or a bare
+    C{PORT} (on 127.0.0.1, where C{--metrics PORT} listens).
+
+    @raise usage.UsageError: C{target} is none of these.
+    """
+    if target.isdigit():
+        target = f"127.0.0.1:{target}"
+    if "://" not in target:
+        try:
+            host, port = splitHostPort(target)
+        except ValueError as e:
+            raise usage.UsageError(f"not a URL, HOST:PORT or PORT: {e}") from None
+        target = f"http://{f'[{host}]' if host and ':' in host else host}:{port}/"
+    try:
+        parts = urllib.parse.urlsplit(target)
+        parts.port  # noqa: B018 (raises ValueError on a bad port)
+    except ValueError as e:
+        raise usage.UsageError(f"{printable(target)!r} is not a valid URL: {e}") from None
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise usage.UsageError(f"{printable(target)!r} is not an http:// URL with a host")
+    return target
 
 
 def statusURL(url: str) -> str:
@@ -58,11 +98,12 @@ def fetch(url: str) -> dict[str, Any]:
         with urllib.request.urlopen(where, timeout=TIMEOUT) as response:
             body = response.read()
     except urllib.error.HTTPError as e:
-        raise SystemExit(f"udptunnel status: {where}: HTTP {e.code} {e.reason}") from None
-    except (urllib.error.URLError, OSError) as e:
+        raise SystemExit(f"udptunnel status: {where}: HTTP {e.code} "
+                         f"{printable(str(e.reason))}") from None
+    except (urllib.error.URLError, OSError, ValueError) as e:
         reason = getattr(e, "reason", e)
         why = getattr(reason, "strerror", None) or str(reason)
-        raise SystemExit(f"udptunnel status: cannot reach {where}: {why}") from None
+        raise SystemExit(f"udptunnel status: cannot reach {where}: {printable(why)}") from None
     try:
         document = json.loads(body)
     except ValueError:
@@ -76,10 +117,12 @@ def fetch(url: str) -> dict[str, Any]:
 def render(document: dict[str, Any]) -> str:
     """
     The document as text: a block per tunnel, keys aligned, sessions as
-    a table.
+    a table.  Every string in it is shown escaped (L{printable}): it holds
+    addresses a stranger may have chosen (a PROXY header's), and this goes
+    to the operator's terminal.
     """
     blocks = []
-    for tunnel in document["tunnels"]:
+    for tunnel in _escaped(document)["tunnels"]:
         rows = _rows(tunnel)
         width = max(len(key) for key, _ in rows)
         lines = [f"tunnel: {tunnel.get('name') or '(command line)'}"]
@@ -88,6 +131,19 @@ def render(document: dict[str, Any]) -> str:
             lines += ["", *("  " + line for line in _sessionTable(tunnel["sessions"]))]
         blocks.append("\n".join(lines))
     return "\n\n".join(blocks) or "no tunnels"
+
+
+def _escaped(value: Any) -> Any:
+    """
+    C{value} (a JSON document) with every string, key or value, escaped.
+    """
+    if isinstance(value, str):
+        return printable(value)
+    if isinstance(value, list):
+        return [_escaped(item) for item in value]
+    if isinstance(value, dict):
+        return {_escaped(key): _escaped(item) for key, item in value.items()}
+    return value
 
 
 def _rows(tunnel: dict[str, Any]) -> list[tuple[str, str]]:
@@ -173,8 +229,10 @@ def main(argv: list[str]) -> int:
         print(f"{options.getSynopsis()}\npython -m udptunnel status: {e}", file=sys.stderr)
         return 1
     document = fetch(options["url"])
-    if options["json"]:
-        print(json.dumps(document, indent=1))
-    else:
-        print(render(document))
+    try:
+        text = json.dumps(document, indent=1) if options["json"] else render(document)
+    except (KeyError, TypeError, ValueError, AttributeError):
+        raise SystemExit(f"udptunnel status: {statusURL(options['url'])}: not a udptunnel "
+                         "status (a field is missing or of another kind)") from None
+    print(text)
     return 0
