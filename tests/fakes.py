@@ -52,6 +52,7 @@ class FakeUDPTransport:
         self.written: list[tuple[bytes, tuple[str, int]]] = []
         self.error: Exception | None = None
         self.reading = True
+        self.port = 5073
 
     def sendTo(self, packet: bytes, addr: tuple[str, int]) -> None:
         if self.error is not None:
@@ -59,7 +60,7 @@ class FakeUDPTransport:
         self.written.append((packet, addr))
 
     def getHost(self) -> IPv4Address:
-        return IPv4Address("UDP", "127.0.0.1", 5073)
+        return IPv4Address("UDP", "127.0.0.1", self.port)
 
     def stopReading(self) -> None:
         self.reading = False

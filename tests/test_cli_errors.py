@@ -182,7 +182,7 @@ class BadCommandLineTests(TwistdTestCase):
             status, output = self.runCommand(
                 [TWISTD, "-n", "--pidfile=", "udptunnel", end, "--tcp", tcp, "--udp", UDP], env)
             self.assertShortUsageError(
-                status, output, end, ("--tcp", "pip install 'udptunnel[tls]'"))
+                status, output, end, ("--tcp", "pip install '.[tls]'"))
 
     def test_daemonPortBusy(self) -> None:
         """

@@ -258,6 +258,7 @@ class ForeignPreambleTests(SynchronousTestCase):
         live.dataReceived(frame(b"traffic"))
         protocol, transport = connect(relay, NONE_SERVER)
         protocol.dataReceived(RFC1036_PREAMBLE)
+        self.assertTrue(transport.disconnecting)
         protocol.connectionLost(Failure(ConnectionDone()))
         self.assertIs(relay.link, live)
         self.assertEqual(relay.stats.pendingClosed["handshake"], 1)

@@ -170,6 +170,37 @@ class ErrorTests(SynchronousTestCase):
     def test_badClientEndpoint(self) -> None:
         self.assertUsageError("--tcp", "client", "--tcp", "tcp:onlyhost", "--udp", "1")
 
+    def test_endpointPortsInOurWords(self) -> None:
+        """
+        A port that is no number says so, not Python's C{invalid literal
+        for int()}; a client endpoint without its port says how to write
+        it, not which argument of a Twisted class is missing.
+        """
+        for argv, fragment in (
+                (("server", "--tcp", "tcp:abc", "--udp", "1"), "--tcp: port must be a number"),
+                (("server", "--tcp", "9999", "--udp", "1", "--metrics", "tcp:abc"),
+                 "--metrics: port must be a number"),
+                (("client", "--tcp", "tcp:host:abc", "--udp", "1"), "--tcp: port must be"),
+                (("client", "--tcp", "tcp:abc", "--udp", "1"), "as tcp:HOST:PORT")):
+            error = str(self.assertRaises(usage.UsageError, parse, *argv))
+            self.assertIn(fragment, error)
+            self.assertNotIn("invalid literal", error)
+            self.assertNotIn("positional argument", error)
+
+    def test_allowWithHostBits(self) -> None:
+        """
+        C{10.0.0.1/8} is neither the address nor the block: refused, with
+        both offered, rather than widened to the block in silence.
+        """
+        self.assertUsageError("give the block 10.0.0.0/8 or the address 10.0.0.1", "server",
+                              "--tcp", "9999", "--udp", "1", "--allow", "10.0.0.1/8")
+        self.assertUsageError("host bits", "server", "--tcp", "9999", "--udp", "1",
+                              "--udp-allow", "2001:db8::1/32")
+        options = parse("server", "--tcp", "9999", "--udp", "1", "--allow", "10.0.0.1",
+                        "--allow", "10.0.0.0/8")
+        self.assertEqual([str(n) for n in options.subOptions["allow"]],
+                         ["10.0.0.1/32", "10.0.0.0/8"])
+
 
 class ExactNamesTests(SynchronousTestCase):
     """
@@ -420,7 +451,7 @@ class OptionalTLSTests(SynchronousTestCase):
             usage.UsageError, parse, "server", "--tcp", "9999", "--udp", "1",
             "--tls-cert", "c", "--tls-key", "k", "--tls-ca", "a",
         )
-        self.assertIn("pip install 'udptunnel[tls]'", str(error))
+        self.assertIn("pip install '.[tls]'", str(error))
 
 
 class ValidatorTests(SynchronousTestCase):

@@ -9,7 +9,7 @@ import errno
 from twisted.internet.address import IPv6Address
 from twisted.internet.error import ConnectionDone, ConnectionLost
 from twisted.internet.task import Clock
-from twisted.logger import LogLevel
+from twisted.logger import LogLevel, formatEvent
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 
@@ -165,7 +165,9 @@ class DropTests(RelayTestMixin, SynchronousTestCase):
 
     def test_dropWarningsRateLimited(self) -> None:
         """
-        A flood of drops logs one warning, then one per interval with a count.
+        A flood of drops logs one warning at once, then, at the end of the
+        interval, the newest of those held back with the count of the
+        others; no more than one per interval after that.
         """
         events = captureLogEvents(self)
         relay = self.makeRelay()
@@ -177,8 +179,29 @@ class DropTests(RelayTestMixin, SynchronousTestCase):
         relay.datagramsReceived([(b"x", APP)])
         warnings = [e for e in events if e.get("log_level") == LogLevel.warn]
         self.assertEqual(len(warnings), 2)
-        self.assertEqual(warnings[1]["held"], 999)
+        self.assertEqual(warnings[1]["held"], 998)
+        self.assertIn("998 more since the last such message", formatEvent(warnings[1]))
+        self.clock.advance(10)
+        warnings = [e for e in events if e.get("log_level") == LogLevel.warn]
+        self.assertEqual(len(warnings), 3)
+        self.assertEqual(warnings[2]["held"], 0)
         self.assertEqual(relay.stats.drops["no-link"], 1001)
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
+    def test_heldLinesWrittenAtStop(self) -> None:
+        """
+        What is held back when the tunnel stops is written then, and no
+        timer outlives the stop.
+        """
+        events = captureLogEvents(self)
+        relay = self.makeRelay()
+        relay.startService()
+        for _ in range(3):
+            relay.datagramsReceived([(b"x", APP)])
+        self.successResultOf(relay.stopService())
+        warnings = [e for e in events if e.get("log_level") == LogLevel.warn]
+        self.assertEqual([w["held"] for w in warnings], [0, 1])
+        self.assertEqual(self.clock.getDelayedCalls(), [])
 
     def test_countsCarriedTraffic(self) -> None:
         relay = self.makeRelay()
@@ -193,7 +216,28 @@ class DropTests(RelayTestMixin, SynchronousTestCase):
         self.assertEqual(
             (stats.fromTunnelDatagrams, stats.fromTunnelBytes), (1, 5)
         )
-        self.assertIn("to tunnel 1 datagrams 3 bytes", stats.summary())
+        self.assertIn("to tunnel 1 datagrams 3 bytes", stats.summary(server=True))
+
+
+class AnnouncementTests(SynchronousTestCase):
+    """
+    The start-up lines say who may use the tunnel.
+    """
+
+    def test_allowListsLogged(self) -> None:
+        events = captureLogEvents(self)
+        relay = Relay(Clock(), allow=AddressFilter([parseNetwork("10.0.0.0/8"),
+                                                    parseNetwork("2001:db8::/32")]),
+                      udpAllow=AddressFilter([parseNetwork("127.0.0.1")]))
+        relay.privilegedStartService()
+        lines = [formatEvent(event) for event in events]
+        self.assertIn("TCP connections only from 10.0.0.0/8, 2001:db8::/32 (--allow)", lines)
+        self.assertIn("UDP datagrams only from 127.0.0.1/32 (--udp-allow)", lines)
+
+    def test_nothingWithoutThem(self) -> None:
+        events = captureLogEvents(self)
+        Relay(Clock()).privilegedStartService()
+        self.assertFalse(any("only from" in formatEvent(event) for event in events))
 
 
 class BatchTests(RelayTestMixin, SynchronousTestCase):

@@ -274,6 +274,7 @@ class ServerTestMixin:
                 raise self.bindError
             udp = FakeUDPTransport()
             udp.protocol = protocol  # type: ignore[attr-defined]
+            udp.port = 40001 + len(self.sockets)
             self.sockets.append(udp)
             return udp
 
@@ -287,6 +288,22 @@ class ServerTestMixin:
 
 
 class ServerTests(ServerTestMixin, SynchronousTestCase):
+    def test_sessionsToldApartInTheLog(self) -> None:
+        """
+        A server's sessions share their peer; each line names the session's
+        own socket too, so they can be told apart.
+        """
+        events = captureLogEvents(self)
+        server = self.makeServer()
+        one = self.connect(server, "192.0.2.1:1")
+        self.clock.advance(10)  # past the rate limit of these lines
+        self.connect(server, "192.0.2.2:1")
+        server.linkLost(one, Failure(ConnectionDone()))
+        lines = [e["udp"] for e in events if "udp" in e]
+        self.assertEqual(lines, [f"127.0.0.1:40001 <-> {PEER[0]}:{PEER[1]}",
+                                 f"127.0.0.1:40002 <-> {PEER[0]}:{PEER[1]}",
+                                 f"127.0.0.1:40001 <-> {PEER[0]}:{PEER[1]}"])
+
     def test_socketPerConnection(self) -> None:
         server = self.makeServer()
         one, two = self.connect(server, "192.0.2.1:1"), self.connect(server, "192.0.2.2:1")

@@ -20,11 +20,30 @@ class StatsWordsTests(SynchronousTestCase):
         stats.takeovers["first-frame"] = 1
         stats.connectAttempts, stats.connectFailures = 5, 4
         stats.sessionsOpened, stats.sessionsExpired = 3, 1
-        line = stats.summary()
-        for words in ("to tunnel 0 datagrams", "from tunnel 0 datagrams",
-                      "dropped datagrams 0", "pending closed 2 (timeout=2)",
-                      "link takeovers 1 (first-frame=1)", "connect attempts 5",
-                      "connect failures 4", "sessions opened 3", "expired 1"):
-            self.assertIn(words, line)
-        for old in ("UDP->TCP", "closed waiting", "connection attempts", "idle"):
-            self.assertNotIn(old, line)
+        server, client = stats.summary(server=True), stats.summary(server=False)
+        for line in (server, client):
+            for words in ("to tunnel 0 datagrams", "from tunnel 0 datagrams",
+                          "dropped datagrams 0", "pending closed 2 (timeout=2)",
+                          "sessions opened 3", "expired 1"):
+                self.assertIn(words, line)
+            for old in ("UDP->TCP", "closed waiting", "connection attempts", "idle"):
+                self.assertNotIn(old, line)
+        self.assertIn("link takeovers 1 (first-frame=1)", server)
+        for words in ("connect attempts 5", "connect failures 4"):
+            self.assertIn(words, client)
+
+    def test_eachRoleItsOwnFigures(self) -> None:
+        """
+        As the metrics: a server makes no connection attempts and evicts no
+        session; a client has no link replaced, refused or taken over, and
+        refuses no session.
+        """
+        from udptunnel.stats import TunnelStats
+
+        stats = TunnelStats()
+        stats.sessionsOpened = 1
+        server, client = stats.summary(server=True), stats.summary(server=False)
+        for words in ("connect attempts", "connect failures", "evicted"):
+            self.assertNotIn(words, server)
+        for words in ("replaced", "refused", "link takeovers"):
+            self.assertNotIn(words, client)

@@ -532,6 +532,11 @@ class TunnelUDPPort(udp.Port):
         self.sendMany = self.segments.sendMany
         leanDispatch(self.reactor)
 
+    def connectionLost(self, reason: Any = None) -> None:
+        if self._guard is not None:
+            self._guard.flushAll()
+        super().connectionLost(reason)
+
     def _answerFromDestination(self, sock: socket.socket) -> None:
         """
         Send each source's datagrams from the local address it sent to.

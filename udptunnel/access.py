@@ -14,11 +14,20 @@ Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 def parseNetwork(text: str) -> Network:
     """
     A CIDR block (C{10.0.0.0/8}, C{2001:db8::/32}) or a single address.
+    A block with host bits set (C{10.0.0.1/8}) is refused rather than
+    widened in silence: the user meant either the address or the block.
     """
     try:
-        return ipaddress.ip_network(text, strict=False)
+        return ipaddress.ip_network(text, strict=True)
+    except ValueError:
+        pass
+    try:
+        loose = ipaddress.ip_network(text, strict=False)
     except ValueError:
         raise ValueError(f"{text!r} is not an IPv4 or IPv6 address or CIDR block") from None
+    address = text.split("/", 1)[0]
+    raise ValueError(f"{text!r} has host bits set: give the block {loose} or the address "
+                     f"{address}") from None
 
 
 class AddressFilter:

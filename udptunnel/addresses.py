@@ -104,6 +104,22 @@ def checkServerDescription(description: str) -> None:
             raise ValueError(f"cannot make the socket {where}: no directory {directory}")
 
 
+def checkClientDescription(description: str) -> None:
+    """
+    Check a TCP or TLS client endpoint description's host and port in the
+    user's terms: Twisted's own errors name a missing argument of a class
+    of its, or an C{int()} that failed.
+    """
+    kind, positional, keywords = splitDescription(description)
+    if kind not in ("tcp", "tcp6", "ssl", "tls"):
+        return
+    host = keywords.get("host") or (positional[0] if positional else "")
+    port = keywords.get("port") or (positional[1] if len(positional) > 1 else "")
+    if not host or not port:
+        raise ValueError(f"{description!r}: give the host and the port, as {kind}:HOST:PORT")
+    parsePort(port)
+
+
 def _isIPv6(host: str) -> bool:
     try:
         ipaddress.IPv6Address(host)

@@ -136,12 +136,29 @@ class Session:
 
     def describe(self) -> dict[str, Any]:
         """
-        The fields of a session's log lines.
+        The fields of a session's log lines: C{udp} is its socket and its
+        peer, which tell sessions apart (a server's sessions share a peer,
+        each with a socket of its own; a client's share a socket).
         """
         traffic = self.traffic
         return {
+            "udp": f"{localAddress(self.udp) or '-'} <-> {showAddress(self.peer)}",
             "peer": showAddress(self.peer),
             "remote": self.link.remote if self.link is not None else "none",
             "toTunnel": traffic.toTunnelBytes,
             "fromTunnel": traffic.fromTunnelBytes,
         }
+
+
+def localAddress(udp: IDatagramSocket | None) -> str | None:
+    """
+    Where C{udp} is bound, for logs and the status; C{None} when it is
+    closed or cannot say.
+    """
+    if udp is None:
+        return None
+    try:
+        host = udp.getHost()
+    except Exception:  # noqa: BLE001 (a socket closing under us)
+        return None
+    return showAddress((host.host, host.port))

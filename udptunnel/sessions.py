@@ -155,7 +155,7 @@ class _SessionsBase(TunnelService):
         self.stats.sessionsOpened += 1
         self._seen[session] = (-1, self.clock.seconds())
         session.since = self.clock.seconds()
-        self._warn.info("session-opened", "session opened: UDP {peer}, TCP {remote}",
+        self._warn.info("session-opened", "session opened: UDP {udp}, TCP {remote}",
                         **session.describe())
         self.stateChanged()
 
@@ -164,7 +164,7 @@ class _SessionsBase(TunnelService):
         self._seen.pop(session, None)
         self._traffic.closed.add(session.traffic)
         lifetime = self.clock.seconds() - session.since
-        self._warn.info("session-closed", "session closed: UDP {peer}, TCP {remote}, after "
+        self._warn.info("session-closed", "session closed: UDP {udp}, TCP {remote}, after "
                         "{lifetime:.1f} s, {toTunnel} bytes in, {fromTunnel} bytes out "
                         "({why})", lifetime=lifetime, why=why, **session.describe())
         self.stateChanged()
@@ -350,8 +350,8 @@ class ServerSessions(_SessionsBase):
         session = self.sessions.pop(link, None)
         if session is not None:
             self.stats.linksLost += 1
+            self._ended(session, why)  # first: its line names the socket
             self._closeSocket(session)
-            self._ended(session, why)
         elif self._pending.remove(link):
             self.waitingLost(link, reason, why)
         self.linkGone(link)

@@ -8,7 +8,7 @@ from __future__ import annotations
 from collections import Counter
 from typing import Any
 
-from twisted.internet.interfaces import IReactorTime
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 
 from .session import Traffic
@@ -89,42 +89,56 @@ class TunnelStats(Traffic):
             events.update(replaced=self.linksReplaced, refused=self.linksRefused)
         return events
 
-    def summary(self) -> str:
+    def summary(self, server: bool) -> str:
         """
         One line, for the log: every --stats-interval and at shutdown.  Its
         words are the metrics' (C{to tunnel} is C{udptunnel_to_tunnel_*},
         C{pending closed (timeout=1)} is
         C{udptunnel_pending_closed_total{reason="timeout"}}), so a figure
-        read in the log can be looked up in the metrics and back.
+        read in the log can be looked up in the metrics and back; and it
+        has the figures a C{server} or a client can have, as they do.
         """
         allDrops = self.allDrops()
         drops = ", ".join(f"{reason}={n}" for reason, n in sorted(allDrops.items()))
         pending = ", ".join(f"{why}={n}" for why, n in sorted(self.pendingClosed.items()))
-        takeovers = ", ".join(f"{why}={n}" for why, n in sorted(self.takeovers.items()))
+        links = ", ".join(f"{event} {count}" for event, count in self.linkEvents(server).items())
         errors = sum(self.internalErrors.values())
-        return (
-            f"to tunnel {self.toTunnelDatagrams} datagrams {self.toTunnelBytes} bytes; "
-            f"from tunnel {self.fromTunnelDatagrams} datagrams "
-            f"{self.fromTunnelBytes} bytes; "
-            f"dropped datagrams {sum(allDrops.values())} ({drops or 'none'}); "
-            f"phantom changes {self.phantomChanges}; "
-            f"links up {self.linksUp}, lost {self.linksLost}, failed {self.linksFailed}, "
-            f"replaced {self.linksReplaced}, refused {self.linksRefused}; "
-            f"link takeovers {sum(self.takeovers.values())} ({takeovers or 'none'}); "
-            f"pending closed {sum(self.pendingClosed.values())} ({pending or 'none'}); "
-            f"connect attempts {self.connectAttempts}, connect failures {self.connectFailures}"
-            + (f"; sessions opened {self.sessionsOpened}, closed {self.sessionsClosed}, "
-               f"expired {self.sessionsExpired}, evicted {self.sessionsEvicted}, "
-               f"refused {self.sessionsRefused}, failed {self.sessionsFailed}"
-               if self.sessionsOpened or self.sessionsRefused or self.sessionsFailed else "")
-            + (f"; internal errors {errors}" if errors else "")
-        )
+        parts = [
+            f"to tunnel {self.toTunnelDatagrams} datagrams {self.toTunnelBytes} bytes",
+            f"from tunnel {self.fromTunnelDatagrams} datagrams {self.fromTunnelBytes} bytes",
+            f"dropped datagrams {sum(allDrops.values())} ({drops or 'none'})",
+            f"phantom changes {self.phantomChanges}",
+            f"links {links}",
+        ]
+        if server:
+            takeovers = ", ".join(f"{why}={n}" for why, n in sorted(self.takeovers.items()))
+            parts.append(f"link takeovers {sum(self.takeovers.values())} "
+                         f"({takeovers or 'none'})")
+        parts.append(f"pending closed {sum(self.pendingClosed.values())} "
+                     f"({pending or 'none'})")
+        if not server:
+            parts.append(f"connect attempts {self.connectAttempts}, "
+                         f"connect failures {self.connectFailures}")
+        if self.sessionsOpened or self.sessionsRefused or self.sessionsFailed:
+            parts.append(f"sessions opened {self.sessionsOpened}, closed {self.sessionsClosed}, "
+                         f"expired {self.sessionsExpired}, "
+                         + (f"refused {self.sessionsRefused}, failed {self.sessionsFailed}"
+                            if server else f"evicted {self.sessionsEvicted}"))
+        if errors:
+            parts.append(f"internal errors {errors}")
+        return "; ".join(parts)
 
 
 class RateLimitedLog:
     """
     Log the first message of each kind at once, then at most one per
-    C{interval} seconds, saying how many were held back meanwhile.
+    C{interval} seconds: the newest of those held back meanwhile, at the
+    end of the interval, saying how many others were left out.
+
+    So a burst costs a line or two, and its last word (the link that came
+    up last, the newest phantom peer) still reaches the log within the
+    interval, instead of waiting for the next message of its kind, which
+    may never come.  L{flushAll} writes what is held at once (at a stop).
     """
 
     def __init__(self, log: Logger, clock: IReactorTime, interval: float = 10.0):
@@ -132,7 +146,9 @@ class RateLimitedLog:
         self._clock = clock
         self._interval = interval
         self._last: dict[str, float] = {}
-        self._suppressed: Counter[str] = Counter()
+        #: By kind: the newest message held back (its emitter, format and
+        #: fields), how many were held in all, and when it goes out.
+        self._held: dict[str, tuple[Any, str, dict[str, Any], int, IDelayedCall]] = {}
 
     def warn(self, kind: str, format: str, **fields: Any) -> None:
         self._emit(self._log.warn, kind, format, fields)
@@ -143,11 +159,30 @@ class RateLimitedLog:
     def _emit(self, emit: Any, kind: str, format: str, fields: dict[str, Any]) -> None:
         now = self._clock.seconds()
         last = self._last.get(kind)
-        if last is not None and now - last < self._interval:
-            self._suppressed[kind] += 1
+        if last is None or now - last >= self._interval:
+            self._last[kind] = now
+            emit(format, held=0, **fields)
             return
-        self._last[kind] = now
-        held = self._suppressed.pop(kind, 0)
-        if held:
+        held = self._held.get(kind)
+        if held is None:
+            due = self._clock.callLater(last + self._interval - now, self._flush, kind)
+            self._held[kind] = (emit, format, fields, 1, due)
+        else:
+            self._held[kind] = (emit, format, fields, held[3] + 1, held[4])
+
+    def _flush(self, kind: str) -> None:
+        emit, format, fields, count, _ = self._held.pop(kind)
+        self._last[kind] = self._clock.seconds()
+        if count > 1:
             format += " ({held} more since the last such message)"
-        emit(format, held=held, **fields)
+        emit(format, held=count - 1, **fields)
+
+    def flushAll(self) -> None:
+        """
+        Write every message held back now, and leave no timer behind.
+        """
+        for kind in list(self._held):
+            due = self._held[kind][4]
+            if due.active():
+                due.cancel()
+            self._flush(kind)

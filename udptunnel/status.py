@@ -14,7 +14,7 @@ from typing import Any
 
 from . import __version__
 from .addresses import showAddress
-from .session import Session, Traffic
+from .session import Session, Traffic, localAddress
 from .tunnel import TunnelService
 
 
@@ -44,7 +44,7 @@ def tunnelStatus(name: str | None, relay: TunnelService) -> dict[str, Any]:
         status["link"] = ({"up": True, "remote": link.remote,
                            "age": _age(now, getattr(relay, "linkSince", now))}
                           if link is not None else {"up": False})
-        status["udp"] = {"local": _local(getattr(relay, "udp", None)),
+        status["udp"] = {"local": localAddress(getattr(relay, "udp", None)),
                          "peer": showAddress(relay.udpPeer or learned)
                          if (relay.udpPeer or learned) else None,
                          "peerMode": "fixed" if relay.udpPeer else "phantom"}
@@ -52,7 +52,7 @@ def tunnelStatus(name: str | None, relay: TunnelService) -> dict[str, Any]:
     else:
         live: list[Session] = sessions()
         udp = getattr(relay, "udp", None)
-        status["udp"] = {"local": _local(udp) if udp is not None else None,
+        status["udp"] = {"local": localAddress(udp),
                          "peer": showAddress(relay.udpPeer) if relay.udpPeer else None,
                          "peerMode": "fixed" if relay.udpPeer else "per-session"}
         status["traffic"] = _traffic(stats)
@@ -69,7 +69,7 @@ def _session(session: Session, now: float) -> dict[str, Any]:
     link = session.link
     return {
         "peer": showAddress(session.peer) if session.peer else None,
-        "local": _local(session.udp) if session.udp is not None else None,
+        "local": localAddress(session.udp),
         "link": link.remote if link is not None else None,
         "age": _age(now, session.since),
         **_traffic(session.traffic),
@@ -81,16 +81,6 @@ def _traffic(traffic: Traffic) -> dict[str, Any]:
                          "bytes": traffic.toTunnelBytes},
             "fromTunnel": {"datagrams": traffic.fromTunnelDatagrams,
                            "bytes": traffic.fromTunnelBytes}}
-
-
-def _local(udp: Any) -> str | None:
-    if udp is None:
-        return None
-    try:
-        host = udp.getHost()
-    except Exception:  # noqa: BLE001 (a socket closing under us)
-        return None
-    return showAddress((host.host, host.port))
 
 
 def _age(now: float, since: float) -> float:

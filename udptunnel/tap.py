@@ -27,6 +27,7 @@ from .access import AddressFilter, parseNetwork
 from .activation import SystemdStreamEndpoint, systemdStreamSocket
 from .addresses import (
     HostPort,
+    checkClientDescription,
     checkServerDescription,
     parseSystemdUDP,
     planUDP,
@@ -91,6 +92,9 @@ _PEER_HELP = (
     "source of the newest datagram received on --udp."
 )
 
+#: How to get TLS, in the README's words (it installs from a checkout).
+TLS_INSTALL = "install udptunnel with its tls extra (pip install '.[tls]' in its source tree)"
+
 # --tcp names an endpoint description, not a HOST:PORT, when it starts with
 # one of these ("tcp:9999" is no host).
 _ENDPOINT_TYPES = {"tcp", "tcp6", "ssl", "tls", "unix", "systemd", "tor", "onion"}
@@ -136,7 +140,7 @@ def _haveTLS() -> bool:
 def _needTLS(kind: str, option: str) -> None:
     if kind in ("tls", "ssl") and not _haveTLS():
         raise usage.UsageError(
-            f"{option}: {kind}: endpoints need pyOpenSSL: pip install 'udptunnel[tls]'"
+            f"{option}: {kind}: endpoints need pyOpenSSL: {TLS_INSTALL}"
         )
 
 
@@ -156,9 +160,9 @@ def _serverEndpoint(value: str, option: str, dualStack: bool = False) -> str:
         with _blaming(option):
             systemdStreamSocket(value)
         return value
-    _validate(serverFromString, "server endpoint", value, option)
     with _blaming(option):
         checkServerDescription(value)
+    _validate(serverFromString, "server endpoint", value, option)
     return value
 
 
@@ -506,7 +510,7 @@ class _EndOptions(_WithExample):
             from .tls import loadCredentials
         except ImportError as e:
             raise usage.UsageError(
-                f"TLS needs pyOpenSSL: pip install 'udptunnel[tls]' ({e})"
+                f"TLS needs pyOpenSSL: {TLS_INSTALL} ({e})"
             ) from None
         with _blaming("TLS"):
             return loadCredentials(*files)
@@ -616,6 +620,8 @@ class ClientOptions(_EndOptions):
         kind = value.split(":")[0]
         if kind in _ENDPOINT_TYPES:
             _needTLS(kind, "--tcp")
+            with _blaming("--tcp"):
+                checkClientDescription(value)
             _validate(clientFromString, "client endpoint", value)
             return value
         try:

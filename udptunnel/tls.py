@@ -3,7 +3,7 @@ Mutual TLS for the tunnel's link: each end presents a certificate and
 accepts only a peer whose certificate a given CA signed.
 
 Imported only when TLS is asked for: pyOpenSSL costs a dozen megabytes of
-memory, and it is an optional extra (C{pip install 'udptunnel[tls]'}).
+memory, and it is an optional extra (C{pip install '.[tls]'} from a checkout).
 """
 
 from __future__ import annotations

@@ -129,6 +129,8 @@ class TunnelService(MultiService):
 
     #: Who may connect (C{--allow}); C{None}: anybody.
     allow: AddressFilter | None = None
+    #: Who may send into a phantom end (C{--udp-allow}); C{None}: anybody.
+    udpAllow: AddressFilter | None = None
 
     def allowed(self, link: ILink) -> bool:
         """
@@ -231,6 +233,12 @@ class TunnelService(MultiService):
             self._announced = True
             self.log.info("udptunnel {version} {role} starting", version=__version__,
                           role=self.role)
+            if self.allow is not None:
+                self.log.info("TCP connections only from {networks} (--allow)",
+                              networks=str(self.allow))
+            if self.udpAllow is not None:
+                self.log.info("UDP datagrams only from {networks} (--udp-allow)",
+                              networks=str(self.udpAllow))
 
     def startService(self) -> None:
         self._announce()
@@ -278,6 +286,7 @@ class TunnelService(MultiService):
         for timer, _ in self._timers:
             if timer.running:
                 timer.stop()
+        self._warn.flushAll()
         self._closedHere.update(links)
         waits = []
         for link in links:
@@ -315,7 +324,7 @@ class TunnelService(MultiService):
         sockets read now.
         """
         self._readKernelDrops()
-        return self.stats.summary()
+        return self.stats.summary(server=self.role == "server")
 
     def _logStatsIfChanged(self) -> None:
         summary = self.summary()
