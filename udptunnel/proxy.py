@@ -35,7 +35,7 @@ from twisted.internet.protocol import Factory, Protocol
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from .addresses import splitHostPort
+from .addresses import printable, splitHostPort
 
 #: How long the proxy may take to answer the handshake, in seconds, once the
 #: TCP connection to it is up (the TCP connect has its own timeout).
@@ -81,10 +81,14 @@ def parseProxy(text: str) -> Proxy:
     scheme = scheme.lower()
     if not sep or scheme not in SCHEMES:
         raise ValueError("expected http://[USER:PASSWORD@]HOST:PORT or socks5://...")
-    parts = urlsplit(f"{scheme}://{rest}")
+    # The credentials end at the last "@": a password may hold "/", "?" or
+    # "#" unencoded, which would end a URL's authority and reach an error
+    # message as its path.
+    credentials, at, address = rest.rpartition("@")
+    parts = urlsplit(f"{scheme}://{address}")
     if parts.path not in ("", "/") or parts.query or parts.fragment:
         raise ValueError(f"a proxy URL has no path: {str(parts.path + parts.query)!r}")
-    credentials, at, hostPort = parts.netloc.rpartition("@")
+    hostPort = parts.netloc
     try:
         where = splitHostPort(hostPort)
     except ValueError as e:
@@ -209,16 +213,24 @@ class _Connect(_Handshake):
         self.transport.write(("\r\n".join(headers) + "\r\n\r\n").encode())
 
     def answer(self, data: bytes) -> bytes | None:
+        """
+        The same verdict however the answer is split into reads: a head of
+        at most L{MAX_HTTP_ANSWER} bytes (before its blank line), whose
+        first line begins C{HTTP/}.
+        """
         head, blank, rest = data.partition(b"\r\n\r\n")
         if not blank:
-            if len(data) > MAX_HTTP_ANSWER:
+            # The blank line may have begun: up to 3 of its 4 bytes are here.
+            if len(data) > MAX_HTTP_ANSWER + 3:
                 raise ProxyError("the proxy's answer to CONNECT is too long")
             if not data.startswith(b"HTTP/"[: len(data)]):
                 raise ProxyError(f"the proxy does not speak HTTP: {_printable(data)}")
             return None
+        if len(head) > MAX_HTTP_ANSWER:
+            raise ProxyError("the proxy's answer to CONNECT is too long")
         status = head.split(b"\r\n", 1)[0]
-        parts = status.split(None, 2)
-        if len(parts) < 2 or not parts[0].startswith(b"HTTP/") or not parts[1].isdigit():
+        parts = status.split(b" ", 2)
+        if len(parts) < 2 or not status.startswith(b"HTTP/") or not parts[1].isdigit():
             raise ProxyError(f"the proxy does not speak HTTP: {_printable(status)}")
         code = int(parts[1])
         # 407 is the standard; tinyproxy answers 401 to a CONNECT.
@@ -333,8 +345,7 @@ def _printable(data: bytes) -> str:
     """
     The start of what a proxy said, safe for one log line.
     """
-    text = data[:80].decode("latin-1")
-    return "".join(c if c.isprintable() else "?" for c in text)
+    return printable(data[:80].decode("latin-1"))
 
 
 class _HandshakeFactory(Factory):

@@ -71,6 +71,9 @@ def _parseV1(data: bytes) -> ProxyHeader | None:
             raise ProxyHeaderError("PROXY v1 header with a stray CR or LF")
         return None
     line = data[:end]
+    if b"\n" in line or b"\r" in line:
+        # As refused while the line is incomplete, whatever the reads.
+        raise ProxyHeaderError("PROXY v1 header with a stray CR or LF")
     parts = line.split(b" ")
     length = end + 2
     if parts[1:2] == [b"UNKNOWN"]:
