@@ -11,10 +11,7 @@ import socket
 import sys
 import tempfile
 
-from twisted.application.internet import (
-    ClientService,
-    StreamServerEndpointService,
-)
+from twisted.application.internet import StreamServerEndpointService
 from twisted.internet import reactor
 from twisted.logger import capturedLogs, formatEvent
 from twisted.python import reflect, usage
@@ -24,6 +21,7 @@ from udptunnel import StartupError, _CleanStartupReport, sockopts, tap
 from udptunnel.addresses import HostPort, UDPPlan, splitDescription
 from udptunnel.datagram import UDPService
 from udptunnel.logreopen import LogReopener
+from udptunnel.reconnect import Reconnector
 from udptunnel.relay import Relay
 from udptunnel.sockopts import MAX_USER_TIMEOUT, SocketSettings, checkSettings
 from udptunnel.tap import (
@@ -302,7 +300,8 @@ class MakeServiceTests(SynchronousTestCase):
         )
         udp, tcp = list(relay)
         self.assertIsInstance(udp, UDPService)
-        self.assertIsInstance(tcp, ClientService)
+        self.assertIsInstance(tcp, Reconnector)
+        self.assertEqual(relay.onLinkEnded, tcp.linkEnded)
         self.assertEqual(relay.udpPeer, ("127.0.0.1", 5072))
 
     def test_busyPortIsOneLineError(self) -> None:

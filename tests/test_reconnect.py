@@ -1,11 +1,11 @@
 """
-The client's reconnection, with a fake endpoint and a fake clock: no sleeps.
+The client's reconnection (L{udptunnel.reconnect}), with a fake endpoint and
+a fake clock: no sleeps.
 """
 
 from __future__ import annotations
 
-from twisted.application.internet import ClientService
-from twisted.internet.defer import CancelledError, Deferred, fail, succeed
+from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.error import ConnectionDone, ConnectionRefusedError, TimeoutError
 from twisted.internet.interfaces import IStreamClientEndpoint
 from twisted.internet.task import Clock
@@ -18,12 +18,11 @@ from zope.interface import implementer
 from udptunnel.protocols import TunnelFactory
 from udptunnel.reconnect import (
     MAX_DELAY,
-    STABLE_LINK,
     Backoff,
-    ReportingEndpoint,
+    Reconnector,
     retryDelay,
 )
-from udptunnel.relay import Relay
+from udptunnel.relay import CONFIRM_AFTER, Relay
 from udptunnel.stats import TunnelStats
 
 from .fakes import FakeUDPTransport, captureLogEvents
@@ -50,6 +49,25 @@ class ScriptedEndpoint:
         return succeed(protocol)
 
 
+@implementer(IStreamClientEndpoint)
+class Hanging:
+    """
+    An attempt that never ends, until it is cancelled.
+    """
+
+    def __init__(self) -> None:
+        self.pending: Deferred = Deferred()
+
+    def connect(self, factory):
+        return self.pending
+
+
+@implementer(IStreamClientEndpoint)
+class TimingOut:
+    def connect(self, factory):
+        return fail(TimeoutError())
+
+
 class RetryDelayTests(SynchronousTestCase):
     def test_firstRetryWithinASecond(self) -> None:
         for jitter in (0.0, 0.5, 1.0):
@@ -66,7 +84,7 @@ class RetryDelayTests(SynchronousTestCase):
         self.assertAlmostEqual(retryDelay(100, lambda: 1.0), MAX_DELAY * 1.2)
 
     def test_policyRoundsForTheLog(self) -> None:
-        delay = Backoff(lambda: 0.123456789)(1)
+        delay = Backoff(lambda: 0.123456789).failed()
         self.assertEqual(delay, round(delay, 2))
         self.assertAlmostEqual(delay, retryDelay(1, lambda: 0.123456789), places=2)
 
@@ -74,22 +92,25 @@ class RetryDelayTests(SynchronousTestCase):
         self.assertAlmostEqual(retryDelay(10**6, lambda: 0.5), MAX_DELAY)
 
 
-class ReconnectTests(SynchronousTestCase):
-    def setUp(self) -> None:
+class ReconnectorTestMixin:
+    def makeClient(self, endpoint: IStreamClientEndpoint | None = None,
+                   timeout: float | None = 30.0) -> Reconnector:
         self.clock = Clock()
-        self.relay = Relay(self.clock)
+        self.relay = Relay(self.clock, role="client")
         self.udp = FakeUDPTransport()
         self.relay.udpStarted(self.udp)
         self.endpoint = ScriptedEndpoint()
-        self.service = ClientService(
-            ReportingEndpoint(self.endpoint, "test:server", self.relay.stats),
-            TunnelFactory(self.relay),
-            retryPolicy=lambda attempt: retryDelay(attempt, lambda: 0.5),
-            clock=self.clock,
-        )
+        reconnector = Reconnector(endpoint or self.endpoint, TunnelFactory(self.relay),
+                                  self.clock, "test:server", self.relay.stats, timeout=timeout,
+                                  backoff=Backoff(lambda: 0.5))
+        self.relay.onLinkEnded = reconnector.linkEnded
+        return reconnector
 
+
+class ReconnectTests(ReconnectorTestMixin, SynchronousTestCase):
     def test_retriesForeverWithBackoff(self) -> None:
-        self.service.startService()
+        service = self.makeClient()
+        service.startService()
         self.assertEqual(self.endpoint.attempts, 1)
         for delay in [0.5, 1, 2, 4, 8, 16, 30, 30, 30]:
             self.clock.advance(delay - 0.01)
@@ -97,14 +118,17 @@ class ReconnectTests(SynchronousTestCase):
             self.clock.advance(0.01)
             self.assertEqual(self.endpoint.attempts, attempts + 1)
         self.assertEqual(self.relay.stats.connectFailures, 10)
-        self.assertTrue(self.service.running)
+        self.assertEqual(self.relay.stats.connectAttempts, 10)
+        self.assertTrue(service.running)
 
     def test_serverComesBack(self) -> None:
-        self.service.startService()
+        service = self.makeClient()
+        service.startService()
         self.clock.advance(0.5 + 1 + 2)
         self.endpoint.up = True
         self.clock.advance(4)
         self.assertEqual(len(self.endpoint.protocols), 1)
+        self.clock.advance(CONFIRM_AFTER)
         self.assertEqual(self.relay.stats.linksUp, 1)
         self.assertIsNotNone(self.relay.link)
 
@@ -113,25 +137,91 @@ class ReconnectTests(SynchronousTestCase):
         A dropped link is retried after the first delay, and the relay keeps
         its UDP socket and learned address throughout.
         """
+        service = self.makeClient()
         self.endpoint.up = True
-        self.service.startService()
+        service.startService()
         first = self.endpoint.protocols[0]
         self.relay.datagramsReceived([(b"x", ("127.0.0.1", 40000))])
+        self.clock.advance(CONFIRM_AFTER)
         first.connectionLost(Failure(ConnectionDone()))
         self.assertIsNone(self.relay.link)
         self.clock.advance(0.5)
         self.assertEqual(len(self.endpoint.protocols), 2)
+        self.clock.advance(CONFIRM_AFTER)
         self.assertEqual(self.relay.stats.linksUp, 2)
         self.assertIsNotNone(self.relay.link)
         self.assertIs(self.relay.udp, self.udp)
         self.assertEqual(self.relay.learnedPeer, ("127.0.0.1", 40000))
 
-    def test_failureLoggedWithReason(self) -> None:
+    def test_replacedLinksDoNotBackOff(self) -> None:
+        """
+        A link the server gives to a newcomer (a stranger that sent one
+        frame) ends young, but it was a link: however many times it
+        happens, the client is back after the first delay, so it relays
+        again within a second of the newcomers' leaving.
+        """
+        service = self.makeClient()
+        self.endpoint.up = True
+        service.startService()
+        for round in range(20):
+            link = self.endpoint.protocols[-1]
+            link.dataReceived(b"\x00\x01x")  # the server sent a frame: a link
+            link.connectionLost(Failure(ConnectionDone()))
+            self.clock.advance(0.5)
+            self.assertEqual(len(self.endpoint.protocols), round + 2)
+        self.assertEqual(self.relay.stats.linksFailed, 0)
+
+    def test_refusedAtOnceBacksOff(self) -> None:
+        """
+        A server that accepts and closes at once (its --allow, its TLS, a
+        proxy with nothing behind) is tried less and less often.
+        """
+        service = self.makeClient()
+        self.endpoint.up = True
+        service.startService()
+        delays = []
+        for _ in range(8):
+            self.endpoint.protocols[-1].connectionLost(Failure(ConnectionDone()))
+            before = self.clock.seconds()
+            attempts = self.endpoint.attempts
+            while self.endpoint.attempts == attempts:
+                self.clock.advance(0.25)
+            delays.append(self.clock.seconds() - before)
+        self.assertEqual(delays, [0.5, 1, 2, 4, 8, 16, 30, 30])
+        self.assertEqual(self.relay.stats.linksFailed, 8)
+
+    def test_oneLinePerFailedAttempt(self) -> None:
+        """
+        Each failed attempt is one line, in our words: why, when the next
+        comes, and how many failed in a row (no "Scheduling retry 1").
+        """
         events = captureLogEvents(self)
-        endpoint = ReportingEndpoint(ScriptedEndpoint(), "tcp:server:1", TunnelStats())
-        self.failureResultOf(endpoint.connect(TunnelFactory(self.relay)))
-        self.assertEqual(events[0]["where"], "tcp:server:1")
-        self.assertIn("refused", events[0]["why"])
+        service = self.makeClient()
+        service.startService()
+        self.clock.pump([0.5, 1])
+        lines = [formatEvent(event) for event in events if "UDP bound" not in formatEvent(event)]
+        self.assertEqual(len(lines), 3, lines)
+        self.assertTrue(lines[0].startswith("cannot connect to test:server: "), lines)
+        self.assertIn("refused", lines[0])
+        self.assertIn("; next attempt in 0.5 s (1 failed in a row)", lines[0])
+        self.assertIn("; next attempt in 1.0 s (2 failed in a row)", lines[1])
+        self.assertIn("; next attempt in 2.0 s (3 failed in a row)", lines[2])
+        self.assertFalse([line for line in lines if "Scheduling" in line])
+
+    def test_refusedAfterConnectOneLine(self) -> None:
+        """
+        A connection the server closes before it carried anything is one
+        line too, with the likely reasons.
+        """
+        events = captureLogEvents(self)
+        service = self.makeClient()
+        self.endpoint.up = True
+        service.startService()
+        self.endpoint.protocols[0].connectionLost(Failure(ConnectionDone()))
+        lines = [formatEvent(event) for event in events if "UDP bound" not in formatEvent(event)]
+        self.assertEqual(len(lines), 1, lines)
+        self.assertIn("closed by the server before it carried anything", lines[0])
+        self.assertIn("next attempt in 0.5 s (1 failed in a row)", lines[0])
 
     def test_timeoutSaysSo(self) -> None:
         """
@@ -139,90 +229,56 @@ class ReconnectTests(SynchronousTestCase):
         N s", not Twisted's "User timeout caused connection failure", which
         reads as if --user-timeout had fired.
         """
-
-        @implementer(IStreamClientEndpoint)
-        class TimingOut:
-            def connect(self, factory):
-                return fail(TimeoutError())
-
         events = captureLogEvents(self)
         for timeout, expected in ((7, "connect timed out after 7 s"), (None, "connect timed out")):
-            endpoint = ReportingEndpoint(TimingOut(), "server:1", TunnelStats(), timeout=timeout)
-            self.failureResultOf(endpoint.connect(TunnelFactory(self.relay)), TimeoutError)
+            self.makeClient(TimingOut(), timeout=timeout).startService()
             self.assertEqual(events[-1]["why"], expected)
             self.assertNotIn("User timeout", formatEvent(events[-1]))
 
-    def test_pendingAttemptCancelledOnStop(self) -> None:
+    def test_stopCallsOffTheAttempt(self) -> None:
         """
-        Stopping while a connection attempt hangs does not hang the stop.
-        """
-        pending: Deferred = Deferred()
-
-        @implementer(IStreamClientEndpoint)
-        class Hanging:
-            def connect(self, factory):
-                return pending
-
-        service = ClientService(
-            Hanging(), TunnelFactory(self.relay), retryPolicy=retryDelay, clock=self.clock
-        )
-        service.startService()
-        self.successResultOf(service.stopService())
-
-    def test_cancelledAttemptIsNoFailure(self) -> None:
-        """
-        An attempt called off because the client stops is neither logged
-        nor counted as a failed one.
+        Stopping while a connection attempt hangs does not hang the stop;
+        the attempt called off is neither logged nor counted as failed, and
+        nothing is left scheduled.
         """
         events = captureLogEvents(self)
-        stats = TunnelStats()
-        pending: Deferred = Deferred()
-
-        @implementer(IStreamClientEndpoint)
-        class Hanging:
-            def connect(self, factory):
-                return pending
-
-        endpoint = ReportingEndpoint(Hanging(), "server:1", stats)
-        d = endpoint.connect(TunnelFactory(self.relay))
-        d.cancel()
-        self.failureResultOf(d, CancelledError)
-        self.assertEqual(stats.connectFailures, 0)
+        hanging = Hanging()
+        service = self.makeClient(hanging)
+        service.startService()
+        service.stopService()
+        self.assertTrue(hanging.pending.called)  # cancelled
+        self.assertEqual(self.relay.stats.connectFailures, 0)
         self.assertEqual([e for e in events if "cannot connect" in e.get("log_format", "")], [])
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
+    def test_stopCancelsTheNextAttempt(self) -> None:
+        service = self.makeClient()
+        service.startService()
+        self.assertEqual(len(self.clock.getDelayedCalls()), 1)
+        service.stopService()
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+        self.clock.advance(60)
+        self.assertEqual(self.endpoint.attempts, 1)
 
 
 class BackoffTests(SynchronousTestCase):
-    """
-    ClientService restarts its attempt count at every TCP connection; the
-    backoff must not, for links that die young.
-    """
-
-    def test_plainRetries(self) -> None:
+    def test_failuresDouble(self) -> None:
         backoff = Backoff(lambda: 0.5)
-        self.assertEqual([backoff(n) for n in (1, 2, 3)], [0.5, 1, 2])
+        self.assertEqual([backoff.failed() for _ in range(8)], [0.5, 1, 2, 4, 8, 16, 30, 30])
 
-    def test_shortLinksBackOff(self) -> None:
-        """
-        A server that accepts and drops the client at once (say, rejecting
-        its TLS certificate) is retried less and less often.
-        """
-        backoff = Backoff(lambda: 0.5)
-        delays = []
-        for _ in range(8):
-            backoff.linkEnded(0.1)
-            delays.append(backoff(1))
-        self.assertEqual(delays, [1, 2, 4, 8, 16, 30, 30, 30])
-
-    def test_stableLinkResets(self) -> None:
+    def test_aLinkResets(self) -> None:
         backoff = Backoff(lambda: 0.5)
         for _ in range(5):
-            backoff.linkEnded(0.0)
-        backoff.linkEnded(STABLE_LINK + 1)
-        self.assertEqual(backoff(1), 0.5)
+            backoff.failed()
+        self.assertEqual(backoff.succeeded(), 0.5)
+        self.assertEqual(backoff.failures, 0)
+        self.assertEqual(backoff.failed(), 0.5)
 
     def test_attemptsCounted(self) -> None:
         stats = TunnelStats()
-        endpoint = ReportingEndpoint(ScriptedEndpoint(), "test", stats)
-        for _ in range(3):
-            self.failureResultOf(endpoint.connect(TunnelFactory(Relay(Clock()))))
-        self.assertEqual((stats.connectAttempts, stats.connectFailures), (3, 3))
+        clock = Clock()
+        relay = Relay(clock, role="client")
+        endpoint = ScriptedEndpoint()
+        Reconnector(endpoint, TunnelFactory(relay), clock, "test", stats).startService()
+        clock.pump([0.6, 1.2, 2.4])
+        self.assertEqual((stats.connectAttempts, stats.connectFailures), (4, 4))

@@ -533,11 +533,11 @@ class ClientLinkTests(RelayTestMixin, SynchronousTestCase):
     """
 
     def makeClientRelay(self) -> Relay:
-        self.lifetimes: list[float] = []
+        self.ended: list[str | None] = []
         self.clock = Clock()
         self.udp = FakeUDPTransport()
         relay = Relay(self.clock, udpPeer=POP, role="client",
-                      onLinkEnded=self.lifetimes.append)
+                      onLinkEnded=self.ended.append)
         relay.udpStarted(self.udp)
         return relay
 
@@ -552,9 +552,10 @@ class ClientLinkTests(RelayTestMixin, SynchronousTestCase):
         self.lose(relay, link)
         self.assertEqual((relay.stats.linksUp, relay.stats.linksLost), (0, 0))
         self.assertEqual(relay.stats.linksFailed, 1)
-        self.assertEqual(self.lifetimes, [0.0])
+        (failure,) = self.ended
+        assert failure is not None
+        self.assertIn("before it carried anything", failure)
         text = " ".join(e.get("log_format", "") for e in events)
-        self.assertIn("before it carried anything", text)
         self.assertNotIn("link up", text)
 
     def test_upOnFirstFrame(self) -> None:
@@ -576,7 +577,7 @@ class ClientLinkTests(RelayTestMixin, SynchronousTestCase):
         self.clock.advance(10)
         self.lose(relay, link)
         self.assertEqual(relay.stats.linksLost, 1)
-        self.assertEqual(self.lifetimes, [CONFIRM_AFTER + 10])
+        self.assertEqual(self.ended, [None])
 
     def test_lossWordsSayWhoClosed(self) -> None:
         events = captureLogEvents(self)
@@ -701,47 +702,82 @@ class AccessTests(RelayTestMixin, SynchronousTestCase):
         self.assertEqual(self.udp.written, [(b"reply", APP)])
 
 
-class LinkLifetimeTests(RelayTestMixin, SynchronousTestCase):
+class LinkEndedTests(RelayTestMixin, SynchronousTestCase):
     """
-    The relay reports how long each link lived, so the client backs off
-    from a server that drops it at once.
+    A client's relay tells its reconnector how each connection ended: a
+    link that came up (however short: the server may have given it to a
+    newcomer) is no failure; one the server closed before it carried
+    anything, or that never became the link, is, with why.
     """
 
     def makeReportingRelay(self) -> Relay:
-        self.lifetimes: list[float] = []
+        self.ended: list[str | None] = []
         self.clock = Clock()
         self.udp = FakeUDPTransport()
-        relay = Relay(self.clock, onLinkEnded=self.lifetimes.append)
+        relay = Relay(self.clock, onLinkEnded=self.ended.append, role="client",
+                      pendingTimeout=DEFAULT_TIMEOUT)
         relay.udpStarted(self.udp)
         return relay
 
-    def test_lifetimeOfActiveLink(self) -> None:
+    def test_linkThatCarried(self) -> None:
         relay = self.makeReportingRelay()
         link = FakeLink()
         relay.linkMade(link)
-        self.clock.advance(7)
+        relay.framesReceived(link, [b"from the server"])
         self.lose(relay, link)
-        self.assertEqual(self.lifetimes, [7])
+        self.assertEqual(self.ended, [None])
         self.assertEqual(relay.stats.linksLost, 1)
+
+    def test_linkThatLasted(self) -> None:
+        relay = self.makeReportingRelay()
+        link = FakeLink()
+        relay.linkMade(link)
+        self.clock.advance(CONFIRM_AFTER)
+        self.lose(relay, link)
+        self.assertEqual(self.ended, [None])
+
+    def test_closedAtOnce(self) -> None:
+        """
+        Closed by the server before it carried anything: refused, with the
+        likely reasons; the relay leaves the line to the reconnector.
+        """
+        events = captureLogEvents(self)
+        relay = self.makeReportingRelay()
+        link = FakeLink()
+        relay.linkMade(link)
+        self.lose(relay, link)
+        (failure,) = self.ended
+        assert failure is not None
+        self.assertIn("closed by the server before it carried anything", failure)
+        self.assertIn("--handshake mismatch", failure)
+        self.assertEqual(relay.stats.linksFailed, 1)
+        self.assertEqual([e for e in events if e.get("log_level") == LogLevel.warn], [])
 
     def test_neverEstablishedCountsAsFailed(self) -> None:
         """
         A connection that ended before becoming the link (a TLS handshake
-        that failed) is a failure of lifetime 0.
+        that failed) is a failure.
         """
         relay = self.makeReportingRelay()
         link = FakeLink()
         relay.linkConnected(link)
         relay.linkLost(link, Failure(ConnectionLost()))
-        self.assertEqual(self.lifetimes, [0.0])
+        self.assertEqual(self.ended, ["connection lost (reset or aborted)"])
         self.assertEqual(relay.stats.linksFailed, 1)
 
-    def test_replacedLinkReportsNothing(self) -> None:
+    def test_expiredIsReportedToo(self) -> None:
+        """
+        A connection closed at the pending deadline is reported when it is
+        gone, with the deadline as the reason: every connection's end is,
+        or the client would wait for ever.
+        """
         relay = self.makeReportingRelay()
-        old, new = FakeLink(), FakeLink()
-        self.replace(relay, old, new)
-        self.lose(relay, old)
-        self.assertEqual(self.lifetimes, [])
+        link = FakeLink()
+        relay.linkConnected(link)
+        self.clock.advance(DEFAULT_TIMEOUT)
+        self.assertTrue(link.aborted)
+        relay.linkLost(link, Failure(ConnectionLost()))
+        self.assertEqual(self.ended, [f"not the link after {DEFAULT_TIMEOUT:g} s"])
 
 
 class TimerTests(SynchronousTestCase):

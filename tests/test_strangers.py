@@ -11,6 +11,7 @@ import shutil
 import signal
 import socket
 import tempfile
+import threading
 import time
 
 from tests.certs import Authority
@@ -162,6 +163,68 @@ class SilentTLSTests(FaultTestCase):
         self.assertLess(self.output(server).count("never became the link"), 20)
         self.assertSurvived(server, client)
         self.assertIntact(stream)
+
+
+def storm(port: int, rate: int, seconds: float) -> threading.Thread:
+    """
+    In a thread returned started: C{rate} connections a second to
+    LOCAL:C{port} for C{seconds}, each sending one empty frame and closing
+    (what it takes to become a single-link server's link); its C{made}
+    attribute counts them once it is done.
+    """
+
+    def run() -> None:
+        start = time.monotonic()
+        made = 0
+        while made < rate * seconds:
+            due = start + made / rate
+            time.sleep(max(0.0, due - time.monotonic()))
+            sock = connectTCP(port, timeout=2.0)
+            if sock is not None:
+                try:
+                    sock.sendall(b"\x00\x00")
+                except OSError:
+                    pass
+                sock.close()
+            made += 1
+        thread.made = made  # type: ignore[attr-defined]
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    return thread
+
+
+class ConnectionStormTests(FaultTestCase):
+    """
+    Strangers that each connect, send one empty frame and close, 100 a
+    second for 8 s: on a single-link server without --allow each takes the
+    link for a moment (newest wins: that is how a roaming client gets it
+    back), so the real client loses it 800 times.
+    """
+
+    def test_logBoundedAndClientBackAtOnce(self) -> None:
+        """
+        The server's lines about it are rate-limited, as a sessions
+        server's are (not two a connection); and a link the server replaced
+        is no failure of the client's, so its reconnect delay does not grow
+        through the storm: it relays again within seconds of its end.
+        """
+        server, client, stream = self.tunnel()
+        before = len(self.output(server).splitlines())
+        clientBefore = len(self.output(client).splitlines())
+        strangers = storm(self.tcp, 100, 8.0)
+        strangers.join(30)
+        during = self.output(server).splitlines()[before:]
+        took = stream.waitForMore(stream.back, 20, 20.0, "back at the application after the storm")
+        self.assertGreaterEqual(strangers.made, 800)  # type: ignore[attr-defined]
+        self.assertLess(len(during), 40, "\n".join(during[:60]))
+        self.assertLess(len(self.output(client).splitlines()) - clientBefore, 40)
+        self.assertLess(took, 3.0, f"relaying again {took:.1f} s after the storm")
+        self.assertSurvived(server, client)
+        stream.stop()
+        self.assertEqual(stream.forward.corrupt, [])
+        # The strangers' empty frames came out of the tunnel, as the link's.
+        self.assertEqual(set(stream.back.corrupt), {b""})
 
 
 class FlappingPhantomTests(FaultTestCase):

@@ -231,7 +231,7 @@ def parseSystemdUDP(text: str) -> int | str | None:
 _FAMILY_NAMES = {int(socket.AF_INET): "IPv4", int(socket.AF_INET6): "IPv6"}
 
 
-def _literalFamily(host: str) -> int | None:
+def literalFamily(host: str) -> int | None:
     """
     The address family of an IP literal, C{None} for a name.
     """
@@ -251,7 +251,7 @@ def _resolvePeer(peer: HostPort, family: int) -> tuple[int, str]:
     assert peer.host is not None
     wanted = _FAMILY_NAMES.get(family)
     if wanted is not None:
-        other = _literalFamily(peer.host)
+        other = literalFamily(peer.host)
         if other is not None and other != family:
             raise ValueError(
                 f"--udp is {wanted} and --peer {_FAMILY_NAMES[other]}: "

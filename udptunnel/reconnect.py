@@ -1,7 +1,6 @@
 """
-How the client reconnects: the retry schedule, and an endpoint wrapper that
-logs and counts each failed attempt (L{ClientService} only says when it will
-retry, not why the attempt failed).
+How the client reconnects: the retry schedule (L{Backoff}) and the service
+that keeps the link connected (L{Reconnector}), one line per failed attempt.
 """
 
 from __future__ import annotations
@@ -9,18 +8,21 @@ from __future__ import annotations
 import random
 from collections.abc import Callable
 
+from twisted.application.service import Service
 from twisted.internet.defer import CancelledError, Deferred
-from twisted.internet.error import ConnectingCancelledError, TimeoutError
+from twisted.internet.error import ConnectingCancelledError
 from twisted.internet.interfaces import (
+    IDelayedCall,
     IProtocol,
     IProtocolFactory,
+    IReactorTime,
     IStreamClientEndpoint,
 )
 from twisted.logger import Logger
 from twisted.python.failure import Failure
-from zope.interface import implementer
 
 from .stats import TunnelStats
+from .why import describeFailure
 
 #: Delay before the first retry, in seconds; it doubles on each failure...
 FIRST_DELAY = 0.5
@@ -44,39 +46,57 @@ def retryDelay(attempt: int, random: Callable[[], float] = random.random) -> flo
 #: How long one connection attempt may take, in seconds (Twisted's default).
 CONNECT_TIMEOUT = 30.0
 
-#: A link that lasts less than this many seconds counts as a failed attempt.
-STABLE_LINK = 5.0
-
 
 class Backoff:
     """
-    The client's retry policy: L{retryDelay} of the number of attempts that
-    failed in a row, where a link that died young counts as a failure too.
-
-    L{ClientService} restarts its count at every TCP connection, so a server
-    that accepts and then drops the client at once (a TLS certificate it
-    rejects, a full server, a proxy with nothing behind it) would otherwise
-    see a new connection every half second, forever.
+    The client's retry schedule: L{retryDelay} of the number of attempts
+    that failed in a row.  An attempt fails when it cannot connect, and also
+    when the server closes the connection before it became a link (it
+    refused us: its C{--allow}, a TLS certificate, a full server, a proxy
+    with nothing behind it), so such a server sees fewer and fewer tries
+    rather than one every half second for ever.  A link that came up resets
+    the count, however short it was: a link the server gave to a newcomer
+    (a client that roamed, or a stranger) is no failure of ours, and the
+    client must be back within a second of the newcomer's leaving.
     """
 
     def __init__(self, random: Callable[[], float] = random.random) -> None:
         self._random = random
-        self._shortLinks = 0
+        #: Attempts that failed in a row.
+        self.failures = 0
 
-    def __call__(self, attempt: int) -> float:
-        # Rounded: ClientService logs the delay as it is, and "in
-        # 0.5208733124871612 seconds" is noise in a log.
-        return round(retryDelay(attempt + self._shortLinks, self._random), 2)
+    def failed(self) -> float:
+        """
+        Count a failed attempt; the seconds to wait before the next.
+        """
+        self.failures += 1
+        return self._delay(self.failures)
 
-    def linkEnded(self, lifetime: float) -> None:
-        self._shortLinks = self._shortLinks + 1 if lifetime < STABLE_LINK else 0
+    def succeeded(self) -> float:
+        """
+        A link came up and ended: the seconds to wait before reconnecting.
+        """
+        self.failures = 0
+        return self._delay(1)
+
+    def _delay(self, attempt: int) -> float:
+        # Rounded: "in 0.5208733124871612 s" is noise in a log.
+        return round(retryDelay(attempt, self._random), 2)
 
 
-@implementer(IStreamClientEndpoint)
-class ReportingEndpoint:
+class Reconnector(Service):
     """
-    Wraps an endpoint to log why each connection attempt failed and count it.
-    One line per attempt is no flood: attempts are spaced by L{retryDelay}.
+    Keeps the client's one link connected: one connection attempt at a
+    time; when an attempt fails or its connection ends, the next after the
+    L{Backoff}'s delay.
+
+    In place of Twisted's C{ClientService} because a failed attempt must be
+    one line, in the tunnel's words, saying why and when the next one comes:
+    C{ClientService} adds a line of its own ("Scheduling retry 1 ..."),
+    whose count restarts at every TCP connection, so that a server that
+    refuses us after accepting (TLS, C{--allow}) read as "retry 1" for
+    ever.  The relay tells it how each connection ended (L{linkEnded}): a
+    connection is the relay's to judge, an attempt is ours.
     """
 
     log = Logger()
@@ -84,50 +104,87 @@ class ReportingEndpoint:
     def __init__(
         self,
         endpoint: IStreamClientEndpoint,
-        description: str,
+        factory: IProtocolFactory,
+        clock: IReactorTime,
+        where: str,
         stats: TunnelStats,
         timeout: float | None = CONNECT_TIMEOUT,
+        backoff: Backoff | None = None,
         log: Logger | None = None,
-        name: str | None = None,
     ) -> None:
         """
+        @param where: what the attempts connect to, as the log says it.
         @param timeout: how long C{endpoint} lets an attempt take, in
             seconds, to say so when it times out (C{None}: unknown).
         @param log: where to log (a named tunnel's logger), if not our own.
-        @param name: the tunnel's name, for Twisted's own lines about this
-            endpoint ("Scheduling retry 1 to connect ...").
         """
-        self._name = name
-        if log is not None:
-            self.log = log
         self._endpoint = endpoint
-        self._description = description
+        self._factory = factory
+        self._clock = clock
+        self._where = where
         self._stats = stats
         self._timeout = timeout
+        self.backoff = backoff if backoff is not None else Backoff()
+        if log is not None:
+            self.log = log
+        self._attempt: Deferred[IProtocol] | None = None
+        self._next: IDelayedCall | None = None
 
-    def connect(self, protocolFactory: IProtocolFactory) -> Deferred[IProtocol]:
+    def startService(self) -> None:
+        super().startService()
+        self._connect()
+
+    def stopService(self) -> None:
+        """
+        Call off the attempt in flight or the one due (the link itself is
+        the relay's to close).
+        """
+        super().stopService()
+        next, self._next = self._next, None
+        if next is not None and next.active():
+            next.cancel()
+        attempt, self._attempt = self._attempt, None
+        if attempt is not None:
+            attempt.cancel()
+
+    def _connect(self) -> None:
+        self._next = None
         self._stats.connectAttempts += 1
-        d = self._endpoint.connect(protocolFactory)
-        d.addErrback(self._failed)
-        return d
+        attempt = self._attempt = self._endpoint.connect(self._factory)
+        attempt.addCallbacks(self._connected, self._connectFailed)
 
-    def _failed(self, reason: Failure) -> Failure:
+    def _connected(self, protocol: IProtocol) -> IProtocol:
+        self._attempt = None
+        return protocol
+
+    def _connectFailed(self, reason: Failure) -> None:
+        self._attempt = None
         if reason.check(CancelledError, ConnectingCancelledError):
-            # The client is stopping: the attempt did not fail, it was
-            # called off (Twisted's message would be the address alone).
-            return reason
+            return  # called off: we are stopping
         self._stats.connectFailures += 1
-        if reason.check(TimeoutError):
-            # Twisted's "User timeout caused connection failure" reads as if
-            # --user-timeout had fired.
-            after = f" after {self._timeout:g} s" if self._timeout is not None else ""
-            why = f"connect timed out{after}"
-        else:
-            why = reason.getErrorMessage()
-        self.log.warn("cannot connect to {where}: {why}", where=self._description, why=why)
-        return reason
+        self.attemptFailed(describeFailure(reason, self._timeout))
 
-    def __repr__(self) -> str:
-        if self._name is not None:
-            return f"{self._description} (tunnel {self._name})"
-        return self._description
+    def linkEnded(self, failure: str | None) -> None:
+        """
+        The connection of the last attempt ended: C{None} when it had been
+        a link, else why it came to nothing.
+        """
+        if failure is None:
+            self._again(self.backoff.succeeded())
+        else:
+            self.attemptFailed(failure)
+
+    def attemptFailed(self, why: str) -> None:
+        """
+        Say why the attempt failed and when the next comes, in one line.
+        """
+        delay = self.backoff.failed()
+        failures = self.backoff.failures
+        self.log.warn("cannot connect to {where}: {why}; next attempt in {delay} s "
+                      "({failures} failed in a row)", where=self._where, why=why,
+                      delay=delay, failures=failures)
+        self._again(delay)
+
+    def _again(self, delay: float) -> None:
+        if self.running:
+            self._next = self._clock.callLater(delay, self._connect)

@@ -24,6 +24,7 @@ from .interfaces import IDatagramSocket, ILink, IRelay
 from .pending import DEFAULT_LIMIT, DEFAULT_TIMEOUT, PendingLinks
 from .session import Session
 from .tunnel import TunnelService
+from .why import CLOSED_BY_PEER
 
 #: A waiting connection takes over a link from which no frame came for this
 #: many seconds: long enough that a link carrying any steady traffic (even
@@ -95,7 +96,7 @@ class Relay(TunnelService):
         udpAllow: AddressFilter | None = None,
         idleTimeout: float = 0,
         statsInterval: float = 0,
-        onLinkEnded: Callable[[float], object] | None = None,
+        onLinkEnded: Callable[[str | None], object] | None = None,
         pendingTimeout: float = DEFAULT_TIMEOUT,
         maxPending: int = DEFAULT_LIMIT,
         role: str = "server",
@@ -109,9 +110,7 @@ class Relay(TunnelService):
             datagram either way (0: never).
         @param statsInterval: log the counters this often, when they changed
             (0: only at shutdown).
-        @param onLinkEnded: called with the lifetime in seconds of each link
-            that ends (0 for a connection that never carried anything), so
-            the client can back off from a server that drops it at once.
+        @param onLinkEnded: a client's reconnector (L{onLinkEnded}).
         @param pendingTimeout: seconds a connection may wait to become the
             link before it is closed.
         @param maxPending: connections that may wait at once (0: no cap).
@@ -134,7 +133,13 @@ class Relay(TunnelService):
         self._ready: set[ILink] = set()
         self._lastFrameAt = 0.0
         self._confirm: IDelayedCall | None = None
-        self._onLinkEnded = onLinkEnded
+        #: Called when each connection ends, with C{None} when it had been
+        #: a link (it carried a frame, or lasted L{CONFIRM_AFTER}), else
+        #: with why it came to nothing: what a client's reconnector needs
+        #: to back off from a server that refuses it, and from it alone (a
+        #: link the server replaced by a newcomer's is no failure of ours).
+        #: The reconnector logs the failure; the relay does not.
+        self.onLinkEnded = onLinkEnded
         #: When the current link became the link (the clock's seconds).
         self.linkSince = 0.0
         if idleTimeout > 0:
@@ -283,8 +288,8 @@ class Relay(TunnelService):
             # itself (its first frame), or the old link went silent.
             self.stats.linksReplaced += 1
             self.stats.takeovers[reason] += 1
-            self.log.info(
-                "link from {remote} replaces link from {old} ({why})",
+            self._warn.info(
+                "link-replaced", "link from {remote} replaces link from {old} ({why})",
                 remote=link.remote, old=old.remote, why=_TAKEOVER_WORDS[reason],
             )
             old.abort()
@@ -301,7 +306,7 @@ class Relay(TunnelService):
 
     def _linkUp(self, link: ILink) -> None:
         self.stats.linksUp += 1
-        self.log.info("link up: {remote}", remote=link.remote)
+        self._warn.info("link-up", "link up: {remote}", remote=link.remote)
         self.stateChanged()
 
     def _cancelConfirm(self) -> None:
@@ -322,32 +327,32 @@ class Relay(TunnelService):
         self.session.fromTunnel(frames)
 
     def linkLost(self, link: ILink, reason: Failure) -> None:
-        lifetime = None
         why = self.whyLost(link, reason)
+        failure: str | None = why
         if link is self.link:
             self.link = None
             self._resume()
-            lifetime = self.clock.seconds() - self.linkSince
             if self._confirm is not None:
                 # Closed before it carried a frame or lasted CONFIRM_AFTER.
                 self._cancelConfirm()
-                lifetime = 0.0
                 self.stats.linksFailed += 1
-                self._warn.warn("closed-at-once", "connection to {remote} was closed by the "
-                                "server before it carried anything ({why}): refused by its "
-                                "--allow or TLS, or busy?", remote=link.remote, why=why)
+                failure = closedAtOnce(why)
+                if self.onLinkEnded is None:
+                    self._warn.warn("closed-at-once", "connection to {remote}: {failure}",
+                                    remote=link.remote, failure=failure)
             else:
+                failure = None
                 self.stats.linksLost += 1
-                self.log.info("link down: {remote} ({why})", remote=link.remote, why=why)
+                self._warn.info("link-down", "link down: {remote} ({why})",
+                                remote=link.remote, why=why)
             self.stateChanged()
             self._promoteWaiting()
         elif self._pending.remove(link):
             ready = link in self._ready
             self._ready.discard(link)
-            if self.waitingLost(link, reason, why, ready):
-                lifetime = 0.0
-        if lifetime is not None and self._onLinkEnded is not None:
-            self._onLinkEnded(lifetime)
+            self.waitingLost(link, reason, why, ready, quiet=self.onLinkEnded is not None)
+        if self.onLinkEnded is not None:
+            self.onLinkEnded(failure)
         self.linkGone(link)
 
     def _promoteWaiting(self) -> None:
@@ -363,14 +368,15 @@ class Relay(TunnelService):
 
     def _pendingExpired(self, link: ILink) -> None:
         self._ready.discard(link)
-        self.pendingClosed(link, "timeout", f"not the link after {self._pending.timeout:g} s")
-        self.closeHere(link, abort=True)
+        why = f"not the link after {self._pending.timeout:g} s"
+        self.pendingClosed(link, "timeout", why)
+        self.closeHere(link, abort=True, why=why)
 
     def _pendingEvicted(self, link: ILink) -> None:
         self._ready.discard(link)
-        self.pendingClosed(link, "evicted",
-                           f"{self._pending.limit} connections waiting, it was the oldest")
-        self.closeHere(link, abort=True)
+        why = f"{self._pending.limit} connections waiting, it was the oldest"
+        self.pendingClosed(link, "evicted", why)
+        self.closeHere(link, abort=True, why=why)
 
     def pendingCount(self) -> int:
         """
@@ -433,3 +439,13 @@ class _IdleWatch:
                            remote=relay.link.remote, timeout=self._timeout)
             relay.closeLink()
             self._since = now
+
+
+def closedAtOnce(why: str) -> str:
+    """
+    What a client says of a connection its server closed before it carried
+    anything: the server refused it, and the likely reasons.
+    """
+    how = "" if why == CLOSED_BY_PEER else f" ({why})"
+    return (f"closed by the server before it carried anything{how}: refused by its "
+            "--allow, --max-sessions or TLS, a --handshake mismatch, or busy?")

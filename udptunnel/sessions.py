@@ -44,6 +44,7 @@ from .pending import DEFAULT_LIMIT, DEFAULT_TIMEOUT, PendingLinks
 from .reconnect import retryDelay
 from .session import Session, Traffic
 from .tunnel import TunnelService
+from .why import describeFailure
 
 #: Seconds without a datagram either way after which a session ends (what
 #: udp2raw and phantun use).
@@ -612,7 +613,7 @@ class ClientSessions(_SessionsBase):
         connecting.attempt = None
         self.stats.connectFailures += 1
         self._warn.warn("connect-failed", "session of {peer}: cannot connect: {why}",
-                        peer=showAddress(session.peer), why=reason.getErrorMessage())
+                        peer=showAddress(session.peer), why=describeFailure(reason))
         if connecting.queue or connecting.arrivedSinceAttempt:
             delay = retryDelay(connecting.attempts, *([self._random] if self._random else []))
             connecting.retry = self.clock.callLater(delay, self._retry, session)

@@ -12,7 +12,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
-from twisted.application import internet, strports
+from twisted.application import strports
 from twisted.application.service import IService
 from twisted.internet.endpoints import (
     HostnameEndpoint,
@@ -45,7 +45,7 @@ from .pending import DEFAULT_LIMIT as DEFAULT_MAX_PENDING
 from .pending import DEFAULT_TIMEOUT as DEFAULT_PENDING_TIMEOUT
 from .protocols import MAX_DATAGRAM, TunnelDatagramProtocol, TunnelFactory
 from .proxy import ProxyEndpoint, parseProxy
-from .reconnect import CONNECT_TIMEOUT, Backoff, ReportingEndpoint
+from .reconnect import CONNECT_TIMEOUT, Reconnector
 from .relay import Relay
 from .reuseport import ReusePortReactor, ReusePortUDPService
 from .sessions import (
@@ -893,14 +893,12 @@ def _singleLink(end: usage.Options, client: bool, common: dict[str, Any],
     The default: one UDP socket, one link.
     """
     plan = end["plan"]
-    backoff = Backoff()
     relay = Relay(
         reactor,
         udpPeer=plan.peer,
         allow=_filter(end.get("allow")),
         udpAllow=_filter(end["udp-allow"]),
         idleTimeout=end["idle-timeout"],
-        onLinkEnded=backoff.linkEnded if client else None,
         role="client" if client else "server",
         **common,
     )
@@ -911,13 +909,10 @@ def _singleLink(end: usage.Options, client: bool, common: dict[str, Any],
                             **_proxyProtocol(end))
     if client:
         endpoint, where = _clientEndpoint(end, reactor)
-        internet.ClientService(
-            ReportingEndpoint(endpoint, where, relay.stats, timeout=_connectTimeout(end["tcp"]),
-                              log=_namedLog(relay), name=relay.name),
-            factory,
-            retryPolicy=backoff,
-            clock=reactor,
-        ).setServiceParent(relay)
+        reconnector = Reconnector(endpoint, factory, reactor, where, relay.stats,
+                                  timeout=_connectTimeout(end["tcp"]), log=_namedLog(relay))
+        relay.onLinkEnded = reconnector.linkEnded
+        reconnector.setServiceParent(relay)
     else:
         _serverListener(end, factory, reactor, relay).setServiceParent(relay)
     return relay

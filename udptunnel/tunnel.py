@@ -16,7 +16,7 @@ from typing import Any
 
 from twisted.application.service import MultiService
 from twisted.internet.defer import Deferred, DeferredList, maybeDeferred
-from twisted.internet.error import CannotListenError, ConnectionDone, ConnectionLost
+from twisted.internet.error import CannotListenError
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
@@ -24,12 +24,10 @@ from twisted.python.failure import Failure
 
 from . import StartupError, __version__
 from .access import AddressFilter
-from .addresses import printable
-from .handshake import HandshakeMismatch
 from .interfaces import IDatagramSocket, ILink
 from .kerneldrops import kernelDrops
-from .proxyheader import ProxyHeaderError
 from .stats import RateLimitedLog, TunnelStats
+from .why import CLOSED_BY_PEER, CLOSED_HERE, describeLoss, refusedBy
 
 #: Seconds a stop waits for connections to close cleanly before aborting.
 CLOSE_GRACE = 2.0
@@ -70,7 +68,7 @@ class TunnelService(MultiService):
         self._warn = RateLimitedLog(self.log, clock)
         self._timers: list[tuple[LoopingCall, float]] = []
         self._stopping: list[tuple[ILink, Deferred[None]]] = []
-        self._closedHere: set[ILink] = set()
+        self._closedHere: dict[ILink, str] = {}
         self._tracebacks: set[str] = set()
         #: Called with no arguments when L{state} may have changed (a link up
         #: or down, a peer learned, a session opened or ended): the sd_notify
@@ -167,12 +165,12 @@ class TunnelService(MultiService):
     #: What an admitted connection waits to become, in the log lines.
     becomes = "the link"
 
-    def closeHere(self, link: ILink, abort: bool = False) -> None:
+    def closeHere(self, link: ILink, abort: bool = False, why: str = CLOSED_HERE) -> None:
         """
-        Close C{link} (at once, with C{abort}), remembering that we did: its
-        loss then reads "closed here", not "closed by the peer".
+        Close C{link} (at once, with C{abort}), remembering that we did, and
+        why: its loss then reads C{why}, not "closed by the peer".
         """
-        self._closedHere.add(link)
+        self._closedHere[link] = why
         if abort:
             link.abort()
         else:
@@ -182,18 +180,18 @@ class TunnelService(MultiService):
         """
         Why C{link} ended, in our words (L{describeLoss}).
         """
-        why = describeLoss(reason, link in self._closedHere)
-        self._closedHere.discard(link)
-        return why
+        return describeLoss(reason, self._closedHere.pop(link, None))
 
-    def waitingLost(self, link: ILink, reason: Failure, why: str, ready: bool = False) -> bool:
+    def waitingLost(self, link: ILink, reason: Failure, why: str, ready: bool = False,
+                    quiet: bool = False) -> bool:
         """
         Count and log a connection that ended while it waited to become a
         link: refused for what it sent first (L{refusedBy}); closed by a
         peer of a listening end that never got that far, or that was ready
         and only waited for its turn (a port scan, a balancer's health
         check: C{peer-closed}); or else a failure (a TLS handshake that
-        failed, a connection lost), which is returned as C{True}.
+        failed, a connection lost), which is returned as C{True}, and
+        logged unless C{quiet} (a client's reconnector says it instead).
         """
         refusal = refusedBy(reason)
         if refusal is not None:
@@ -202,8 +200,9 @@ class TunnelService(MultiService):
             self.pendingClosed(link, "peer-closed", why)
         else:
             self.stats.linksFailed += 1
-            self._warn.warn("failed", "connection with {remote} ended before it became "
-                            + self.becomes + ": {why}", remote=link.remote, why=why)
+            if not quiet:
+                self._warn.warn("failed", "connection with {remote} ended before it became "
+                                + self.becomes + ": {why}", remote=link.remote, why=why)
             return True
         return False
 
@@ -287,7 +286,7 @@ class TunnelService(MultiService):
             if timer.running:
                 timer.stop()
         self._warn.flushAll()
-        self._closedHere.update(links)
+        self._closedHere.update(dict.fromkeys(links, "closed here: stopping"))
         waits = []
         for link in links:
             gone: Deferred[None] = Deferred()
@@ -365,35 +364,6 @@ class TunnelService(MultiService):
         else:
             self._warn.warn("internal-error-" + where, "internal error while {where}: {error}",
                             where=where, error=failure.getErrorMessage())
-
-
-def describeLoss(reason: Failure, closedHere: bool = False) -> str:
-    """
-    Why a connection ended, in our words: Twisted's "Connection was closed
-    cleanly" or "in a non-clean fashion" do not say who closed it.
-    """
-    if reason.check(ConnectionDone):
-        return "closed here" if closedHere else CLOSED_BY_PEER
-    if reason.check(ConnectionLost):
-        return "closed here" if closedHere else "connection lost (reset or aborted)"
-    return printable(reason.getErrorMessage())
-
-
-#: L{describeLoss}'s words for a connection its peer closed cleanly.
-CLOSED_BY_PEER = "closed by the peer"
-
-
-def refusedBy(reason: Failure) -> str | None:
-    """
-    The pending-closed reason of a connection that our protocol closed for
-    what it sent first (its C{--handshake} preamble, its PROXY header), or
-    C{None} for any other loss.
-    """
-    if reason.check(HandshakeMismatch):
-        return "handshake"
-    if reason.check(ProxyHeaderError):
-        return "proxy-header"
-    return None
 
 
 def _cancel(call: IDelayedCall) -> None:
