@@ -153,7 +153,7 @@ BAD = [
     ("metrics in a tunnel", '[tunnel.a]\nrole = "server"\ntcp = 1\nudp = 2\nmetrics = 9100\n',
      ["[tunnel.a] metrics: one for the whole process", "top of the file"]),
     ("bad metrics", 'metrics = "nope:x"\n[tunnel.a]\nrole = "server"\ntcp = 1\nudp = 2\n',
-     ["metrics: bad server endpoint"]),
+     ["metrics: 'nope:x' is not a port, HOST:PORT or an endpoint description"]),
     ("bad name", '[tunnel."a b"]\nrole = "server"\ntcp = 1\nudp = 2\n',
      ['[tunnel.a b]', "letters, digits"]),
     ("combination", '[tunnel.a]\nrole = "server"\ntcp = 1\nsessions = true\n',

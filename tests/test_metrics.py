@@ -104,3 +104,27 @@ class SessionSeriesTests(SynchronousTestCase):
         self.assertIn("udptunnel_sessions_open 1.0", text)
         self.assertIn('udptunnel_sessions_total{event="refused"} 0.0', text)
         self.assertIn('udptunnel_peer_info{address="192.0.2.1:53",mode="fixed"} 1.0', text)
+
+
+class OneRequestTests(SynchronousTestCase):
+    def test_connectionCarriesOneRequest(self) -> None:
+        """
+        The answer says C{Connection: close} and the connection closes after
+        it, even when the request asked to keep it: a connection's life
+        (its deadline) is one request's.
+        """
+        from twisted.internet.address import IPv4Address
+        from twisted.internet.testing import StringTransport
+
+        from udptunnel.metrics import metricsSite
+
+        site = metricsSite(makeRelay())
+        channel = site.buildProtocol(IPv4Address("TCP", "127.0.0.1", 40000))
+        assert channel is not None
+        transport = StringTransport()
+        channel.makeConnection(transport)
+        channel.dataReceived(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: keep-alive\r\n\r\n")
+        answer = transport.value()
+        self.assertIn(b"udptunnel_links_total", answer)
+        self.assertIn(b"\r\nConnection: close\r\n", answer)
+        self.assertTrue(transport.disconnecting)

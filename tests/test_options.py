@@ -185,6 +185,31 @@ class ErrorTests(SynchronousTestCase):
             self.assertNotIn("invalid literal", error)
             self.assertNotIn("positional argument", error)
 
+    def test_metricsOnLoopbackByDefault(self) -> None:
+        """
+        A bare C{--metrics} port is served on 127.0.0.1 only (the status
+        lists every peer's address); an address given is served there.
+        """
+        base = ("server", "--tcp", "9999", "--udp", "1", "--metrics")
+        for given, endpoint in (("9100", "tcp:9100:interface=127.0.0.1"),
+                                ("0.0.0.0:9100", "tcp:9100:interface=0.0.0.0"),
+                                ("[::]:9100", "tcp6:9100:interface=\\:\\:"),
+                                ("tcp:9100", "tcp:9100")):
+            self.assertEqual(parse(*base, given).subOptions["metrics"], endpoint, given)
+        self.assertUsageError("give an IP address", *base, "localhost:9100")
+        self.assertUsageError("is not a port, HOST:PORT or an endpoint", *base, "nope:x")
+
+    def test_metricsReachSaid(self) -> None:
+        """
+        The start-up line says who can reach the endpoint.
+        """
+        self.assertEqual(tap._reach("tcp:9100:interface=127.0.0.1"), " (this host only)")
+        self.assertEqual(tap._reach("tcp6:9100:interface=\\:\\:1"), " (this host only)")
+        for everyone in ("tcp:9100", "tcp:9100:interface=0.0.0.0", "tcp6:9100:interface=\\:\\:"):
+            self.assertIn("every host", tap._reach(everyone))
+        self.assertEqual(tap._reach("tcp:9100:interface=192.0.2.1"), "")
+        self.assertEqual(tap._reach("unix:/run/metrics.sock"), "")
+
     def test_allowWithHostBits(self) -> None:
         """
         C{10.0.0.1/8} is neither the address nor the block: refused, with
@@ -383,8 +408,11 @@ class HardeningOptionsTests(SynchronousTestCase):
 
     def test_metricsEndpoint(self) -> None:
         end = parse(*self.BASE, "--metrics", "9100").subOptions
-        self.assertEqual(end["metrics"], "tcp:9100")
-        self.assertUsageError("--metrics: bad server endpoint", *self.BASE, "--metrics", "x:1")
+        self.assertEqual(end["metrics"], "tcp:9100:interface=127.0.0.1")
+        self.assertUsageError("--metrics: bad server endpoint", *self.BASE, "--metrics",
+                              "tcp:9100:backlog=many")
+        self.assertUsageError("--metrics: 'x:1': give an IP address", *self.BASE,
+                              "--metrics", "x:1")
 
     def test_tlsNeedsAllThree(self) -> None:
         self.assertUsageError("all three", *self.BASE, "--tls-cert", "a.pem")

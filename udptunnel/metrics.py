@@ -186,6 +186,20 @@ class MetricsResource(Resource):
         return b""
 
 
+class _OneRequest(http.HTTPChannel):
+    """
+    A connection that carries one request: its answer says C{Connection:
+    close}, and the connection closes after it.  So the limit on a
+    connection's life (L{udptunnel.limits.DEADLINE}) is a limit on one
+    request, and never cuts a scraper's kept-alive connection between two
+    scrapes.
+    """
+
+    def checkPersistence(self, request: http.Request, version: bytes) -> bool:
+        request.responseHeaders.setRawHeaders(b"Connection", [b"close"])
+        return False
+
+
 class _QuietSite(Site):
     """
     A site that keeps no access log: a scrape every few seconds would
@@ -193,6 +207,8 @@ class _QuietSite(Site):
     """
 
     noisy = False
+    # A plain HTTPChannel (HTTP/1.1 only: no TLS, so no HTTP/2 to negotiate).
+    protocol = _OneRequest  # type: ignore[assignment]
 
     def log(self, request: http.Request) -> None:
         pass

@@ -4,6 +4,7 @@ The twistd plugin's command line and service wiring, and nothing else.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 import shlex
@@ -29,6 +30,7 @@ from .addresses import (
     HostPort,
     checkClientDescription,
     checkServerDescription,
+    literalFamily,
     parseSystemdUDP,
     planUDP,
     splitDescription,
@@ -164,6 +166,29 @@ def _serverEndpoint(value: str, option: str, dualStack: bool = False) -> str:
         checkServerDescription(value)
     _validate(serverFromString, "server endpoint", value, option)
     return value
+
+
+def metricsEndpoint(value: str) -> str:
+    """
+    The server endpoint of C{--metrics}: a bare port on loopback (the status
+    lists every peer's address: only what is asked for is served to other
+    hosts), C{HOST:PORT} on that address, or an endpoint description.
+    """
+    kind = splitDescription(value)[0]
+    if value.isdigit():
+        value = f"tcp:{value}:interface=127.0.0.1"
+    elif kind not in _ENDPOINT_TYPES:
+        with _blaming("--metrics"):
+            try:
+                host, port = splitHostPort(value)
+            except ValueError as e:
+                raise ValueError(f"{value!r} is not a port, HOST:PORT or an endpoint "
+                                 f"description ({e})") from None
+            if host is None or literalFamily(host) is None:
+                raise ValueError(f"{value!r}: give an IP address as HOST, or a bare port")
+        escaped = host.replace(":", "\\:")
+        value = f"{'tcp6' if ':' in host else 'tcp'}:{port}:interface={escaped}"
+    return _serverEndpoint(value, "--metrics")
 
 
 def _connectTimeout(tcp: HostPort | str) -> float | None:
@@ -395,8 +420,10 @@ class _EndOptions(_WithExample):
          ("Log the counters every this many seconds, when they changed (0: only "
          "at shutdown)."), _seconds],
         ["metrics", None, None,
-         ("Serve the counters in Prometheus text format over HTTP on this server "
-         "endpoint (a port, or e.g. tcp:9100:interface=127.0.0.1).")],
+         ("Serve the counters in Prometheus text format (/metrics) and the status "
+          "as JSON (/status) over HTTP on [HOST:]PORT (a bare port: 127.0.0.1 "
+          "only; 0.0.0.0:PORT or [::]:PORT for every host) or a server endpoint "
+          "(tcp:9100:interface=192.0.2.1).")],
         ["tls-cert", None, None,
          ("PEM certificate this end presents; with --tls-key and --tls-ca it turns "
          "on mutual TLS on the link.")],
@@ -471,7 +498,7 @@ class _EndOptions(_WithExample):
         if self["udp-allow"] and self["peer"] is not None:
             raise usage.UsageError("--udp-allow is for phantom mode: not with --peer")
         if self["metrics"] is not None:
-            self["metrics"] = _serverEndpoint(self["metrics"], "--metrics")
+            self["metrics"] = metricsEndpoint(self["metrics"])
         self["settings"] = SocketSettings(
             udpReceiveBuffer=self["udp-rcvbuf"],
             udpSendBuffer=self["udp-sndbuf"],
@@ -720,7 +747,7 @@ def _optionsFor(role: str) -> usage.Options:
 
 #: How a config file is checked: by the command line's own parsers.
 PARSERS = Parsers(optionsFor=_optionsFor,
-                  metrics=lambda text: _serverEndpoint(text, "--metrics"))
+                  metrics=lambda text: metricsEndpoint(text))
 
 
 class Options(_WithExample):
@@ -844,14 +871,34 @@ def makeService(options: Options, reactor: Any = None) -> IService:
                             _inForeground(options))
         metrics, site = end["metrics"], lambda: metricsSite(top)
     if metrics is not None:
-        _listener(metrics, site(), "serving metrics on http://{address}/metrics",
-                  reactor).setServiceParent(top)
+        from .limits import BoundedFactory
+
+        _listener(metrics, BoundedFactory(site(), reactor, "metrics"),
+                  "serving metrics on http://{address}/metrics and the status on /status"
+                  + _reach(metrics), reactor).setServiceParent(top)
     if _daemonLogFile(options):
         LogReopener(reactor).setServiceParent(top)
     notifying = notifyService(top, reactor)
     if notifying is not None:
         notifying.setServiceParent(top)  # the last child: READY once all started
     return top
+
+
+def _reach(description: str) -> str:
+    """
+    Who can reach a listener, for its start-up line: the operator should
+    see at once whether the metrics (and every peer's address in the
+    status) are open to other hosts.
+    """
+    kind, _, keywords = splitDescription(description)
+    if kind not in ("tcp", "tcp6"):
+        return ""
+    interface = keywords.get("interface", "")
+    if interface in ("", "0.0.0.0", "::"):
+        return " (every host that can reach this one: mind the firewall)"
+    if literalFamily(interface) is not None and ipaddress.ip_address(interface).is_loopback:
+        return " (this host only)"
+    return ""
 
 
 def _tunnelSet(config: Config, foreground: bool, reactor: Any) -> Any:
