@@ -157,3 +157,85 @@ class MetricsDripTests(ExposureTestCase):
             self.assertLess(after, DEADLINE + 4)
         self.assertLess(took, 10)
         self.assertSurvived(server)  # type: ignore[arg-type]
+
+
+def frame(data: bytes) -> bytes:
+    return len(data).to_bytes(2, "big") + data
+
+
+class ProxyHeaderTests(ExposureTestCase):
+    def balancedServer(self, *more: str) -> tuple[object, int, socket.socket]:
+        """
+        A server with C{--proxy-protocol} under L{NOFILE} descriptors, its
+        fixed peer a socket of the test; returns the process, its TCP port
+        and that socket.
+        """
+        tcp, app = freePort(), self.udpSocket()
+        server = self.spawn("server", *LIMITED, TWISTD, "-n", "--pidfile=", "udptunnel",
+                            "server", "--proxy-protocol", "--udp", f"{LOCAL}:0",
+                            "--peer", f"{LOCAL}:{app.getsockname()[1]}",
+                            "--tcp", f"tcp:{tcp}:interface={LOCAL}", *more)
+        self.waitForOutput(server, "listening for the TCP link on")
+        return server, tcp, app
+
+    def balancer(self, tcp: int, header: bytes) -> socket.socket:
+        """
+        What a balancer does for a client: connect, send the header.
+        """
+        sock = socket.create_connection((LOCAL, tcp), timeout=TIMEOUT)
+        self.addCleanup(sock.close)
+        sock.sendall(header)
+        return sock
+
+    def test_halfHeadersWithinMaxPending(self) -> None:
+        """
+        300 connections that send the start of a header and stop hold at
+        most C{--max-pending} descriptors, and a real client behind the
+        balancer gets through meanwhile.
+        """
+        server, tcp, app = self.balancedServer("--max-pending", "4")
+        before = openFiles(server.pid)  # type: ignore[attr-defined]
+        drip = Drip(tcp, 300, b"PROXY TCP4 10.", 8).start()
+        self.addCleanup(drip.stop)
+        waitFor(lambda: drip.opened + len(drip.closedAfter) >= 300, "the attack's connections")
+        most = max(openFiles(server.pid) for _ in range(5))  # type: ignore[attr-defined]
+        client = self.balancer(tcp, f"PROXY TCP4 198.51.100.7 127.0.0.1 40000 {tcp}\r\n".encode()
+                               + frame(b"hello"))
+        app.settimeout(TIMEOUT)
+        self.assertEqual(app.recv(100), b"hello")
+        client.sendall(frame(b"still here"))
+        self.assertEqual(app.recv(100), b"still here")
+        self.assertLessEqual(most, before + 4 + 2, f"{most} descriptors")
+        self.assertGreaterEqual(len(drip.closedAfter), 296 - 1)
+        self.assertSurvived(server)  # type: ignore[arg-type]
+
+    def test_controlBytesNeverReachTheLog(self) -> None:
+        """
+        A header whose address carries a scope id with escape sequences, or
+        a newline and a forged line, is refused (it passed C{--allow ::1}
+        before, the scope being dropped); nothing of it reaches the log
+        raw.
+        """
+        metrics = freePort()
+        server, tcp, app = self.balancedServer(
+            "--allow", "::1/128", "--metrics", f"tcp:{metrics}:interface={LOCAL}")
+        for scope in (b"\x1b[2J\x1b[31mESC", b"\nFORGED: link up"):
+            sock = self.balancer(tcp, b"PROXY TCP6 ::1%" + scope + f" ::1 5555 {tcp}\r\n".encode()
+                                 + frame(b"in"))
+            sock.settimeout(TIMEOUT)
+            try:
+                self.assertEqual(sock.recv(1), b"")
+            except ConnectionResetError:
+                pass
+        app.settimeout(0.5)
+        self.assertRaises(TimeoutError, app.recv, 100)
+        with urllib.request.urlopen(f"http://{LOCAL}:{metrics}/metrics", timeout=TIMEOUT) as r:
+            text = r.read().decode()
+        self.assertIn('udptunnel_pending_closed_total{reason="proxy-header"} 2.0', text)
+        self.stop(server)  # type: ignore[arg-type]  # writes what the rate limit held
+        output = self.output(server)
+        self.assertEqual(output.count("scoped address"), 1, output)
+        self.assertEqual(output.count("stray CR or LF"), 1, output)
+        self.assertNotIn("\x1b", output)
+        self.assertFalse([line for line in output.splitlines() if "FORGED" in line.split("]", 1)[0]
+                          or line.lstrip().startswith("FORGED")], output)
