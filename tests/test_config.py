@@ -13,12 +13,14 @@ import socket
 import subprocess
 import tempfile
 import textwrap
+import threading
 import urllib.request
 from typing import Any
 
 from prometheus_client import CollectorRegistry, generate_latest
 from twisted.internet import reactor
 from twisted.internet.defer import inlineCallbacks
+from twisted.internet.task import deferLater
 from twisted.logger import formatEvent
 from twisted.python import usage
 from twisted.trial.unittest import SynchronousTestCase, TestCase
@@ -129,6 +131,7 @@ class ParseTests(SynchronousTestCase):
 #: Bad files and what their error must say (besides the file's path).
 BAD = [
     ("not TOML", "[tunnel.a\n", ["not valid TOML"]),
+    ("too large", "#" * (1024 * 1024 + 1), ["larger than 1024 KiB", "not a config file?"]),
     ("no tunnel", 'metrics = 9100\n', ["no tunnel", "[tunnel.NAME]"]),
     ("unknown top key", 'metric = 9100\n[tunnel.a]\nrole = "server"\ntcp = 1\nudp = 2\n',
      ["unknown key 'metric'", "did you mean 'metrics'"]),
@@ -399,6 +402,39 @@ class ReloadTests(TestCase):
         yield top.reload()
         self.assertEqual([name for name, _ in top.tunnels()], ["natbox", "relay"])
         self.assertFalse(any(service.running for _, service in top.tunnels()))
+
+    @inlineCallbacks
+    def test_readOffTheLoop(self) -> Any:
+        """
+        A reload whose read blocks (here: a loader that waits) leaves the
+        event loop free: the tunnels carry round trips meanwhile; the read
+        is given up at the deadline, with one line, and nothing changes; a
+        reload asked for while it is still stuck says so and reads nothing.
+        """
+        from udptunnel import tunnelset
+
+        self.patch(tunnelset, "RELOAD_DEADLINE", 1.0)
+        top = self.start()
+        yield self.roundTrip(top)
+        release = threading.Event()
+        self.addCleanup(release.set)
+        load = top._load
+        top._load = lambda: (release.wait(30), load())[1]  # type: ignore[method-assign]
+        before = dict(top.tunnels())
+        reloading = top.reload()
+        yield self.roundTrip(top)
+        self.assertFalse(reloading.called)
+        yield reloading
+        self.assertEqual(dict(top.tunnels()), before)
+        self.assertIn(f"reload: {self.path}: not read within 1 s (a FIFO nobody writes? a "
+                      "hung mount?); nothing changed", self.messages())
+        yield top.reload()
+        self.assertIn(f"reload: {self.path}: the last read of the file has not returned (a "
+                      "FIFO nobody writes? a hung mount?); nothing changed", self.messages())
+        release.set()
+        yield deferLater(reactor, 0.2, lambda: None)
+        yield top.reload()  # the stuck read returned: reloads read again
+        self.assertIn("reload: no tunnel changed", self.messages())
 
     @inlineCallbacks
     def test_metricsChangeWaitsForRestart(self) -> Any:

@@ -38,6 +38,10 @@ _NOT_KEYS = ("help", "version") + PROCESS_KEYS
 
 ROLES = ("server", "client")
 
+#: The largest file read: what a config of many tunnels takes, with room;
+#: anything larger is a mistake, not to be read whole into memory.
+MAX_SIZE = 1024 * 1024
+
 
 class ConfigError(Exception):
     """
@@ -90,9 +94,13 @@ def loadConfig(path: str, parsers: Parsers) -> Config:
     """
     try:
         with open(path, "rb") as file:
-            document = tomllib.load(file)
+            data = file.read(MAX_SIZE + 1)
     except OSError as e:
         raise ConfigError(f"{path}: cannot read: {e.strerror or e}") from None
+    if len(data) > MAX_SIZE:
+        raise ConfigError(f"{path}: larger than {MAX_SIZE // 1024} KiB: not a config file?")
+    try:
+        document = tomllib.loads(data.decode("utf-8"))
     except tomllib.TOMLDecodeError as e:
         raise ConfigError(f"{path}: not valid TOML: {e}") from None
     except UnicodeDecodeError as e:

@@ -16,18 +16,63 @@ from __future__ import annotations
 
 import os
 import signal
+import threading
 from collections.abc import Callable
 from typing import Any
 
 from twisted.application.service import MultiService
 from twisted.internet.defer import Deferred, DeferredList, succeed
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 
 from . import StartupError
 from .config import Config, ConfigError, TunnelConfig
 from .tunnel import TunnelService
 
 RELOAD_SIGNAL = signal.SIGUSR2
+#: Seconds a reload may take to read and check the file (resolving the
+#: peers' names included) before it is given up.
+RELOAD_DEADLINE = 10.0
+
+
+class ReadTimedOut(Exception):
+    """
+    The read of the file did not return in time.
+    """
+
+
+def readOffTheLoop(read: Callable[[], Config], reactor: Any,
+                   deadline: float) -> tuple[threading.Thread, Deferred[Config]]:
+    """
+    Call C{read} in a daemon thread of its own, and give its result (or
+    its exception) to the event loop; L{ReadTimedOut} after C{deadline}
+    seconds.  A read stuck in the kernel cannot be interrupted: its thread
+    is left to itself (a daemon thread does not keep the process from
+    exiting), and its late result is dropped.
+    """
+    done: Deferred[Config] = Deferred()
+
+    def settle(result: Config | Failure) -> None:
+        if done.called:
+            return
+        if timer.active():
+            timer.cancel()
+        if isinstance(result, Failure):
+            done.errback(result)
+        else:
+            done.callback(result)
+
+    def run() -> None:
+        try:
+            result: Config | Failure = read()
+        except BaseException:  # noqa: BLE001 (handed to the loop, whatever it is)
+            result = Failure()
+        reactor.callFromThread(settle, result)
+
+    timer = reactor.callLater(deadline, settle, Failure(ReadTimedOut()))
+    thread = threading.Thread(target=run, name="udptunnel reload", daemon=True)
+    thread.start()
+    return thread, done
 
 
 class TunnelSet(MultiService):
@@ -65,6 +110,8 @@ class TunnelSet(MultiService):
         #: notifications' RELOADING=1 and READY=1).
         self.reloadObservers: list[Callable[[bool], object]] = []
         self._reloading: Deferred[None] | None = None
+        #: The thread of the last read of the file.
+        self._reader: threading.Thread | None = None
         self._again = False
         self._previousHandler: Any = None
         for tunnel in config.tunnels.values():
@@ -118,21 +165,39 @@ class TunnelSet(MultiService):
         """
         Bring the running tunnels in step with the file; a reload asked for
         while one runs follows it (it may read a newer file).
+
+        The file is read and checked off the event loop (L{readOffTheLoop}):
+        a read that blocks (a FIFO nobody writes, a hung network mount, a
+        peer's name that takes its time to resolve) must not stop the
+        tunnels.  A read that has not returned after L{RELOAD_DEADLINE}
+        seconds is given up, with one line, and changes nothing.
         """
         if not self.running:
             return succeed(None)  # stopping: nothing to bring in step
         if self._reloading is not None:
             self._again = True
             return self._reloading
-        try:
-            config = self._load()
-        except ConfigError as e:
-            self.log.error("reload: {error}; nothing changed", error=str(e))
+        if self._reader is not None and self._reader.is_alive():
+            self.log.error("reload: {path}: the last read of the file has not returned "
+                           "(a FIFO nobody writes? a hung mount?); nothing changed",
+                           path=self.config.path)
             return succeed(None)
-        reloading = self._reloading = self._apply(config)
+        self._reader, read = readOffTheLoop(self._load, self._reactor, RELOAD_DEADLINE)
+        reloading = self._reloading = read.addCallbacks(self._apply, self._unreadable)
         reloading.addErrback(lambda failure: self.log.failure("reload failed", failure))
         reloading.addBoth(self._reloaded)
         return reloading
+
+    def _unreadable(self, failure: Failure) -> None:
+        if failure.check(ConfigError):
+            self.log.error("reload: {error}; nothing changed", error=str(failure.value))
+        elif failure.check(ReadTimedOut):
+            self.log.error("reload: {path}: not read within {deadline:g} s (a FIFO nobody "
+                           "writes? a hung mount?); nothing changed",
+                           path=self.config.path, deadline=RELOAD_DEADLINE)
+        else:
+            self.log.failure("reload: reading {path} failed; nothing changed", failure,
+                             path=self.config.path)
 
     def _reloaded(self, result: object) -> None:
         self._reloading = None
