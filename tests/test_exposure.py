@@ -12,7 +12,9 @@ to 127.0.0.2, each loop bounded in count and in time.
 
 from __future__ import annotations
 
+import os
 import select
+import signal
 import socket
 import sys
 import threading
@@ -21,7 +23,7 @@ import urllib.request
 
 from tests.daemons import openFiles
 from tests.test_faults import LOCAL, UDP, FaultTestCase
-from tests.test_twistd import TIMEOUT, TWISTD, freePort, waitFor
+from tests.test_twistd import STOPPED_BY_SIGTERM, TIMEOUT, TWISTD, freePort, waitFor
 from udptunnel.limits import DEADLINE, MAX_PER_HOST
 
 #: The descriptor limit the attacked daemon runs under.
@@ -239,3 +241,41 @@ class ProxyHeaderTests(ExposureTestCase):
         self.assertNotIn("\x1b", output)
         self.assertFalse([line for line in output.splitlines() if "FORGED" in line.split("]", 1)[0]
                           or line.lstrip().startswith("FORGED")], output)
+
+
+class ReloadTests(ExposureTestCase):
+    def test_fifoDoesNotStopTheTunnels(self) -> None:
+        """
+        The config file replaced by a FIFO that nobody writes, and SIGUSR2:
+        the read blocks in a thread of its own; the tunnels go on carrying
+        round trips; the reload gives up at its deadline with one line and
+        changes nothing; and the daemon still stops at once on SIGTERM.
+        """
+        from udptunnel.tunnelset import RELOAD_DEADLINE
+
+        udp, tcp = freePort(UDP), freePort()
+        app, pop = self.udpSocket(), self.udpSocket()
+        path = self.path("tunnels.toml")
+        with open(path, "w") as file:
+            file.write(f'[tunnel.natbox]\nrole = "server"\nudp = "{LOCAL}:{udp}"\n'
+                       f'tcp = "tcp:{tcp}:interface={LOCAL}"\n\n'
+                       f'[tunnel.relay]\nrole = "client"\ntcp = "{LOCAL}:{tcp}"\n'
+                       f'udp = "{LOCAL}:0"\npeer = "{LOCAL}:{pop.getsockname()[1]}"\n')
+        process = self.spawn("run", TWISTD, "-n", "--pidfile=", "udptunnel", "run",
+                             "--config", path)
+        self.waitForOutput(process, "reload with kill -USR2")
+        flow = self.stream(app, (LOCAL, udp), pop)
+        self.assertFlows(flow, "before the reload")
+        os.remove(path)
+        os.mkfifo(path)
+        process.send_signal(signal.SIGUSR2)
+        signalled = time.monotonic()
+        self.assertFlows(flow, "while the reload waits for the FIFO", count=200)
+        self.assertLess(time.monotonic() - signalled, RELOAD_DEADLINE - 2)
+        self.waitForOutput(process, "not read within", timeout=RELOAD_DEADLINE + 5)
+        self.assertFlows(flow, "after the reload gave up")
+        self.assertIn(self.stop(process), STOPPED_BY_SIGTERM)
+        output = self.output(process)
+        self.assertIn("nothing changed", output)
+        self.assertNotIn("reload: restarting", output)
+        self.assertNotIn("Traceback", output)

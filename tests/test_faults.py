@@ -666,6 +666,39 @@ class SignalTests(FaultTestCase):
     The signals a daemon gets from logrotate and from its service manager.
     """
 
+    def test_sighupWithTheDefaultLogFile(self) -> None:
+        """
+        A daemon started without --logfile logs to twistd.log in its
+        directory: SIGHUP reopens that one too (its default action would
+        end the process and leave the pid file behind).
+        """
+        serverUDP, tcp = freePort(UDP), freePort()
+        result = self.command(TWISTD, "udptunnel", "server", "--udp", f"{LOCAL}:{serverUDP}",
+                              "--tcp", f"tcp:{tcp}:interface={LOCAL}")
+        self.assertEqual(result.returncode, 0, result.stdout + result.stderr)
+        pidfile, logfile = self.path("twistd.pid"), self.path("twistd.log")
+        with open(pidfile) as f:
+            pid = int(f.read().strip())
+        self.addCleanup(self.killDaemon, pid)
+        waitFor(lambda: "UDP bound on" in self.read(logfile), "the daemon's first lines")
+        os.rename(logfile, logfile + ".1")
+        os.kill(pid, signal.SIGHUP)
+        waitFor(lambda: "reopened 1 log file" in self.read(logfile), "the reopened log file")
+        self.assertTrue(isAlive(pid))
+        os.kill(pid, signal.SIGTERM)
+        waitFor(lambda: not os.path.exists(pidfile), "the pidfile to go", 10)
+
+    def test_sighupInTheForeground(self) -> None:
+        """
+        In the foreground (logging to standard output) SIGHUP is harmless:
+        the tunnel says there is nothing to reopen and relays on.
+        """
+        server, client, stream = self.tunnel()
+        server.send_signal(signal.SIGHUP)
+        self.waitForOutput(server, "SIGHUP: no log file to reopen")
+        self.assertFlows(stream, "after SIGHUP")
+        self.assertSurvived(server, client)
+
     def daemon(self, logfile: str, pidfile: str, *argv: str) -> int:
         """
         Start C{twistd udptunnel ARGV} as a daemon; return its PID.

@@ -457,12 +457,20 @@ class HardeningWiringTests(SynchronousTestCase):
         )
         self.assertEqual(len(list(relay)), 3)
 
-    def test_logReopenerOnlyForDaemonLogFile(self) -> None:
+    def test_logReopenerUnderEveryRunner(self) -> None:
+        """
+        Under a runner, whatever it logs to (a log file given or its
+        default, standard output), SIGHUP is handled; parsed on its own (as
+        here), nothing takes the process's signal.
+        """
         options = parse("server", "--tcp", "9999", "--udp", "1")
-        options.parent = {"nodaemon": False, "logfile": "twistd.log"}  # type: ignore[assignment]
-        self.assertTrue(any(isinstance(s, LogReopener) for s in makeService(options, reactor)))
-        options.parent = {"nodaemon": True, "logfile": "twistd.log"}  # type: ignore[assignment]
         self.assertFalse(any(isinstance(s, LogReopener) for s in makeService(options, reactor)))
+        for parent in ({"nodaemon": False, "logfile": "twistd.log"},
+                       {"nodaemon": False, "logfile": None},
+                       {"nodaemon": True, "logfile": None}):
+            options.parent = parent  # type: ignore[assignment]
+            services = makeService(options, reactor)
+            self.assertTrue(any(isinstance(s, LogReopener) for s in services), parent)
 
 
 class OptionalTLSTests(SynchronousTestCase):

@@ -1,6 +1,11 @@
 """
 SIGHUP reopens twistd's log file, as daemons do for logrotate: after the
 file was moved away, logging goes on in a new file at the original path.
+
+It is installed whatever twistd logs to: its default C{twistd.log} as well
+as a C{--logfile}, and in the foreground (standard output, nothing to
+reopen) it only says so; SIGHUP's default action would end the process
+and leave its pid file behind.
 """
 
 from __future__ import annotations
@@ -64,7 +69,11 @@ class LogReopener(Service):
         files = _openLogFiles()
         for logFile in files:
             logFile.reopen()
-        self.log.info("SIGHUP: reopened {count} log file(s)", count=len(files))
+        if files:
+            self.log.info("SIGHUP: reopened {count} log file(s)", count=len(files))
+        else:
+            self.log.info("SIGHUP: no log file to reopen (logging to standard output or "
+                          "syslog)")
 
 
 def _openLogFiles() -> list[BaseLogFile]:

@@ -826,14 +826,12 @@ def _daemonising(options: usage.Options) -> bool:
     return parent is not None and not parent.get("nodaemon", True)
 
 
-def _daemonLogFile(options: usage.Options) -> bool:
+def _underRunner(options: usage.Options) -> bool:
     """
-    Whether twistd writes a log file of its own, which SIGHUP should reopen.
+    Whether a runner (twistd, twist) runs us, whose process the signals
+    are for (parsed on its own, as in tests, the options have no parent).
     """
-    parent = getattr(options, "parent", None)
-    if parent is None or parent.get("nodaemon", True):
-        return False
-    return parent.get("logfile") not in (None, "", "-")
+    return getattr(options, "parent", None) is not None
 
 
 def _listener(description: str, factory: IProtocolFactory, format: str,
@@ -876,7 +874,9 @@ def makeService(options: Options, reactor: Any = None) -> IService:
         _listener(metrics, BoundedFactory(site(), reactor, "metrics"),
                   "serving metrics on http://{address}/metrics and the status on /status"
                   + _reach(metrics), reactor).setServiceParent(top)
-    if _daemonLogFile(options):
+    if _underRunner(options):
+        # Whatever twistd logs to (--logfile, its default twistd.log, or
+        # standard output in the foreground): SIGHUP must never kill it.
         LogReopener(reactor).setServiceParent(top)
     notifying = notifyService(top, reactor)
     if notifying is not None:
