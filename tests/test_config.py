@@ -163,6 +163,25 @@ BAD = [
      ["[tunnel.a] server sessions needs peer"]),
     ("help is no key", '[tunnel.a]\nrole = "server"\ntcp = 1\nudp = 2\nhelp = true\n',
      ["unknown key 'help'"]),
+    ("a name with control characters", '[tunnel."a\\u001b[2J"]\nrole = "server"\n',
+     ["[tunnel.a\\x1b[2J]", "letters, digits"]),
+    ("two tunnels on one UDP port",
+     ('[tunnel.a]\nrole = "server"\ntcp = 9001\nudp = "127.0.0.1:5073"\n'
+     '[tunnel.b]\nrole = "client"\ntcp = "127.0.0.1:9"\nudp = "127.0.0.1:5073"\n'
+     'peer = "127.0.0.1:53"\n'),
+     ["tunnel a and tunnel b would both bind UDP 127.0.0.1:5073"]),
+    ("a wildcard and an address on one UDP port",
+     ('[tunnel.a]\nrole = "server"\ntcp = 9001\nudp = 5073\n'
+     '[tunnel.b]\nrole = "server"\ntcp = 9002\nudp = "127.0.0.1:5073"\n'),
+     ["tunnel a and tunnel b would both bind UDP 0.0.0.0:5073"]),
+    ("two servers on one TCP port",
+     ('[tunnel.a]\nrole = "server"\ntcp = "tcp:9001:interface=127.0.0.1"\nudp = 5073\n'
+     '[tunnel.b]\nrole = "server"\ntcp = "tcp:9001"\nudp = 5074\n'),
+     ["tunnel a and tunnel b would both bind TCP 127.0.0.1:9001"]),
+    ("the metrics on a tunnel's TCP port",
+     ('metrics = 9001\n[tunnel.a]\nrole = "server"\ntcp = "tcp:9001:interface=127.0.0.1"\n'
+     'udp = 5073\n'),
+     ["the metrics endpoint and tunnel a would both bind TCP 127.0.0.1:9001"]),
 ]
 
 
@@ -182,6 +201,22 @@ class BadFileTests(SynchronousTestCase):
             self.assertNotIn("\n", message, what)
             for part in expected:
                 self.assertIn(part, message, what)
+
+    def test_portsThatDoNotClash(self) -> None:
+        """
+        Different ports, different addresses, or a TCP and a UDP port of
+        the same number are no clash; nor are ephemeral ports.
+        """
+        path = writeFile(self, (
+            '[tunnel.a]\nrole = "server"\ntcp = "tcp:5073:interface=127.0.0.1"\n'
+            'udp = "127.0.0.1:5073"\n'
+            '[tunnel.b]\nrole = "server"\ntcp = "tcp:5074:interface=127.0.0.1"\n'
+            'udp = "127.0.0.2:5073"\n'
+            '[tunnel.c]\nrole = "client"\ntcp = "127.0.0.1:5073"\nudp = "127.0.0.1:0"\n'
+            'peer = "127.0.0.1:53"\n'
+            '[tunnel.d]\nrole = "client"\ntcp = "127.0.0.1:5073"\nudp = "127.0.0.1:0"\n'
+            'peer = "127.0.0.1:53"\n'))
+        self.assertEqual(list(loadConfig(path, tap.PARSERS).tunnels), ["a", "b", "c", "d"])
 
     def test_missingFile(self) -> None:
         path = os.path.join(os.path.dirname(writeFile(self, "")), "missing.toml")

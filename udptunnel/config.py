@@ -22,6 +22,9 @@ from typing import Any
 
 from twisted.python import usage
 
+from .addresses import printable
+from .clashes import Bind, firstClash, serverBind
+
 if sys.version_info >= (3, 11):
     import tomllib
 else:  # pragma: no cover (tested on 3.10 by hand)
@@ -84,6 +87,8 @@ class Parsers:
 
     optionsFor: Callable[[str], usage.Options]
     metrics: Callable[[str], str]
+    #: The sockets a tunnel of a role binds, from its parsed options.
+    binds: Callable[[str, usage.Options], list[Bind]] = lambda role, options: []
 
 
 def loadConfig(path: str, parsers: Parsers) -> Config:
@@ -131,7 +136,7 @@ def parseConfig(path: str, document: Mapping[str, Any], parsers: Parsers) -> Con
         raise ConfigError(f"{path}: no tunnel: give one [tunnel.NAME] table per tunnel")
     tunnels = {}
     for name, table in tables.items():
-        where = f"{path}: [tunnel.{name}]"
+        where = f"{path}: [tunnel.{printable(name)}]"
         if not NAME.match(name):
             raise ConfigError(f"{where}: a tunnel's name is letters, digits, '-' and '_' "
                               "(at most 64): it goes into log lines and metric labels")
@@ -139,7 +144,27 @@ def parseConfig(path: str, document: Mapping[str, Any], parsers: Parsers) -> Con
             raise ConfigError(f"{path}: tunnel.{name}: expected a table ([tunnel.{name}]), "
                               f"not {_kind(table)}")
         tunnels[name] = _tunnel(where, name, table, parsers.optionsFor)
+    _checkClashes(path, metrics, tunnels, parsers)
     return Config(path, metrics, tunnels)
+
+
+def _checkClashes(path: str, metrics: str | None, tunnels: Mapping[str, TunnelConfig],
+                  parsers: Parsers) -> None:
+    """
+    Refuse two tunnels (or a tunnel and the metrics endpoint) that would
+    bind the same socket: the second would fail at run time, or worse,
+    share it.
+    """
+    binds = [(f"tunnel {name}", bind) for name, tunnel in tunnels.items()
+             for bind in parsers.binds(tunnel.role, tunnel.options)]
+    metricsBind = serverBind(metrics) if metrics is not None else None
+    if metricsBind is not None:
+        binds.insert(0, ("the metrics endpoint", metricsBind))
+    clash = firstClash(binds)
+    if clash is not None:
+        first, second, bind = clash
+        raise ConfigError(f"{path}: {first} and {second} would both bind {bind}: "
+                          "give each its own")
 
 
 def _tunnel(where: str, name: str, table: Mapping[str, Any],

@@ -36,6 +36,7 @@ from .addresses import (
     splitDescription,
     splitHostPort,
 )
+from .clashes import Bind, serverBind, udpBind
 from .config import Config, ConfigError, Parsers, TunnelConfig, loadConfig
 from .datagram import UDPService, connectedPort, systemdDatagramSocket
 from .handshake import PROFILES, handshakeFor
@@ -745,9 +746,19 @@ def _optionsFor(role: str) -> usage.Options:
     return ServerOptions() if role == "server" else ClientOptions()
 
 
+def _binds(role: str, options: usage.Options) -> list[Bind]:
+    """
+    The sockets a tunnel binds: its UDP socket, and a server's listener.
+    """
+    binds = [udpBind(options["plan"])]
+    if role == "server":
+        binds.append(serverBind(options["tcp"]))
+    return [bind for bind in binds if bind is not None]
+
+
 #: How a config file is checked: by the command line's own parsers.
-PARSERS = Parsers(optionsFor=_optionsFor,
-                  metrics=lambda text: metricsEndpoint(text))
+PARSERS = Parsers(optionsFor=_optionsFor, metrics=lambda text: metricsEndpoint(text),
+                  binds=_binds)
 
 
 class Options(_WithExample):
