@@ -41,6 +41,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from .addresses import printable
 from .batching import SegmentSender, kernelSegments, segmentMessage, socketSegments
 from .interfaces import IDatagramSocket
 from .stats import RateLimitedLog
@@ -650,7 +651,7 @@ class TunnelUDPPort(udp.Port):
                         failure)
         else:
             _guardLog(self).warn("protocol-error", "internal error in the UDP protocol: "
-                                 "{error}", error=failure.getErrorMessage())
+                                 "{error}", error=printable(failure.getErrorMessage()))
 
 
 # Sockets passed by systemd (socket activation)

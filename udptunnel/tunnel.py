@@ -24,6 +24,7 @@ from twisted.python.failure import Failure
 
 from . import StartupError, __version__
 from .access import AddressFilter
+from .addresses import printable
 from .interfaces import IDatagramSocket, ILink
 from .kerneldrops import kernelDrops
 from .stats import RateLimitedLog, TunnelStats
@@ -363,7 +364,7 @@ class TunnelService(MultiService):
                              "(please report this)", failure, where=where)
         else:
             self._warn.warn("internal-error-" + where, "internal error while {where}: {error}",
-                            where=where, error=failure.getErrorMessage())
+                            where=where, error=printable(failure.getErrorMessage()))
 
 
 def _cancel(call: IDelayedCall) -> None:
