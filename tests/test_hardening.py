@@ -121,6 +121,34 @@ class MutualTLSTests(TLSTestCase):
         self.assertEqual(self.server.stats.linksUp, 0)
 
 
+class TLSLinesTests(TLSTestCase):
+    @inlineCallbacks
+    def test_nameMismatchSaysWhatToGive(self) -> Any:
+        """
+        A server whose certificate does not carry the name the client
+        checks: each attempt is one line, saying so and what to give, with
+        the next delay and the count of failures (not service_identity's
+        repr, nor Twisted's "Scheduling retry 1" whose count never grew).
+        """
+        events = captureLogEvents(self)
+        self.startPair(self.authority, self.authority)
+        self.client.stopService()
+        self.startEnd("client", "--tcp", f"127.0.0.1:{self.tcpPort}", "--udp", "127.0.0.1:0",
+                      "--peer", "127.0.0.1:9", "--tls-name", "other.example",
+                      *self.tlsOptions(self.authority, "client", self.authority))
+        yield waitUntil(lambda: sum("2 failed in a row" in formatEvent(e) for e in events),
+                        "two failed attempts")
+        lines = [formatEvent(e) for e in events if "cannot connect" in formatEvent(e)]
+        self.assertIn("TLS: the server's certificate is not for other.example (give "
+                      "--tls-name with a name the certificate carries); next attempt in ",
+                      lines[0])
+        self.assertIn("(1 failed in a row)", lines[0])
+        self.assertIn("(2 failed in a row)", lines[1])
+        everything = " ".join(formatEvent(e) for e in events)
+        self.assertNotIn("VerificationError", everything)
+        self.assertNotIn("Scheduling retry", everything)
+
+
 class MetricsTests(TunnelTestCase):
     @inlineCallbacks
     def test_scrape(self) -> Any:

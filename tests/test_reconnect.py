@@ -251,6 +251,27 @@ class ReconnectTests(ReconnectorTestMixin, SynchronousTestCase):
         self.assertEqual([e for e in events if "cannot connect" in e.get("log_format", "")], [])
         self.assertEqual(self.clock.getDelayedCalls(), [])
 
+    def test_stopWhileResolving(self) -> None:
+        """
+        An endpoint cancelled while it resolves a name fails with
+        C{DNSLookupError}, not C{CancelledError} (Twisted's
+        HostnameEndpoint): a stop then is no failed attempt either.
+        """
+        from twisted.internet.error import DNSLookupError
+
+        @implementer(IStreamClientEndpoint)
+        class Resolving:
+            def connect(self, factory):
+                return Deferred(lambda d: d.errback(DNSLookupError("Couldn't find the host")))
+
+        events = captureLogEvents(self)
+        service = self.makeClient(Resolving())
+        service.startService()
+        service.stopService()
+        self.assertEqual(self.relay.stats.connectFailures, 0)
+        self.assertEqual([e for e in events if "cannot connect" in e.get("log_format", "")], [])
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
     def test_stopCancelsTheNextAttempt(self) -> None:
         service = self.makeClient()
         service.startService()

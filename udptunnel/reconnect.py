@@ -159,8 +159,10 @@ class Reconnector(Service):
 
     def _connectFailed(self, reason: Failure) -> None:
         self._attempt = None
-        if reason.check(CancelledError, ConnectingCancelledError):
-            return  # called off: we are stopping
+        if not self.running or reason.check(CancelledError, ConnectingCancelledError):
+            # Called off: we are stopping.  (An endpoint cancelled while it
+            # resolves a name fails with DNSLookupError, not CancelledError.)
+            return
         self._stats.connectFailures += 1
         self.attemptFailed(describeFailure(reason, self._timeout))
 
