@@ -200,14 +200,17 @@ class ProxyHeaderTests(ExposureTestCase):
         drip = Drip(tcp, 300, b"PROXY TCP4 10.", 8).start()
         self.addCleanup(drip.stop)
         waitFor(lambda: drip.opened + len(drip.closedAfter) >= 300, "the attack's connections")
-        most = max(openFiles(server.pid) for _ in range(5))  # type: ignore[attr-defined]
+        # What is held while the attackers keep their sockets open (a burst
+        # of accepts passes the cap for one turn of the event loop: the
+        # evicted are closed on the next).
+        waitFor(lambda: openFiles(server.pid) <= before + 4 + 2,  # type: ignore[attr-defined]
+                "the server's descriptors within --max-pending", 5)
         client = self.balancer(tcp, f"PROXY TCP4 198.51.100.7 127.0.0.1 40000 {tcp}\r\n".encode()
                                + frame(b"hello"))
         app.settimeout(TIMEOUT)
         self.assertEqual(app.recv(100), b"hello")
         client.sendall(frame(b"still here"))
         self.assertEqual(app.recv(100), b"still here")
-        self.assertLessEqual(most, before + 4 + 2, f"{most} descriptors")
         self.assertGreaterEqual(len(drip.closedAfter), 296 - 1)
         self.assertSurvived(server)  # type: ignore[arg-type]
 
