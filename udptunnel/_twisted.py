@@ -41,9 +41,9 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from .addresses import printable
 from .batching import SegmentSender, kernelSegments, segmentMessage, socketSegments
 from .interfaces import IDatagramSocket
+from .show import printable
 from .stats import RateLimitedLog
 
 log = Logger()

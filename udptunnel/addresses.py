@@ -152,44 +152,6 @@ def resolve(
     return infoFamily, str(sockaddr[0])
 
 
-def printable(text: str) -> str:
-    """
-    C{text} safe for one log line or a terminal: every character that is
-    not printable (a control character such as ESC or a newline, a
-    direction override) as its escape, C{\\x1b}, C{\\n}, C{\\u202e}.
-
-    Every string that came from the network (an address a PROXY header
-    named, a proxy's answer, an error a peer caused) goes through here
-    before it reaches a log line or the operator's terminal, so that a
-    stranger can neither forge a log line nor drive the terminal.
-    """
-    if text.isprintable():
-        return text
-    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
-
-
-def showHost(host: str) -> str:
-    """
-    An IP literal as people write it: an IPv4 address seen through a
-    dual-stack IPv6 socket (C{::ffff:192.0.2.1}) as the IPv4 address it is;
-    anything unprintable escaped (L{printable}).
-    """
-    if host.startswith("::ffff:") and "." in host:
-        return host[len("::ffff:"):]
-    return printable(host)
-
-
-def showAddress(addr: tuple[str, int] | None) -> str:
-    """
-    C{host:port} for logs and metrics, an IPv6 host in brackets, C{nobody}
-    for C{None}: the one formatter of addresses, everywhere.
-    """
-    if addr is None:
-        return "nobody"
-    host, port = showHost(addr[0]), addr[1]
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-
-
 class UDPPlan(NamedTuple):
     """
     Where to bind the UDP socket and where datagrams coming out of the tunnel

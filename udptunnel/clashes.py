@@ -10,7 +10,8 @@ import ipaddress
 from typing import NamedTuple
 
 from .activation import systemdStreamSocket
-from .addresses import UDPPlan, showAddress, splitDescription
+from .addresses import UDPPlan, splitDescription
+from .show import showAddress
 
 _WILDCARDS = ("", "0.0.0.0", "::")
 

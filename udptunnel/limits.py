@@ -26,7 +26,7 @@ from twisted.logger import Logger
 from twisted.protocols.policies import ProtocolWrapper, WrappingFactory
 from twisted.python.failure import Failure
 
-from .addresses import showAddress
+from .show import showAddress
 from .stats import RateLimitedLog
 
 #: Connections at once, in all and from one host.

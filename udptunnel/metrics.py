@@ -24,7 +24,7 @@ from twisted.web.resource import Resource
 from twisted.web.server import Request, Site
 
 from . import __version__
-from .addresses import showAddress, showHost
+from .show import showAddress, showHost
 
 if TYPE_CHECKING:
     from .tunnel import TunnelService

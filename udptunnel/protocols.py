@@ -22,10 +22,10 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from ._twisted import writerFor
-from .addresses import printable, showAddress
 from .handshake import NO_HANDSHAKE, Handshake, HandshakeMismatch, checkPreamble
 from .interfaces import IDatagramRelay, ILink, ILinkRelay
 from .proxyheader import ProxyHeaderError, parseProxyHeader
+from .show import printable, showAddress
 from .sockopts import SocketSettings, tuneTCP, tuneUDP
 
 _LENGTH = struct.Struct("!H")

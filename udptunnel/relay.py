@@ -19,10 +19,10 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from .access import AddressFilter
-from .addresses import showAddress
 from .interfaces import IDatagramSocket, ILink, IRelay
 from .pending import DEFAULT_LIMIT, DEFAULT_TIMEOUT, PendingLinks
 from .session import Session
+from .show import showAddress
 from .tunnel import TunnelService
 from .why import CLOSED_BY_PEER
 

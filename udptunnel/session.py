@@ -24,9 +24,9 @@ import errno
 from collections.abc import Callable
 from typing import Any
 
-from .addresses import showAddress
 from .batching import sendEach
 from .interfaces import IDatagramSocket, ILink
+from .show import showAddress
 
 
 class Traffic:

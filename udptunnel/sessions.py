@@ -38,11 +38,11 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from .access import AddressFilter
-from .addresses import showAddress
 from .interfaces import IDatagramRelay, IDatagramSocket, ILink, ILinkRelay
 from .pending import DEFAULT_LIMIT, DEFAULT_TIMEOUT, PendingLinks
 from .reconnect import retryDelay
 from .session import Session, Traffic
+from .show import showAddress
 from .tunnel import TunnelService
 from .why import describeFailure
 

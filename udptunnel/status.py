@@ -13,8 +13,8 @@ from __future__ import annotations
 from typing import Any
 
 from . import __version__
-from .addresses import showAddress
 from .session import Session, Traffic, localAddress
+from .show import showAddress
 from .tunnel import TunnelService
 
 

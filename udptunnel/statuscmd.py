@@ -16,8 +16,9 @@ from typing import Any
 from twisted.python import usage
 
 from . import __version__
-from .addresses import printable, splitHostPort
+from .addresses import splitHostPort
 from .optionnames import checkExactNames
+from .show import printable
 
 DEFAULT_URL = "http://127.0.0.1:9100/"
 #: Seconds to wait for the endpoint: a tunnel answers at once, or not at all.

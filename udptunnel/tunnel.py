@@ -24,9 +24,9 @@ from twisted.python.failure import Failure
 
 from . import StartupError, __version__
 from .access import AddressFilter
-from .addresses import printable
 from .interfaces import IDatagramSocket, ILink
 from .kerneldrops import kernelDrops
+from .show import printable
 from .stats import RateLimitedLog, TunnelStats
 from .why import CLOSED_BY_PEER, CLOSED_HERE, describeLoss, refusedBy
 
