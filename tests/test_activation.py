@@ -12,7 +12,7 @@ from twisted.internet.defer import inlineCallbacks
 from twisted.internet.protocol import Factory, Protocol
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
-from udptunnel.activation import SystemdStreamEndpoint, systemdStreamSocket
+from udptunnel.cli.activation import SystemdStreamEndpoint, systemdStreamSocket
 
 INHERITED = [(3, "udptunnel.socket"), (4, "udptunnel.socket"), (5, "metrics.socket")]
 

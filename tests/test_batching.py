@@ -1,5 +1,5 @@
 """
-UDP segmentation offload on the way out of the tunnel (L{udptunnel.batching}):
+UDP segmentation offload on the way out of the tunnel (L{udptunnel.udp.gso}):
 which datagrams go in one send, the fallbacks, the counting; then on real
 loopback sockets, that a segmented send arrives as the right datagrams, and
 through the installed twistd.
@@ -24,7 +24,8 @@ from udptunnel._twisted import (
     leanDispatch,
     waiting,
 )
-from udptunnel.batching import (
+from udptunnel.tunnel.single import Relay
+from udptunnel.udp.gso import (
     MAX_PAYLOAD,
     MAX_SEGMENTS,
     SegmentSender,
@@ -32,8 +33,7 @@ from udptunnel.batching import (
     runs,
     socketSegments,
 )
-from udptunnel.datagram import SessionSocket, TunnelUDPPort
-from udptunnel.relay import Relay
+from udptunnel.udp.service import SessionSocket, TunnelUDPPort
 
 from .daemons import bigBuffers
 from .fakes import FakeLink, FakeUDPTransport, captureLogEvents

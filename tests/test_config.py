@@ -26,9 +26,9 @@ from twisted.python import usage
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from udptunnel import tap
-from udptunnel.config import ConfigError, loadConfig
-from udptunnel.metrics import TunnelsCollector
-from udptunnel.tunnelset import TunnelSet
+from udptunnel.cli.configfile import ConfigError, loadConfig
+from udptunnel.cli.tunnelset import TunnelSet
+from udptunnel.ops.metrics import TunnelsCollector
 
 from .fakes import captureLogEvents
 from .test_integration import TIMEOUT, Collector, Echo, freePort, waitUntil
@@ -446,7 +446,7 @@ class ReloadTests(TestCase):
         is given up at the deadline, with one line, and nothing changes; a
         reload asked for while it is still stuck says so and reads nothing.
         """
-        from udptunnel import tunnelset
+        from udptunnel.cli import tunnelset
 
         self.patch(tunnelset, "RELOAD_DEADLINE", 1.0)
         top = self.start()

@@ -15,7 +15,7 @@ from twisted.internet.task import deferLater
 from twisted.trial.unittest import TestCase
 
 from udptunnel._twisted import IN_PKTINFO, IP_PKTINFO, LocalAddresses
-from udptunnel.datagram import TunnelUDPPort, UDPService
+from udptunnel.udp.service import TunnelUDPPort, UDPService
 
 from .fakes import captureLogEvents
 
@@ -323,8 +323,8 @@ class SessionSocketTests(TestCase):
 
     @inlineCallbacks
     def test_onlyThePeerGetsThrough(self) -> Any:
-        from udptunnel.datagram import connectedPort
         from udptunnel.sockopts import SocketSettings
+        from udptunnel.udp.service import connectedPort
 
         peer = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         self.addCleanup(peer.close)

@@ -24,7 +24,7 @@ import urllib.request
 from tests.daemons import openFiles
 from tests.test_faults import LOCAL, UDP, FaultTestCase
 from tests.test_twistd import STOPPED_BY_SIGTERM, TIMEOUT, TWISTD, freePort, waitFor
-from udptunnel.limits import DEADLINE, MAX_PER_HOST
+from udptunnel.ops.limits import DEADLINE, MAX_PER_HOST
 
 #: The descriptor limit the attacked daemon runs under.
 NOFILE = 256
@@ -254,7 +254,7 @@ class ReloadTests(ExposureTestCase):
         round trips; the reload gives up at its deadline with one line and
         changes nothing; and the daemon still stops at once on SIGTERM.
         """
-        from udptunnel.tunnelset import RELOAD_DEADLINE
+        from udptunnel.cli.tunnelset import RELOAD_DEADLINE
 
         udp, tcp = freePort(UDP), freePort()
         app, pop = self.udpSocket(), self.udpSocket()

@@ -21,7 +21,7 @@ from twisted.internet.testing import StringTransport
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 
-from udptunnel.handshake import (
+from udptunnel.link.preamble import (
     NO_HANDSHAKE,
     RFC1036_PREAMBLE,
     Handshake,
@@ -29,9 +29,9 @@ from udptunnel.handshake import (
     checkPreamble,
     handshakeFor,
 )
-from udptunnel.protocols import TunnelFactory
-from udptunnel.relay import Relay
-from udptunnel.sessions import ServerSessions
+from udptunnel.link.protocol import TunnelFactory
+from udptunnel.tunnel.sessions import ServerSessions
+from udptunnel.tunnel.single import Relay
 
 from .fakes import FakeUDPTransport, captureLogEvents
 from .test_metrics import scrape
@@ -506,7 +506,7 @@ class DualStackTests(TwistdTestCase):
     """
 
     def test_barePort(self) -> None:
-        from udptunnel.listening import hasIPv6
+        from udptunnel.link.listening import hasIPv6
 
         if not hasIPv6():
             self.skipTest("this host has no IPv6")

@@ -20,7 +20,7 @@ from twisted.internet.task import deferLater
 from twisted.trial.unittest import SkipTest, TestCase
 
 from udptunnel import tap
-from udptunnel.relay import Relay
+from udptunnel.tunnel.single import Relay
 
 #: The sizes every round trip carries: empty, tiny, a typical MTU-sized
 #: datagram, one past Twisted's default read buffer (8192), and the largest

@@ -9,7 +9,7 @@ import socket
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from udptunnel.kerneldrops import _TABLES, dropsOf, kernelDrops, socketDrops
+from udptunnel.udp.kerneldrops import _TABLES, dropsOf, kernelDrops, socketDrops
 
 TABLE = """\
    sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode ref pointer drops

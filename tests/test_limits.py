@@ -1,5 +1,5 @@
 """
-The bounds on the metrics endpoint (L{udptunnel.limits}): connections at
+The bounds on the metrics endpoint (L{udptunnel.ops.limits}): connections at
 once, in all and per host, a deadline a drip does not extend, a byte cap,
 and a reserve of descriptors left to the tunnel.
 """
@@ -13,8 +13,8 @@ from twisted.internet.testing import StringTransportWithDisconnection
 from twisted.logger import formatEvent
 from twisted.trial.unittest import SynchronousTestCase
 
-from udptunnel import limits
-from udptunnel.limits import (
+from udptunnel.ops import limits
+from udptunnel.ops.limits import (
     DEADLINE,
     MAX_BYTES,
     MAX_CONNECTIONS,

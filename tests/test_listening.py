@@ -9,7 +9,7 @@ from twisted.internet.defer import succeed
 from twisted.internet.protocol import Factory
 from twisted.trial.unittest import SynchronousTestCase
 
-from udptunnel.listening import AnnouncingEndpoint, describeAddress
+from udptunnel.link.listening import AnnouncingEndpoint, describeAddress
 
 from .fakes import captureLogEvents
 

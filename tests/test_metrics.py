@@ -8,9 +8,9 @@ from prometheus_client import CollectorRegistry, generate_latest
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
-from udptunnel.metrics import RelayCollector
-from udptunnel.relay import Relay
-from udptunnel.stats import DROP_REASONS
+from udptunnel.ops.metrics import RelayCollector
+from udptunnel.tunnel.single import Relay
+from udptunnel.tunnel.stats import DROP_REASONS
 
 from .fakes import FakeLink, FakeUDPTransport
 
@@ -75,7 +75,7 @@ class SeriesTests(SynchronousTestCase):
 
 class SessionSeriesTests(SynchronousTestCase):
     def test_clientSessions(self) -> None:
-        from udptunnel.sessions import ClientSessions
+        from udptunnel.tunnel.sessions import ClientSessions
 
         from .test_sessions import Connections
 
@@ -94,7 +94,7 @@ class SessionSeriesTests(SynchronousTestCase):
         self.assertIn("udptunnel_to_tunnel_datagrams_total 1.0", text)
 
     def test_serverSessions(self) -> None:
-        from udptunnel.sessions import ServerSessions
+        from udptunnel.tunnel.sessions import ServerSessions
 
         server = ServerSessions(Clock(), ("192.0.2.1", 53), lambda protocol: FakeUDPTransport())
         link = FakeLink()
@@ -116,7 +116,7 @@ class OneRequestTests(SynchronousTestCase):
         from twisted.internet.address import IPv4Address
         from twisted.internet.testing import StringTransport
 
-        from udptunnel.metrics import metricsSite
+        from udptunnel.ops.metrics import metricsSite
 
         site = metricsSite(makeRelay())
         channel = site.buildProtocol(IPv4Address("TCP", "127.0.0.1", 40000))

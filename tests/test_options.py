@@ -18,11 +18,8 @@ from twisted.python import reflect, usage
 from twisted.trial.unittest import SynchronousTestCase
 
 from udptunnel import StartupError, _CleanStartupReport, sockopts, tap
-from udptunnel.addresses import HostPort, UDPPlan, splitDescription
-from udptunnel.datagram import UDPService
-from udptunnel.logreopen import LogReopener
-from udptunnel.reconnect import Reconnector
-from udptunnel.relay import Relay
+from udptunnel.cli.addresses import HostPort, UDPPlan, splitDescription
+from udptunnel.ops.logreopen import LogReopener
 from udptunnel.sockopts import MAX_USER_TIMEOUT, SocketSettings, checkSettings
 from udptunnel.tap import (
     EXAMPLE,
@@ -36,6 +33,9 @@ from udptunnel.tap import (
     _wholeFrom,
     makeService,
 )
+from udptunnel.tunnel.reconnect import Reconnector
+from udptunnel.tunnel.single import Relay
+from udptunnel.udp.service import UDPService
 
 from .certs import Authority
 
@@ -52,7 +52,7 @@ class ServerOptionsTests(SynchronousTestCase):
         A bare port is no endpoint description; it means all interfaces:
         IPv6 and IPv4 on C{::} where the host has IPv6, IPv4 where not.
         """
-        from udptunnel import listening
+        from udptunnel.link import listening
 
         self.patch(listening, "hasIPv6", lambda: True)
         options = parse("server", "--tcp", "9999", "--udp", "5073")
@@ -267,7 +267,7 @@ class ExactNamesTests(SynchronousTestCase):
         The value of an option is never taken for an option, even when it
         begins with dashes; C{--} ends the options.
         """
-        from udptunnel.optionnames import checkExactNames
+        from udptunnel.cli.optionnames import checkExactNames
 
         options = ServerOptions()
         checkExactNames(options, ["--tcp", "--prox", "--udp=1", "--", "--prox"])
@@ -279,7 +279,7 @@ class ExactNamesTests(SynchronousTestCase):
         A short option's value (the rest of its cluster, or the next
         argument) is skipped as getopt skips it.
         """
-        from udptunnel.optionnames import checkExactNames
+        from udptunnel.cli.optionnames import checkExactNames
 
         options = RunOptions()
         checkExactNames(options, ["-c", "--weird-file-name", "--check"])
@@ -478,10 +478,10 @@ class OptionalTLSTests(SynchronousTestCase):
         """
         TLS is an optional extra: without it, TLS options say what to install.
         """
-        import udptunnel.tls
+        import udptunnel.link.tls
 
-        sys.modules["udptunnel.tls"] = None  # type: ignore[assignment]
-        self.addCleanup(sys.modules.__setitem__, "udptunnel.tls", udptunnel.tls)
+        sys.modules["udptunnel.link.tls"] = None  # type: ignore[assignment]
+        self.addCleanup(sys.modules.__setitem__, "udptunnel.link.tls", udptunnel.link.tls)
         error = self.assertRaises(
             usage.UsageError, parse, "server", "--tcp", "9999", "--udp", "1",
             "--tls-cert", "c", "--tls-key", "k", "--tls-ca", "a",
@@ -862,7 +862,7 @@ class SessionsBacklogTests(SynchronousTestCase):
         return options.subOptions["tcp"]
 
     def test_barePort(self) -> None:
-        from udptunnel import listening
+        from udptunnel.link import listening
 
         self.patch(listening, "hasIPv6", lambda: False)
         self.assertEqual(self.parse("9999"), f"tcp:9999:backlog={tap.SESSIONS_BACKLOG}")

@@ -35,14 +35,19 @@ from twisted.trial.unittest import SynchronousTestCase
 from zope.interface import implementer
 
 from udptunnel.interfaces import ILinkRelay
-from udptunnel.protocols import TunnelFactory, TunnelStreamProtocol
-from udptunnel.proxy import MAX_HTTP_ANSWER, ProxyEndpoint, ProxyError, parseProxy
-from udptunnel.proxyheader import (
+from udptunnel.link.protocol import TunnelFactory, TunnelStreamProtocol
+from udptunnel.link.proxyheader import (
     V1_PREFIX,
     V2_SIGNATURE,
     ProxyHeader,
     ProxyHeaderError,
     parseProxyHeader,
+)
+from udptunnel.link.viaproxy import (
+    MAX_HTTP_ANSWER,
+    ProxyEndpoint,
+    ProxyError,
+    parseProxy,
 )
 
 

@@ -25,7 +25,7 @@ from zope.interface import implementer
 
 from udptunnel import _twisted
 from udptunnel.interfaces import ILink, IRelay
-from udptunnel.protocols import (
+from udptunnel.link.protocol import (
     TunnelDatagramProtocol,
     TunnelFactory,
     TunnelStreamProtocol,

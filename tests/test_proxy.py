@@ -1,5 +1,5 @@
 """
-The client's link through a proxy (L{udptunnel.proxy}): each handshake
+The client's link through a proxy (L{udptunnel.link.viaproxy}): each handshake
 against fakes, then the installed twistd through real proxies from Debian
 (C{tinyproxy} for HTTP CONNECT, C{microsocks} for SOCKS5), on loopback.
 
@@ -24,7 +24,7 @@ from twisted.python import usage
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SkipTest, SynchronousTestCase
 
-from udptunnel.proxy import (
+from udptunnel.link.viaproxy import (
     HANDSHAKE_TIMEOUT,
     Proxy,
     ProxyEndpoint,

@@ -1,6 +1,6 @@
 """
 C{--proxy-protocol}: the PROXY protocol header (v1 and v2) a load balancer
-sends first, parsed (L{udptunnel.proxyheader}), consumed by the server's
+sends first, parsed (L{udptunnel.link.proxyheader}), consumed by the server's
 protocol before admission so that C{--allow}, the logs and the metrics see
 the client it names, and a real HAProxy (Debian's package) in front of two
 installed-twistd servers.
@@ -28,18 +28,18 @@ from twisted.python import usage
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 
-from udptunnel.access import AddressFilter, parseNetwork
-from udptunnel.handshake import RFC1036_PREAMBLE, handshakeFor
-from udptunnel.protocols import TunnelFactory
-from udptunnel.proxyheader import (
+from udptunnel.link.preamble import RFC1036_PREAMBLE, handshakeFor
+from udptunnel.link.protocol import TunnelFactory
+from udptunnel.link.proxyheader import (
     V1_MAX,
     V2_SIGNATURE,
     ProxyHeader,
     ProxyHeaderError,
     parseProxyHeader,
 )
-from udptunnel.relay import Relay
-from udptunnel.sessions import ServerSessions
+from udptunnel.tunnel.access import AddressFilter, parseNetwork
+from udptunnel.tunnel.sessions import ServerSessions
+from udptunnel.tunnel.single import Relay
 
 from .certs import Authority
 from .fakes import FakeUDPTransport, captureLogEvents

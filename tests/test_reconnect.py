@@ -1,5 +1,5 @@
 """
-The client's reconnection (L{udptunnel.reconnect}), with a fake endpoint and
+The client's reconnection (L{udptunnel.tunnel.reconnect}), with a fake endpoint and
 a fake clock: no sleeps.
 """
 
@@ -15,15 +15,15 @@ from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 from zope.interface import implementer
 
-from udptunnel.protocols import TunnelFactory
-from udptunnel.reconnect import (
+from udptunnel.link.protocol import TunnelFactory
+from udptunnel.tunnel.reconnect import (
     MAX_DELAY,
     Backoff,
     Reconnector,
     retryDelay,
 )
-from udptunnel.relay import CONFIRM_AFTER, Relay
-from udptunnel.stats import TunnelStats
+from udptunnel.tunnel.single import CONFIRM_AFTER, Relay
+from udptunnel.tunnel.stats import TunnelStats
 
 from .fakes import FakeUDPTransport, captureLogEvents
 

@@ -13,10 +13,10 @@ from twisted.logger import LogLevel, formatEvent
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 
-from udptunnel.access import AddressFilter, parseNetwork
-from udptunnel.pending import DEFAULT_TIMEOUT
-from udptunnel.relay import CONFIRM_AFTER, LINK_SILENT, Relay
-from udptunnel.tunnel import CLOSE_GRACE
+from udptunnel.tunnel.access import AddressFilter, parseNetwork
+from udptunnel.tunnel.pending import DEFAULT_TIMEOUT
+from udptunnel.tunnel.service import CLOSE_GRACE
+from udptunnel.tunnel.single import CONFIRM_AFTER, LINK_SILENT, Relay
 
 from .fakes import FakeLink, FakeUDPTransport, captureLogEvents
 

@@ -24,8 +24,12 @@ from tests.test_sessions_e2e import APPS, SessionsTestCase, exchange
 from tests.test_twistd import TIMEOUT, TWISTD, freePort, lastLine, waitFor
 from udptunnel import tap
 from udptunnel._twisted import TunnelUDPPort
-from udptunnel.datagram import UDPService
-from udptunnel.reuseport import ReusePortReactor, ReusePortTCPPort, ReusePortUDPService
+from udptunnel.udp.reuseport import (
+    ReusePortReactor,
+    ReusePortTCPPort,
+    ReusePortUDPService,
+)
+from udptunnel.udp.service import UDPService
 
 
 def parse(*argv: str) -> tap.Options:

@@ -15,7 +15,7 @@ from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 
 from udptunnel.interfaces import ILinkRelay
-from udptunnel.sessions import (
+from udptunnel.tunnel.sessions import (
     QUEUE_DATAGRAMS,
     ClientSessions,
     ServerSessions,
@@ -93,7 +93,7 @@ class ClientRoutingTests(ClientTestMixin, SynchronousTestCase):
         self.assertEqual(client.stats.sessionsOpened, 1)
 
     def test_udpAllow(self) -> None:
-        from udptunnel.access import AddressFilter, parseNetwork
+        from udptunnel.tunnel.access import AddressFilter, parseNetwork
 
         client = self.makeClient(udpAllow=AddressFilter([parseNetwork("127.0.0.0/8")]))
         client.datagramsReceived([(b"stranger", ("192.0.2.9", 1)), (b"ok", ONE)])

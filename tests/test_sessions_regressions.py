@@ -18,10 +18,11 @@ from twisted.python.failure import Failure
 from twisted.trial.unittest import SkipTest, SynchronousTestCase
 
 from tests.fakes import FakeLink, FakeUDPTransport
-from udptunnel import kerneldrops, tunnel
-from udptunnel.datagram import SessionSocket
 from udptunnel.interfaces import IRelay
-from udptunnel.sessions import ClientSessions, ServerSessions
+from udptunnel.tunnel import service as tunnel
+from udptunnel.tunnel.sessions import ClientSessions, ServerSessions
+from udptunnel.udp import kerneldrops
+from udptunnel.udp.service import SessionSocket
 
 SOURCE = ("127.0.0.1", 5000)
 
@@ -171,7 +172,7 @@ class ImmediateFailureTests(SynchronousTestCase):
     def test_openingDatagramKept(self) -> None:
         from twisted.internet.defer import fail
 
-        from udptunnel.sessions import ClientSessions
+        from udptunnel.tunnel.sessions import ClientSessions
 
         clock = Clock()
         attempts: list[object] = []

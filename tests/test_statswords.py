@@ -13,7 +13,7 @@ class StatsWordsTests(SynchronousTestCase):
     """
 
     def test_metricWords(self) -> None:
-        from udptunnel.stats import TunnelStats
+        from udptunnel.tunnel.stats import TunnelStats
 
         stats = TunnelStats()
         stats.pendingClosed["timeout"] = 2
@@ -38,7 +38,7 @@ class StatsWordsTests(SynchronousTestCase):
         session; a client has no link replaced, refused or taken over, and
         refuses no session.
         """
-        from udptunnel.stats import TunnelStats
+        from udptunnel.tunnel.stats import TunnelStats
 
         stats = TunnelStats()
         stats.sessionsOpened = 1

@@ -23,9 +23,8 @@ from twisted.internet.task import Clock
 from twisted.python import usage
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
-from udptunnel.addresses import parseSystemdUDP
-from udptunnel.datagram import TunnelUDPPort, UDPService, systemdDatagramSocket
-from udptunnel.notify import (
+from udptunnel.cli.addresses import parseSystemdUDP
+from udptunnel.ops.notify import (
     STATUS_INTERVAL,
     Notifier,
     NotifyService,
@@ -34,7 +33,8 @@ from udptunnel.notify import (
     watchdogInterval,
 )
 from udptunnel.tap import Options
-from udptunnel.tunnel import TunnelService
+from udptunnel.tunnel.service import TunnelService
+from udptunnel.udp.service import TunnelUDPPort, UDPService, systemdDatagramSocket
 
 from .test_datagram import Counting
 from .test_faults import skipUnlessAble
@@ -332,7 +332,7 @@ class NotifyTests(SynchronousTestCase):
         """
         from twisted.python.failure import Failure
 
-        from udptunnel.relay import Relay
+        from udptunnel.tunnel.single import Relay
 
         from .fakes import FakeLink
 

@@ -1,6 +1,6 @@
 """
 Why a connection ended or an attempt failed, in the tunnel's words
-(L{udptunnel.why}): who closed it, and for TLS what to change.
+(L{udptunnel.link.why}): who closed it, and for TLS what to change.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from twisted.internet.error import ConnectionDone, ConnectionLost, TimeoutError
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 
-from udptunnel.why import describeFailure, describeLoss
+from udptunnel.link.why import describeFailure, describeLoss
 
 
 def tlsError(reason: str) -> Failure:

@@ -6,7 +6,7 @@ The tunnel itself runs under twistd (C{twistd udptunnel server|client|run}).
 
 import sys
 
-from . import __version__
+from udptunnel import __version__
 
 USAGE = ("Usage: python -m udptunnel status [URL | [HOST:]PORT] [--json]\n"
          "       python -m udptunnel --help | --version\n"
@@ -16,7 +16,7 @@ USAGE = ("Usage: python -m udptunnel status [URL | [HOST:]PORT] [--json]\n"
 
 def main(argv: list[str]) -> int:
     if argv[:1] == ["status"]:
-        from .statuscmd import main as status
+        from udptunnel.ops.statuscmd import main as status
 
         return status(argv[1:])
     if argv in (["--help"], ["-h"]):

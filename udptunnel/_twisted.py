@@ -41,10 +41,15 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from .batching import SegmentSender, kernelSegments, segmentMessage, socketSegments
-from .interfaces import IDatagramSocket
-from .show import printable
-from .stats import RateLimitedLog
+from udptunnel.interfaces import IDatagramSocket
+from udptunnel.show import printable
+from udptunnel.tunnel.stats import RateLimitedLog
+from udptunnel.udp.gso import (
+    SegmentSender,
+    kernelSegments,
+    segmentMessage,
+    socketSegments,
+)
 
 log = Logger()
 
@@ -495,7 +500,7 @@ class TunnelUDPPort(udp.Port):
         with C{recvmsg} and sends with C{sendmsg}.  Bound to one address,
         it keeps C{recvfrom} and C{sendto}.
       - L{sendMany} sends the frames of one TCP read with UDP segmentation
-        offload where the kernel has it (L{udptunnel.batching}): one
+        offload where the kernel has it (L{udptunnel.udp.gso}): one
         C{sendmsg} per run of same-size datagrams to one address.
 
     If L{portProblems} finds the port unlike what C{doRead} reads, it reads
@@ -852,7 +857,7 @@ class LocalAddresses:
     def _segmentSender(self, sock: socket.socket) -> Callable[[Any, int, Any], Any]:
         """
         The C{sendSegments} of a wildcard-bound socket
-        (L{udptunnel.batching.SegmentSender}): a run of datagrams in one
+        (L{udptunnel.udp.gso.SegmentSender}): a run of datagrams in one
         C{sendmsg}, from the local address C{addr} last sent to as
         L{sendTo} sends them, with the C{UDP_SEGMENT} message beside the
         pktinfo one.

@@ -23,10 +23,9 @@ from twisted.internet.endpoints import (
 from twisted.internet.interfaces import IProtocolFactory, IStreamClientEndpoint
 from twisted.python import usage
 
-from . import __version__, reportStartupErrorsCleanly
-from .access import AddressFilter, parseNetwork
-from .activation import SystemdStreamEndpoint, systemdStreamSocket
-from .addresses import (
+from udptunnel import __version__, reportStartupErrorsCleanly
+from udptunnel.cli.activation import SystemdStreamEndpoint, systemdStreamSocket
+from udptunnel.cli.addresses import (
     HostPort,
     checkClientDescription,
     checkServerDescription,
@@ -36,29 +35,22 @@ from .addresses import (
     splitDescription,
     splitHostPort,
 )
-from .clashes import Bind, serverBind, udpBind
-from .config import Config, ConfigError, Parsers, TunnelConfig, loadConfig
-from .datagram import UDPService, connectedPort, systemdDatagramSocket
-from .handshake import PROFILES, handshakeFor
-from .listening import AnnouncingEndpoint, allInterfaces
-from .logreopen import LogReopener
-from .notify import notifyService
-from .optionnames import checkExactNames
-from .pending import DEFAULT_LIMIT as DEFAULT_MAX_PENDING
-from .pending import DEFAULT_TIMEOUT as DEFAULT_PENDING_TIMEOUT
-from .protocols import MAX_DATAGRAM, TunnelDatagramProtocol, TunnelFactory
-from .proxy import ProxyEndpoint, parseProxy
-from .reconnect import CONNECT_TIMEOUT, Reconnector
-from .relay import Relay
-from .reuseport import ReusePortReactor, ReusePortUDPService
-from .sessions import (
-    DEFAULT_MAX_SESSIONS,
-    DEFAULT_SESSION_IDLE,
-    ClientSessions,
-    ServerSessions,
-    connectFrom,
+from udptunnel.cli.clashes import Bind, serverBind, udpBind
+from udptunnel.cli.configfile import (
+    Config,
+    ConfigError,
+    Parsers,
+    TunnelConfig,
+    loadConfig,
 )
-from .sockopts import (
+from udptunnel.cli.optionnames import checkExactNames
+from udptunnel.link.listening import AnnouncingEndpoint, allInterfaces
+from udptunnel.link.preamble import PROFILES, handshakeFor
+from udptunnel.link.protocol import MAX_DATAGRAM, TunnelDatagramProtocol, TunnelFactory
+from udptunnel.link.viaproxy import ProxyEndpoint, parseProxy
+from udptunnel.ops.logreopen import LogReopener
+from udptunnel.ops.notify import notifyService
+from udptunnel.sockopts import (
     MAX_INT,
     MAX_KEEPALIVE_COUNT,
     MAX_KEEPALIVE_SECONDS,
@@ -66,10 +58,24 @@ from .sockopts import (
     SocketSettings,
     checkSettings,
 )
-from .tunnel import TunnelService
+from udptunnel.tunnel.access import AddressFilter, parseNetwork
+from udptunnel.tunnel.pending import DEFAULT_LIMIT as DEFAULT_MAX_PENDING
+from udptunnel.tunnel.pending import DEFAULT_TIMEOUT as DEFAULT_PENDING_TIMEOUT
+from udptunnel.tunnel.reconnect import CONNECT_TIMEOUT, Reconnector
+from udptunnel.tunnel.service import TunnelService
+from udptunnel.tunnel.sessions import (
+    DEFAULT_MAX_SESSIONS,
+    DEFAULT_SESSION_IDLE,
+    ClientSessions,
+    ServerSessions,
+    connectFrom,
+)
+from udptunnel.tunnel.single import Relay
+from udptunnel.udp.reuseport import ReusePortReactor, ReusePortUDPService
+from udptunnel.udp.service import UDPService, connectedPort, systemdDatagramSocket
 
 if TYPE_CHECKING:
-    from .tls import Credentials
+    from udptunnel.link.tls import Credentials
 
 EXAMPLE = """\
 Example (an app on the NAT box reaches pop.example.net:5072 via a relay host):
@@ -535,7 +541,7 @@ class _EndOptions(_WithExample):
         if not all(files):
             raise usage.UsageError("TLS needs all three of --tls-cert, --tls-key, --tls-ca")
         try:
-            from .tls import loadCredentials
+            from udptunnel.link.tls import loadCredentials
         except ImportError as e:
             raise usage.UsageError(
                 f"TLS needs pyOpenSSL: {TLS_INSTALL} ({e})"
@@ -868,7 +874,7 @@ def makeService(options: Options, reactor: Any = None) -> IService:
     """
     if reactor is None:
         from twisted.internet import reactor
-    from .metrics import metricsSite
+    from udptunnel.ops.metrics import metricsSite
 
     top: Any
     if options.subCommand == "run":
@@ -880,7 +886,7 @@ def makeService(options: Options, reactor: Any = None) -> IService:
                             _inForeground(options))
         metrics, site = end["metrics"], lambda: metricsSite(top)
     if metrics is not None:
-        from .limits import BoundedFactory
+        from udptunnel.ops.limits import BoundedFactory
 
         _listener(metrics, BoundedFactory(site(), reactor, "metrics"),
                   "serving metrics on http://{address}/metrics and the status on /status"
@@ -916,7 +922,7 @@ def _tunnelSet(config: Config, foreground: bool, reactor: Any) -> Any:
     """
     The tunnels of a config file, reloaded from it on SIGUSR2.
     """
-    from .tunnelset import TunnelSet
+    from udptunnel.cli.tunnelset import TunnelSet
 
     def build(tunnel: TunnelConfig, atStart: bool) -> TunnelService:
         # A tunnel that cannot bind at start ends the process (as a command
@@ -1053,7 +1059,7 @@ def _serverListener(end: usage.Options, factory: TunnelFactory, reactor: Any,
                     relay: TunnelService) -> IService:
     listening: IProtocolFactory = factory
     if end["credentials"] is not None:
-        from .tls import serverFactory
+        from udptunnel.link.tls import serverFactory
 
         listening = serverFactory(end["credentials"], factory)
     return _listener(end["tcp"], listening, "listening for the TCP link on {address}", reactor,
@@ -1076,7 +1082,7 @@ def _clientEndpoint(end: usage.Options, reactor: Any) -> tuple[IStreamClientEndp
     else:
         endpoint, where = clientFromString(reactor, tcp), tcp
     if end["credentials"] is not None:
-        from .tls import clientEndpoint
+        from udptunnel.link.tls import clientEndpoint
 
         endpoint = clientEndpoint(end["credentials"], end["tls-name"], endpoint)
     return endpoint, where

@@ -9,7 +9,7 @@ keep its ports); a tunnel whose table is the same is not touched, and keeps
 its link, its sessions and its phantom peer.
 
 SIGUSR2, because twistd's signals are taken: SIGUSR1 rotates its log file,
-and SIGHUP reopens it (L{udptunnel.logreopen}, for logrotate).
+and SIGHUP reopens it (L{udptunnel.ops.logreopen}, for logrotate).
 """
 
 from __future__ import annotations
@@ -25,9 +25,9 @@ from twisted.internet.defer import Deferred, DeferredList, succeed
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from . import StartupError
-from .config import Config, ConfigError, TunnelConfig
-from .tunnel import TunnelService
+from udptunnel import StartupError
+from udptunnel.cli.configfile import Config, ConfigError, TunnelConfig
+from udptunnel.tunnel.service import TunnelService
 
 RELOAD_SIGNAL = signal.SIGUSR2
 #: Seconds a reload may take to read and check the file (resolving the
@@ -80,7 +80,7 @@ class TunnelSet(MultiService):
     The parent of a config file's tunnels, and what a reload changes.
 
     Its C{state} and C{stateObservers} are those of its tunnels together,
-    so that L{udptunnel.notify} reports all of them in one C{STATUS=}.
+    so that L{udptunnel.ops.notify} reports all of them in one C{STATUS=}.
 
     @ivar config: the file as last loaded.
     """

@@ -35,8 +35,8 @@ from twisted.internet.protocol import Factory, Protocol
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from .addresses import splitHostPort
-from .show import printable
+from udptunnel.cli.addresses import splitHostPort
+from udptunnel.show import printable
 
 #: How long the proxy may take to answer the handshake, in seconds, once the
 #: TCP connection to it is up (the TCP connect has its own timeout).

@@ -23,11 +23,11 @@ from twisted.web import http
 from twisted.web.resource import Resource
 from twisted.web.server import Request, Site
 
-from . import __version__
-from .show import showAddress, showHost
+from udptunnel import __version__
+from udptunnel.show import showAddress, showHost
 
 if TYPE_CHECKING:
-    from .tunnel import TunnelService
+    from udptunnel.tunnel.service import TunnelService
 
 
 class RelayCollector:
@@ -190,7 +190,7 @@ class _OneRequest(http.HTTPChannel):
     """
     A connection that carries one request: its answer says C{Connection:
     close}, and the connection closes after it.  So the limit on a
-    connection's life (L{udptunnel.limits.DEADLINE}) is a limit on one
+    connection's life (L{udptunnel.ops.limits.DEADLINE}) is a limit on one
     request, and never cuts a scraper's kept-alive connection between two
     scrapes.
     """
@@ -222,7 +222,7 @@ class _QuietSite(Site):
 
 class StatusResource(Resource):
     """
-    C{/status}: every tunnel's state as JSON (L{udptunnel.status}).
+    C{/status}: every tunnel's state as JSON (L{udptunnel.ops.status}).
     """
 
     isLeaf = True
@@ -232,7 +232,7 @@ class StatusResource(Resource):
         self._tunnels = tunnels
 
     def render_GET(self, request: Request) -> bytes:
-        from .status import statusDocument
+        from udptunnel.ops.status import statusDocument
 
         request.setHeader(b"Content-Type", b"application/json")
         document = statusDocument(self._tunnels())

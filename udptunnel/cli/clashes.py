@@ -9,9 +9,9 @@ from __future__ import annotations
 import ipaddress
 from typing import NamedTuple
 
-from .activation import systemdStreamSocket
-from .addresses import UDPPlan, splitDescription
-from .show import showAddress
+from udptunnel.cli.activation import systemdStreamSocket
+from udptunnel.cli.addresses import UDPPlan, splitDescription
+from udptunnel.show import showAddress
 
 _WILDCARDS = ("", "0.0.0.0", "::")
 

@@ -11,7 +11,7 @@ from typing import Any
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 
-from .session import Traffic
+from udptunnel.tunnel.session import Traffic
 
 #: The drop reason under which the kernel's drops on our socket appear.
 KERNEL_DROPS = "kernel-overflow"

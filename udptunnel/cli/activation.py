@@ -25,8 +25,8 @@ from twisted.internet.interfaces import (
 )
 from zope.interface import implementer
 
-from ._twisted import inheritedSockets
-from .addresses import splitDescription
+from udptunnel._twisted import inheritedSockets
+from udptunnel.cli.addresses import splitDescription
 
 _FAMILIES = {"INET": socket.AF_INET, "INET6": socket.AF_INET6, "UNIX": socket.AF_UNIX}
 

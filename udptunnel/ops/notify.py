@@ -29,8 +29,8 @@ log = Logger()
 
 class Watched(Protocol):
     """
-    What L{NotifyService} reports on: a tunnel (L{udptunnel.tunnel}), or a
-    config file's tunnels together (L{udptunnel.tunnelset}), which have
+    What L{NotifyService} reports on: a tunnel (L{udptunnel.tunnel.service}), or a
+    config file's tunnels together (L{udptunnel.cli.tunnelset}), which have
     C{reloadObservers} too.
     """
 

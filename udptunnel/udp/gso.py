@@ -12,7 +12,7 @@ each against 0.6-0.8 us per datagram in runs of 32-46 (64 and 1400 bytes);
 in the tunnel, see README.rst, Performance.
 
 Pure (no Twisted): the socket classes of L{udptunnel._twisted} and
-L{udptunnel.datagram} give a L{SegmentSender} their socket's send functions.
+L{udptunnel.udp.service} give a L{SegmentSender} their socket's send functions.
 
 What was measured and dropped (same machine, same process, loopback):
 

@@ -15,9 +15,9 @@ from __future__ import annotations
 from twisted.internet.error import ConnectionDone, ConnectionLost, TimeoutError
 from twisted.python.failure import Failure
 
-from .handshake import HandshakeMismatch
-from .proxyheader import ProxyHeaderError
-from .show import printable
+from udptunnel.link.preamble import HandshakeMismatch
+from udptunnel.link.proxyheader import ProxyHeaderError
+from udptunnel.show import printable
 
 #: L{describeLoss}'s words for a connection its peer closed cleanly, and
 #: for one we closed, when we do not say why.

@@ -21,7 +21,7 @@ from twisted.internet.interfaces import (
 from twisted.logger import Logger
 from zope.interface import implementer
 
-from .show import showAddress
+from udptunnel.show import showAddress
 
 
 @implementer(IStreamServerEndpoint)

@@ -19,13 +19,13 @@ from twisted.internet.protocol import DatagramProtocol
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from ._twisted import TunnelUDPPort, adoptedUDPPort, waiting
-from .activation import passedSockets
-from .batching import SegmentSender, kernelSegments, socketSegments
-from .interfaces import IDatagramSocket
-from .kerneldrops import socketDrops
-from .protocols import MAX_DATAGRAM
-from .sockopts import SocketSettings, tuneUDP
+from udptunnel._twisted import TunnelUDPPort, adoptedUDPPort, waiting
+from udptunnel.cli.activation import passedSockets
+from udptunnel.interfaces import IDatagramSocket
+from udptunnel.link.protocol import MAX_DATAGRAM
+from udptunnel.sockopts import SocketSettings, tuneUDP
+from udptunnel.udp.gso import SegmentSender, kernelSegments, socketSegments
+from udptunnel.udp.kerneldrops import socketDrops
 
 __all__ = [
     "SessionSocket",

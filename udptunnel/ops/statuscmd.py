@@ -15,10 +15,10 @@ from typing import Any
 
 from twisted.python import usage
 
-from . import __version__
-from .addresses import splitHostPort
-from .optionnames import checkExactNames
-from .show import printable
+from udptunnel import __version__
+from udptunnel.cli.addresses import splitHostPort
+from udptunnel.cli.optionnames import checkExactNames
+from udptunnel.show import printable
 
 DEFAULT_URL = "http://127.0.0.1:9100/"
 #: Seconds to wait for the endpoint: a tunnel answers at once, or not at all.

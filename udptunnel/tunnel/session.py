@@ -6,13 +6,13 @@ owns them and how a datagram finds its own:
 
   - single link (the default): one session, whose link is whichever
     connection took it last and whose peer is the fixed C{--peer} or the
-    learned phantom source (L{udptunnel.relay.Relay});
+    learned phantom source (L{udptunnel.tunnel.single.Relay});
   - a client with C{--sessions}: one session per UDP source on the shared
     socket, each with its own outgoing connection
-    (L{udptunnel.sessions.ClientSessions});
+    (L{udptunnel.tunnel.sessions.ClientSessions});
   - a server with C{--sessions}: one session per TCP connection, each with
     its own UDP socket connected to C{--peer}
-    (L{udptunnel.sessions.ServerSessions}).
+    (L{udptunnel.tunnel.sessions.ServerSessions}).
 
 A session only carries: its owner decides which datagrams and frames are
 its, and what to do when it has no link.
@@ -24,9 +24,9 @@ import errno
 from collections.abc import Callable
 from typing import Any
 
-from .batching import sendEach
-from .interfaces import IDatagramSocket, ILink
-from .show import showAddress
+from udptunnel.interfaces import IDatagramSocket, ILink
+from udptunnel.show import showAddress
+from udptunnel.udp.gso import sendEach
 
 
 class Traffic:
@@ -117,7 +117,7 @@ class Session:
         sendMany = getattr(udp, "sendMany", None)
         if sendMany is not None:
             # The tunnel's own sockets: runs of same-size datagrams in one
-            # call each (UDP GSO, udptunnel.batching), counted the same way.
+            # call each (UDP GSO, udptunnel.udp.gso), counted the same way.
             sent, size = sendMany(frames, destination, self._sendFailed)
         else:
             sent, size = sendEach(udp.sendTo, frames, destination, self._sendFailed)

@@ -4,8 +4,8 @@ children with a one-line error on failure, the counters and their periodic
 line, rate-limited drops, the guard against our own bugs, and a clean stop
 that closes the connections it is given.
 
-The single-link L{udptunnel.relay.Relay} and the session-keeping
-L{udptunnel.sessions} services are its subclasses; they decide where each
+The single-link L{udptunnel.tunnel.single.Relay} and the session-keeping
+L{udptunnel.tunnel.sessions} services are its subclasses; they decide where each
 datagram goes.
 """
 
@@ -22,13 +22,13 @@ from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from . import StartupError, __version__
-from .access import AddressFilter
-from .interfaces import IDatagramSocket, ILink
-from .kerneldrops import kernelDrops
-from .show import printable
-from .stats import RateLimitedLog, TunnelStats
-from .why import CLOSED_BY_PEER, CLOSED_HERE, describeLoss, refusedBy
+from udptunnel import StartupError, __version__
+from udptunnel.interfaces import IDatagramSocket, ILink
+from udptunnel.link.why import CLOSED_BY_PEER, CLOSED_HERE, describeLoss, refusedBy
+from udptunnel.show import printable
+from udptunnel.tunnel.access import AddressFilter
+from udptunnel.tunnel.stats import RateLimitedLog, TunnelStats
+from udptunnel.udp.kerneldrops import kernelDrops
 
 #: Seconds a stop waits for connections to close cleanly before aborting.
 CLOSE_GRACE = 2.0
@@ -73,7 +73,7 @@ class TunnelService(MultiService):
         self._tracebacks: set[str] = set()
         #: Called with no arguments when L{state} may have changed (a link up
         #: or down, a peer learned, a session opened or ended): the sd_notify
-        #: STATUS line (L{udptunnel.notify}) watches it.
+        #: STATUS line (L{udptunnel.ops.notify}) watches it.
         self.stateObservers: list[Callable[[], object]] = []
         if statsInterval > 0:
             self._lastSummary = ""

@@ -22,8 +22,8 @@ from typing import Any
 
 from twisted.python import usage
 
-from .clashes import Bind, firstClash, serverBind
-from .show import printable
+from udptunnel.cli.clashes import Bind, firstClash, serverBind
+from udptunnel.show import printable
 
 if sys.version_info >= (3, 11):
     import tomllib

@@ -16,7 +16,7 @@ from typing import Any
 
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 
-from .interfaces import ILink
+from udptunnel.interfaces import ILink
 
 #: Seconds a connection may take to become the link (TLS handshake done,
 #: admitted, and then either the first frame or a silent link to take over).

@@ -29,8 +29,8 @@ from typing import Any
 
 from twisted.internet import tcp
 
-from ._twisted import TunnelUDPPort
-from .datagram import UDPService
+from udptunnel._twisted import TunnelUDPPort
+from udptunnel.udp.service import UDPService
 
 __all__ = ["ReusePortReactor", "ReusePortTCPPort", "ReusePortUDPPort", "ReusePortUDPService"]
 

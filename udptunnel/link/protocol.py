@@ -21,12 +21,17 @@ from twisted.protocols.basic import Int16StringReceiver
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from ._twisted import writerFor
-from .handshake import NO_HANDSHAKE, Handshake, HandshakeMismatch, checkPreamble
-from .interfaces import IDatagramRelay, ILink, ILinkRelay
-from .proxyheader import ProxyHeaderError, parseProxyHeader
-from .show import printable, showAddress
-from .sockopts import SocketSettings, tuneTCP, tuneUDP
+from udptunnel._twisted import writerFor
+from udptunnel.interfaces import IDatagramRelay, ILink, ILinkRelay
+from udptunnel.link.preamble import (
+    NO_HANDSHAKE,
+    Handshake,
+    HandshakeMismatch,
+    checkPreamble,
+)
+from udptunnel.link.proxyheader import ProxyHeaderError, parseProxyHeader
+from udptunnel.show import printable, showAddress
+from udptunnel.sockopts import SocketSettings, tuneTCP, tuneUDP
 
 _LENGTH = struct.Struct("!H")
 

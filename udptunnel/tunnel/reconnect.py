@@ -21,8 +21,8 @@ from twisted.internet.interfaces import (
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from .stats import TunnelStats
-from .why import describeFailure
+from udptunnel.link.why import describeFailure
+from udptunnel.tunnel.stats import TunnelStats
 
 #: Delay before the first retry, in seconds; it doubles on each failure...
 FIRST_DELAY = 0.5

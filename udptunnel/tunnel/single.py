@@ -2,7 +2,7 @@
 The relay: the one service that owns the tunnel's state and decisions.
 
 It knows the UDP socket and the active TCP link and decides, per datagram,
-whether and where it goes.  The protocols in L{udptunnel.protocols} only
+whether and where it goes.  The protocols in L{udptunnel.link.protocol} only
 parse and forward; the listener or the reconnecting client that produces
 links are child services, so the UDP socket outlives every TCP connection.
 """
@@ -18,13 +18,13 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from .access import AddressFilter
-from .interfaces import IDatagramSocket, ILink, IRelay
-from .pending import DEFAULT_LIMIT, DEFAULT_TIMEOUT, PendingLinks
-from .session import Session
-from .show import showAddress
-from .tunnel import TunnelService
-from .why import CLOSED_BY_PEER
+from udptunnel.interfaces import IDatagramSocket, ILink, IRelay
+from udptunnel.link.why import CLOSED_BY_PEER
+from udptunnel.show import showAddress
+from udptunnel.tunnel.access import AddressFilter
+from udptunnel.tunnel.pending import DEFAULT_LIMIT, DEFAULT_TIMEOUT, PendingLinks
+from udptunnel.tunnel.service import TunnelService
+from udptunnel.tunnel.session import Session
 
 #: A waiting connection takes over a link from which no frame came for this
 #: many seconds: long enough that a link carrying any steady traffic (even

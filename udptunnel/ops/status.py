@@ -12,10 +12,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from . import __version__
-from .session import Session, Traffic, localAddress
-from .show import showAddress
-from .tunnel import TunnelService
+from udptunnel import __version__
+from udptunnel.show import showAddress
+from udptunnel.tunnel.service import TunnelService
+from udptunnel.tunnel.session import Session, Traffic, localAddress
 
 
 def statusDocument(tunnels: list[tuple[str | None, TunnelService]]) -> dict[str, Any]:

@@ -37,14 +37,14 @@ from twisted.internet.protocol import DatagramProtocol
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from .access import AddressFilter
-from .interfaces import IDatagramRelay, IDatagramSocket, ILink, ILinkRelay
-from .pending import DEFAULT_LIMIT, DEFAULT_TIMEOUT, PendingLinks
-from .reconnect import retryDelay
-from .session import Session, Traffic
-from .show import showAddress
-from .tunnel import TunnelService
-from .why import describeFailure
+from udptunnel.interfaces import IDatagramRelay, IDatagramSocket, ILink, ILinkRelay
+from udptunnel.link.why import describeFailure
+from udptunnel.show import showAddress
+from udptunnel.tunnel.access import AddressFilter
+from udptunnel.tunnel.pending import DEFAULT_LIMIT, DEFAULT_TIMEOUT, PendingLinks
+from udptunnel.tunnel.reconnect import retryDelay
+from udptunnel.tunnel.service import TunnelService
+from udptunnel.tunnel.session import Session, Traffic
 
 #: Seconds without a datagram either way after which a session ends (what
 #: udp2raw and phantun use).
