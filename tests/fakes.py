@@ -12,6 +12,7 @@ from twisted.logger import globalLogPublisher
 from zope.interface import implementer
 
 from udptunnel.interfaces import IDatagramSocket, ILink
+from udptunnel.udp.gso import sendEach
 
 
 @implementer(ILink)
@@ -61,6 +62,24 @@ class FakeUDPTransport:
 
     def getHost(self) -> IPv4Address:
         return IPv4Address("UDP", "127.0.0.1", self.port)
+
+    def getHandle(self) -> None:
+        return None
+
+    def sendMany(self, datagrams: list[bytes], addr: tuple[str, int],
+                 failed: Any) -> tuple[int, int]:
+        return sendEach(self.sendTo, datagrams, addr, failed)
+
+    #: What the kernel says it dropped on this socket.
+    drops: int | None = None
+
+    def kernelDrops(self) -> int | None:
+        return self.drops
+
+    stopped = False
+
+    def stopListening(self) -> None:
+        self.stopped = True
 
     def stopReading(self) -> None:
         self.reading = False

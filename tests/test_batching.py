@@ -17,12 +17,11 @@ from twisted.internet import reactor
 from twisted.internet.protocol import DatagramProtocol
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
-from udptunnel._twisted import (
+from udptunnel._twisted.dispatch import (
     _closeReactor,
     _Reader,
     dispatchProblems,
-    leanDispatch,
-    waiting,
+    installLeanDispatch,
 )
 from udptunnel.tunnel.single import Relay
 from udptunnel.udp.gso import (
@@ -33,7 +32,7 @@ from udptunnel.udp.gso import (
     runs,
     socketSegments,
 )
-from udptunnel.udp.service import SessionSocket, TunnelUDPPort
+from udptunnel.udp.port import DatagramSocket, bindUDP, waiting
 
 from .daemons import bigBuffers
 from .fakes import FakeLink, FakeUDPTransport, captureLogEvents
@@ -349,8 +348,8 @@ class RealSocketTests(TestCase):
         sender.sendSegments = sendSegments
         return calls
 
-    def port(self, interface: str) -> TunnelUDPPort:
-        port = TunnelUDPPort(0, Sink(), interface, 65535, reactor)
+    def port(self, interface: str) -> DatagramSocket:
+        port = bindUDP(interface, 0, Sink(), reactor)
         port.startListening()
         port.stopReading()
         self.addCleanup(port.stopListening)
@@ -396,7 +395,8 @@ class RealSocketTests(TestCase):
         sock.setblocking(False)
         sock.bind(("127.0.0.1", 0))
         sock.connect(peer.getsockname())
-        session = SessionSocket(sock, Sink(), reactor)
+        session = DatagramSocket(sock, Sink(), reactor)
+        session.startListening()
         self.addCleanup(session.stopListening)
         session.stopReading()
         calls = self.spy(session.segments)
@@ -466,8 +466,9 @@ class TwistdSegmentsTests(TwistdTestCase):
 
 class LeanDispatchTests(SynchronousTestCase):
     """
-    L{leanDispatch}: the epoll reactor's iteration without the per-event log
-    context, checked against the installed Twisted.
+    L{installLeanDispatch}: the epoll reactor's iteration without the
+    per-event log context, checked against the installed Twisted, and
+    undone as explicitly as it is installed.
     """
 
     def freshReactor(self) -> Any:
@@ -505,20 +506,22 @@ class LeanDispatchTests(SynchronousTestCase):
         from twisted.internet.testing import MemoryReactor
 
         for other in (Clock(), MemoryReactor(), None):
-            self.assertFalse(leanDispatch(other))
-            self.assertFalse(getattr(other, "_udptunnelLeanPoll", False))
+            self.assertIsNone(installLeanDispatch(other))
+            self.assertNotIn("doIteration", vars(other) if other is not None else {})
 
     def test_dispatchesAsTwistedDoes(self) -> None:
         """
-        Installed once; a read event reaches its reader; an exception out
-        of doRead still disconnects that reader (Twisted's own handling),
-        and the others go on.
+        A read event reaches its reader; an exception out of doRead still
+        disconnects that reader (Twisted's own handling), and the others go
+        on; undone, the reactor iterates as Twisted's own again.
         """
+        from twisted.internet.epollreactor import EPollReactor
+
         fresh = self.freshReactor()
-        self.assertTrue(leanDispatch(fresh))
-        iteration = fresh.doIteration
-        self.assertTrue(leanDispatch(fresh))
-        self.assertIs(fresh.doIteration, iteration)
+        undo = installLeanDispatch(fresh)
+        assert undo is not None
+        self.addCleanup(undo)
+        self.assertIn("doIteration", vars(fresh))  # the instance's own, not its class's
 
         mine, peer = self.pair()
         good = _Reader(mine)
@@ -545,21 +548,23 @@ class LeanDispatchTests(SynchronousTestCase):
         self.assertIn(good, fresh.getReaders())
         self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
         fresh.removeReader(good)
+        undo()
+        self.assertIs(fresh.doIteration.__func__, EPollReactor.doPoll)  # type: ignore[attr-defined]
 
     def test_failedCheckKeepsTwistedsOwn(self) -> None:
         """
         When the check fails, one warning, and the reactor keeps its own
         doIteration.
         """
-        from udptunnel import _twisted
+        from udptunnel._twisted import dispatch
 
-        self.patch(_twisted, "_dispatchVerdict", None)
-        self.patch(_twisted, "dispatchProblems", lambda: ["EPollReactor has no _poller.poll"])
+        self.patch(dispatch, "_dispatchVerdict", None)
+        self.patch(dispatch, "dispatchProblems", lambda: ["EPollReactor has no _poller.poll"])
         events = captureLogEvents(self)
         fresh = self.freshReactor()
         before = fresh.doIteration
-        self.assertFalse(leanDispatch(fresh))
-        self.assertFalse(leanDispatch(fresh))
+        self.assertIsNone(installLeanDispatch(fresh))
+        self.assertIsNone(installLeanDispatch(fresh))
         self.assertEqual(fresh.doIteration, before)
         warnings = [e for e in events if "Dispatching events" in e.get("log_format", "")]
         self.assertEqual(len(warnings), 1)
@@ -586,28 +591,24 @@ class WaitingTests(TestCase):
         self.assertFalse(readable())
 
     def test_oneDatagramOneRead(self) -> None:
-        port = TunnelUDPPort(0, Sink(), "127.0.0.1", 65535, reactor)
+        port = bindUDP("127.0.0.1", 0, Sink(), reactor)
         port.startListening()
         port.stopReading()
         self.addCleanup(port.stopListening)
         got: list[Any] = []
-        port.protocol.datagramsReceived = got.extend  # type: ignore[method-assign]
-        real = port.socket
+        port.protocol.datagramsReceived = got.extend  # type: ignore[attr-defined]
+        real = port._receive
         calls: list[int] = []
 
-        class Counting:
-            def recvfrom(self, size: int) -> Any:
-                calls.append(size)
-                return real.recvfrom(size)
+        def counting(size: int) -> Any:
+            calls.append(size)
+            return real(size)
 
         sender = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         self.addCleanup(sender.close)
         sender.sendto(b"one", port.socket.getsockname())
-        port.socket = Counting()  # type: ignore[assignment]
-        try:
-            port.doRead()
-        finally:
-            port.socket = real
+        port._receive = counting
+        port.doRead()
         self.assertEqual([d for d, _ in got], [b"one"])
         self.assertEqual(len(calls), 1)
 

@@ -30,7 +30,7 @@ from udptunnel.link.preamble import (
     handshakeFor,
 )
 from udptunnel.link.protocol import TunnelFactory
-from udptunnel.tunnel.sessions import ServerSessions
+from udptunnel.tunnel.serversessions import ServerSessions
 from udptunnel.tunnel.single import Relay
 
 from .fakes import FakeUDPTransport, captureLogEvents

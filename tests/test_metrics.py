@@ -75,7 +75,7 @@ class SeriesTests(SynchronousTestCase):
 
 class SessionSeriesTests(SynchronousTestCase):
     def test_clientSessions(self) -> None:
-        from udptunnel.tunnel.sessions import ClientSessions
+        from udptunnel.tunnel.clientsessions import ClientSessions
 
         from .test_sessions import Connections
 
@@ -94,7 +94,7 @@ class SessionSeriesTests(SynchronousTestCase):
         self.assertIn("udptunnel_to_tunnel_datagrams_total 1.0", text)
 
     def test_serverSessions(self) -> None:
-        from udptunnel.tunnel.sessions import ServerSessions
+        from udptunnel.tunnel.serversessions import ServerSessions
 
         server = ServerSessions(Clock(), ("192.0.2.1", 53), lambda protocol: FakeUDPTransport())
         link = FakeLink()

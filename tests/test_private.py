@@ -1,12 +1,12 @@
 """
-The checks that guard udptunnel's uses of Twisted's private API
-(udptunnel/_twisted.py): they pass on the installed Twisted, they catch what
+The checks that guard udptunnel's uses of Twisted's private API (the fence,
+udptunnel/_twisted/): they pass on the installed Twisted, they catch what
 a changed release would look like, and when they fail the tunnel falls back
 to the public API and says so once.
 
 If a test of L{InstalledTwistedTests} fails after a Twisted upgrade, the
 tunnel still works, but on the slow path: re-read what the failing check
-names in the new Twisted before adjusting udptunnel/_twisted.py.
+names in the new Twisted before adjusting udptunnel/_twisted/.
 """
 
 from __future__ import annotations
@@ -15,17 +15,15 @@ import collections
 import socket
 from typing import Any
 
-from twisted.internet import reactor, tcp
+from twisted.internet import tcp
 from twisted.internet.protocol import DatagramProtocol
 from twisted.logger import LogLevel
-from twisted.trial.unittest import SynchronousTestCase, TestCase
+from twisted.trial.unittest import SynchronousTestCase
 
-from udptunnel import _twisted
-from udptunnel._twisted import (
-    TunnelUDPPort,
+from udptunnel._twisted import writethrough
+from udptunnel._twisted.writethrough import (
     _StandInReactor,
     connectionProblems,
-    portProblems,
     writerFor,
 )
 
@@ -36,36 +34,11 @@ def warningsOf(events: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return [
         e
         for e in events
-        if e.get("log_level") == LogLevel.warn and e.get("log_namespace") == "udptunnel._twisted"
+        if e.get("log_level") == LogLevel.warn and e.get("log_namespace") == "udptunnel._twisted.writethrough"
     ]
 
 
-class Recording(DatagramProtocol):
-    """
-    Records datagrams both ways a port can deliver them: batched
-    (TunnelUDPPort's own read loop) or one at a time (Twisted's).
-    """
-
-    def __init__(self) -> None:
-        self.batches: list[list[tuple[bytes, Any]]] = []
-        self.singles: list[tuple[bytes, Any]] = []
-
-    def datagramsReceived(self, datagrams: list[tuple[bytes, Any]]) -> None:
-        self.batches.append(datagrams)
-
-    def datagramReceived(self, datagram: bytes, addr: Any) -> None:
-        self.singles.append((datagram, addr))
-
-
-def listenUDP(testCase: TestCase, protocol: DatagramProtocol) -> TunnelUDPPort:
-    port = TunnelUDPPort(0, protocol, "127.0.0.1", 65535, reactor)
-    port.startListening()
-    port.stopReading()  # the test calls doRead itself
-    testCase.addCleanup(port.stopListening)
-    return port
-
-
-class InstalledTwistedTests(TestCase):
+class InstalledTwistedTests(SynchronousTestCase):
     """
     The installed Twisted is what udptunnel/_twisted.py expects: if one of
     these fails, a Twisted upgrade broke an assumption, and the tunnel runs
@@ -74,12 +47,6 @@ class InstalledTwistedTests(TestCase):
 
     def test_connectionCheckPasses(self) -> None:
         self.assertEqual(connectionProblems(), [])
-
-    def test_portCheckPasses(self) -> None:
-        port = listenUDP(self, Recording())
-        self.assertEqual(portProblems(port), [])
-        # The tunnel's own read loop, not the fallback.
-        self.assertEqual(port.doRead.__func__, TunnelUDPPort.doRead)  # type: ignore[attr-defined]
 
 
 class Renamed(tcp.Connection):
@@ -217,8 +184,8 @@ class WriterChoiceTests(SynchronousTestCase):
             calls.append(None)
             return ["tcp.Connection has no dataBuffer (simulated)"]
 
-        self.patch(_twisted, "_connectionVerdict", None)
-        self.patch(_twisted, "connectionProblems", failing)
+        self.patch(writethrough, "_connectionVerdict", None)
+        self.patch(writethrough, "connectionProblems", failing)
         events = captureLogEvents(self)
         for _ in range(3):
             connection = self.connection()
@@ -229,7 +196,7 @@ class WriterChoiceTests(SynchronousTestCase):
         self.assertIn("tcp.Connection has no dataBuffer (simulated)", warning["problems"])
 
     def test_passingCheckWritesThrough(self) -> None:
-        self.patch(_twisted, "_connectionVerdict", None)
+        self.patch(writethrough, "_connectionVerdict", None)
         events = captureLogEvents(self)
         connection = self.connection()
         write, through = writerFor(connection)
@@ -242,60 +209,3 @@ class WriterChoiceTests(SynchronousTestCase):
         connection = self.connection()
         connection.TLS = True
         self.assertEqual(writerFor(connection), (connection.write, False))
-
-
-class PortCheckTests(TestCase):
-    """
-    L{portProblems} names what C{TunnelUDPPort.doRead} would miss, and a
-    port that fails it reads with Twisted's own loop.
-    """
-
-    def test_missingAttributes(self) -> None:
-        port = listenUDP(self, Recording())
-        del port.maxPacketSize
-        port.addressFamily = socket.AF_INET6
-        self.assertEqual(
-            portProblems(port),
-            [
-                "udp.Port has no integer maxPacketSize",
-                "udp.Port.addressFamily is not its socket's family",
-            ],
-        )
-
-    def test_socketElsewhere(self) -> None:
-        port = listenUDP(self, Recording())
-        handle = port.socket
-        self.patch(port, "getHandle", lambda: handle)
-        del port.socket
-        self.assertEqual(
-            portProblems(port), ["udp.Port keeps its socket elsewhere than in .socket"]
-        )
-        port.socket = handle  # for stopListening
-
-    def test_fallbackReadsAndSends(self) -> None:
-        """
-        A port that fails the check delivers datagrams one at a time through
-        Twisted's own read loop, still sends, and the warning comes once for
-        the process.
-        """
-        self.patch(_twisted, "_portWarned", False)
-        self.patch(
-            _twisted, "portProblems", lambda port: ["udp.Port has no protocol (simulated)"]
-        )
-        events = captureLogEvents(self)
-        protocol = Recording()
-        port = listenUDP(self, protocol)
-        second = listenUDP(self, Recording())
-        sender = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        self.addCleanup(sender.close)
-        sender.bind(("127.0.0.1", 0))
-        for datagram in [b"one", b"", b"three"]:
-            sender.sendto(datagram, ("127.0.0.1", port.getHost().port))
-        port.doRead()
-        self.assertEqual(protocol.batches, [])
-        address = sender.getsockname()
-        self.assertEqual(protocol.singles, [(b"one", address), (b"", address), (b"three", address)])
-        second.sendTo(b"back", address)
-        self.assertEqual(sender.recv(100), b"back")
-        [warning] = warningsOf(events)
-        self.assertIn("udp.Port has no protocol (simulated)", warning["problems"])

@@ -23,14 +23,11 @@ from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 from zope.interface import implementer
 
-from udptunnel import _twisted
+from udptunnel._twisted import writethrough
 from udptunnel.interfaces import ILink, IRelay
-from udptunnel.link.protocol import (
-    TunnelDatagramProtocol,
-    TunnelFactory,
-    TunnelStreamProtocol,
-)
+from udptunnel.link.protocol import TunnelFactory, TunnelStreamProtocol
 from udptunnel.sockopts import SocketSettings
+from udptunnel.udp.protocol import TunnelDatagramProtocol
 
 from .fakes import FakeUDPTransport, captureLogEvents
 
@@ -517,7 +514,7 @@ class WriteThroughTests(TestCase):
         know of: frames go through C{transport.write}, in order, and one
         warning says so, however many connections follow.
         """
-        self.patch(_twisted, "_connectionVerdict", None)
+        self.patch(writethrough, "_connectionVerdict", None)
         # What a release that added a send buffer would look like.
         abstract.FileDescriptor._sendQueue = []  # type: ignore[attr-defined]
         self.addCleanup(delattr, abstract.FileDescriptor, "_sendQueue")
@@ -531,7 +528,7 @@ class WriteThroughTests(TestCase):
             e
             for e in events
             if e.get("log_level") == LogLevel.warn
-            and e.get("log_namespace") == "udptunnel._twisted"
+            and e.get("log_namespace") == "udptunnel._twisted.writethrough"
         ]
         self.assertEqual(len(warnings), 1)
         self.assertIn("_sendQueue looks like another send buffer", warnings[0]["problems"])

@@ -38,7 +38,7 @@ from udptunnel.link.proxyheader import (
     parseProxyHeader,
 )
 from udptunnel.tunnel.access import AddressFilter, parseNetwork
-from udptunnel.tunnel.sessions import ServerSessions
+from udptunnel.tunnel.serversessions import ServerSessions
 from udptunnel.tunnel.single import Relay
 
 from .certs import Authority

@@ -23,11 +23,10 @@ from tests.test_faults import LOCAL
 from tests.test_sessions_e2e import APPS, SessionsTestCase, exchange
 from tests.test_twistd import TIMEOUT, TWISTD, freePort, lastLine, waitFor
 from udptunnel import tap
-from udptunnel._twisted import TunnelUDPPort
+from udptunnel.udp.port import DatagramSocket
 from udptunnel.udp.reuseport import (
     ReusePortReactor,
     ReusePortTCPPort,
-    ReusePortUDPService,
 )
 from udptunnel.udp.service import UDPService
 
@@ -78,15 +77,15 @@ class OptionsTests(SynchronousTestCase):
 
     def test_clientWiring(self) -> None:
         """
-        A client with C{--reuse-port} binds its UDP socket with a
-        L{ReusePortUDPService}; without, a plain L{UDPService}.
+        A client with C{--reuse-port} binds its UDP socket as a member of
+        the port's group; without, alone.
         """
         shared = [s for s in tap.makeService(parse(*CLIENT, "--reuse-port"), reactor)
                   if isinstance(s, UDPService)]
-        self.assertEqual([type(s) for s in shared], [ReusePortUDPService])
+        self.assertEqual([s.reusePort for s in shared], [True])
         plain = [s for s in tap.makeService(parse(*CLIENT), reactor)
                  if isinstance(s, UDPService)]
-        self.assertEqual([type(s) for s in plain], [UDPService])
+        self.assertEqual([s.reusePort for s in plain], [False])
 
     def test_serverWiring(self) -> None:
         """
@@ -109,9 +108,8 @@ class SharedPortTests(TestCase):
     bind one port, and nobody else.
     """
 
-    def udpPort(self, port: int, shared: bool) -> TunnelUDPPort:
-        service = (ReusePortUDPService if shared else UDPService)(
-            port, DatagramProtocol(), LOCAL, 65535, reactor)
+    def udpPort(self, port: int, shared: bool) -> DatagramSocket:
+        service = UDPService(port, DatagramProtocol(), LOCAL, reactor, reusePort=shared)
         service.startService()
         self.addCleanup(service.stopService)
         assert service.port is not None
@@ -119,8 +117,8 @@ class SharedPortTests(TestCase):
 
     def test_udpShared(self) -> None:
         """
-        Two L{ReusePortUDPService}s bind the same UDP port; a plain
-        L{UDPService} cannot join them, and says why as Twisted does.
+        Two L{UDPService}s with C{reusePort} bind the same UDP port; a
+        plain one cannot join them, and says why as Twisted would.
         """
         first = self.udpPort(0, shared=True)
         port = first.getHost().port

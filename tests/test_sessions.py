@@ -15,11 +15,9 @@ from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 
 from udptunnel.interfaces import ILinkRelay
-from udptunnel.tunnel.sessions import (
-    QUEUE_DATAGRAMS,
-    ClientSessions,
-    ServerSessions,
-)
+from udptunnel.tunnel.clientsessions import ClientSessions
+from udptunnel.tunnel.serversessions import ServerSessions
+from udptunnel.tunnel.sessions import QUEUE_DATAGRAMS
 
 from .fakes import FakeLink, FakeUDPTransport, captureLogEvents
 

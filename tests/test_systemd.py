@@ -23,6 +23,7 @@ from twisted.internet.task import Clock
 from twisted.python import usage
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
+from udptunnel.cli.activation import systemdDatagramSocket
 from udptunnel.cli.addresses import parseSystemdUDP
 from udptunnel.ops.notify import (
     STATUS_INTERVAL,
@@ -34,7 +35,8 @@ from udptunnel.ops.notify import (
 )
 from udptunnel.tap import Options
 from udptunnel.tunnel.service import TunnelService
-from udptunnel.udp.service import TunnelUDPPort, UDPService, systemdDatagramSocket
+from udptunnel.udp.port import DatagramSocket
+from udptunnel.udp.service import UDPService
 
 from .test_datagram import Counting
 from .test_faults import skipUnlessAble
@@ -161,7 +163,7 @@ class LookupTests(SynchronousTestCase):
 
 class AdoptionTests(TestCase):
     """
-    The adopted socket is a L{TunnelUDPPort}: the tunnel's own batched,
+    The adopted socket is a L{DatagramSocket}: the tunnel's own batched,
     bounded read.
     """
 
@@ -169,12 +171,12 @@ class AdoptionTests(TestCase):
         passed = udpSocket(self)
         passed.setblocking(True)  # as systemd passes it
         protocol = Counting()
-        service = UDPService(0, protocol, "", 65535, reactor, fd=passed.fileno())
+        service = UDPService(0, protocol, "", reactor, fd=passed.fileno())
         service.startService()
         self.addCleanup(service.stopService)
         port = service.port
         assert port is not None
-        self.assertIsInstance(port, TunnelUDPPort)
+        self.assertIsInstance(port, DatagramSocket)
         self.assertEqual(port.getHost().port, passed.getsockname()[1])
         port.stopReading()  # the test reads itself
         port.maxDatagramsPerRead = 3
@@ -192,7 +194,7 @@ class AdoptionTests(TestCase):
         systemd passed open, so a restart adopts it again.
         """
         passed = udpSocket(self)
-        service = UDPService(0, Counting(), "", 65535, reactor, fd=passed.fileno())
+        service = UDPService(0, Counting(), "", reactor, fd=passed.fileno())
         service.startService()
 
         def restart(_: object) -> None:

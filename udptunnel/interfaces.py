@@ -154,5 +154,25 @@ class IDatagramSocket(Interface):
 
     def getHandle():
         """
-        The kernel socket, for the figures it keeps (its drop counter).
+        The kernel socket (to tune its options).
+        """
+
+    def sendMany(datagrams, addr, failed):
+        """
+        Send each of C{datagrams} to C{addr} at once, in as few calls as the
+        kernel allows (runs of one size in one segmented send, where it can
+        segment); tell C{failed(error, size, addr)} of each one the kernel
+        refused.  Return how many were sent, and their bytes.
+        """
+
+    def kernelDrops():
+        """
+        The kernel's count of the datagrams it dropped on this socket (its
+        receive buffer was full), or C{None} where the platform does not
+        say.
+        """
+
+    def stopListening():
+        """
+        Close the socket (a server session's, when the session ends).
         """

@@ -43,3 +43,13 @@ def showAddress(addr: tuple[str, int] | None) -> str:
         return "nobody"
     host, port = showHost(addr[0]), addr[1]
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def logPrefixOf(relay: object, what: str) -> str:
+    """
+    The name a socket or a connection of C{relay}'s goes by in Twisted's
+    own log lines: C{udptunnel TCP}, or with the tunnel's name, when it has
+    one, C{udptunnel dns TCP}.
+    """
+    name = getattr(relay, "name", None)
+    return f"udptunnel {name} {what}" if isinstance(name, str) else f"udptunnel {what}"

@@ -14,6 +14,7 @@ from __future__ import annotations
 import socket
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Any
 
 from twisted.logger import Logger
 
@@ -175,3 +176,14 @@ def checkSettings(settings: SocketSettings) -> None:
                 reason = _refusal(scratch, option)
                 if reason is not None:
                     raise ValueError(_describe(option, reason))
+
+
+def socketOf(transport: Any) -> socket.socket | None:
+    """
+    The kernel socket under C{transport}, looking through a TLS wrapper.
+    """
+    while getattr(transport, "transport", None) is not None:
+        transport = transport.transport
+    getHandle = getattr(transport, "getHandle", None)
+    handle = getHandle() if getHandle is not None else None
+    return handle if isinstance(handle, socket.socket) else None

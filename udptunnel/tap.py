@@ -24,7 +24,11 @@ from twisted.internet.interfaces import IProtocolFactory, IStreamClientEndpoint
 from twisted.python import usage
 
 from udptunnel import __version__, reportStartupErrorsCleanly
-from udptunnel.cli.activation import SystemdStreamEndpoint, systemdStreamSocket
+from udptunnel.cli.activation import (
+    SystemdStreamEndpoint,
+    systemdDatagramSocket,
+    systemdStreamSocket,
+)
 from udptunnel.cli.addresses import (
     HostPort,
     checkClientDescription,
@@ -44,9 +48,10 @@ from udptunnel.cli.configfile import (
     loadConfig,
 )
 from udptunnel.cli.optionnames import checkExactNames
+from udptunnel.cli.speedups import LeanDispatch
 from udptunnel.link.listening import AnnouncingEndpoint, allInterfaces
 from udptunnel.link.preamble import PROFILES, handshakeFor
-from udptunnel.link.protocol import MAX_DATAGRAM, TunnelDatagramProtocol, TunnelFactory
+from udptunnel.link.protocol import TunnelFactory
 from udptunnel.link.viaproxy import ProxyEndpoint, parseProxy
 from udptunnel.ops.logreopen import LogReopener
 from udptunnel.ops.notify import notifyService
@@ -59,20 +64,18 @@ from udptunnel.sockopts import (
     checkSettings,
 )
 from udptunnel.tunnel.access import AddressFilter, parseNetwork
+from udptunnel.tunnel.clientsessions import ClientSessions, connectFrom
 from udptunnel.tunnel.pending import DEFAULT_LIMIT as DEFAULT_MAX_PENDING
 from udptunnel.tunnel.pending import DEFAULT_TIMEOUT as DEFAULT_PENDING_TIMEOUT
 from udptunnel.tunnel.reconnect import CONNECT_TIMEOUT, Reconnector
+from udptunnel.tunnel.serversessions import ServerSessions
 from udptunnel.tunnel.service import TunnelService
-from udptunnel.tunnel.sessions import (
-    DEFAULT_MAX_SESSIONS,
-    DEFAULT_SESSION_IDLE,
-    ClientSessions,
-    ServerSessions,
-    connectFrom,
-)
+from udptunnel.tunnel.sessions import DEFAULT_MAX_SESSIONS, DEFAULT_SESSION_IDLE
 from udptunnel.tunnel.single import Relay
-from udptunnel.udp.reuseport import ReusePortReactor, ReusePortUDPService
-from udptunnel.udp.service import UDPService, connectedPort, systemdDatagramSocket
+from udptunnel.udp.port import connectedUDP
+from udptunnel.udp.protocol import TunnelDatagramProtocol
+from udptunnel.udp.reuseport import ReusePortReactor
+from udptunnel.udp.service import UDPService
 
 if TYPE_CHECKING:
     from udptunnel.link.tls import Credentials
@@ -895,6 +898,8 @@ def makeService(options: Options, reactor: Any = None) -> IService:
         # Whatever twistd logs to (--logfile, its default twistd.log, or
         # standard output in the foreground): SIGHUP must never kill it.
         LogReopener(reactor).setServiceParent(top)
+        # The process's reactor, not a test suite's.
+        LeanDispatch(reactor).setServiceParent(top)
     notifying = notifyService(top, reactor)
     if notifying is not None:
         notifying.setServiceParent(top)  # the last child: READY once all started
@@ -1033,9 +1038,8 @@ def _filter(networks: Any) -> AddressFilter | None:
 
 def _udpService(plan: Any, relay: Any, settings: SocketSettings, reactor: Any,
                 reusePort: bool = False) -> UDPService:
-    service = ReusePortUDPService if reusePort else UDPService
-    return service(plan.port, TunnelDatagramProtocol(relay, settings), plan.interface,
-                   MAX_DATAGRAM, reactor, fd=plan.fd)
+    return UDPService(plan.port, TunnelDatagramProtocol(relay, settings), plan.interface,
+                      reactor, fd=plan.fd, reusePort=reusePort)
 
 
 def _sessionSocket(plan: Any, settings: SocketSettings, reactor: Any) -> Any:
@@ -1043,8 +1047,8 @@ def _sessionSocket(plan: Any, settings: SocketSettings, reactor: Any) -> Any:
     How a server session gets its UDP socket: an ephemeral port on the
     C{--udp} host, connected to C{--peer}.
     """
-    return lambda protocol: connectedPort(protocol, plan.interface, plan.peer,
-                                          settings, reactor)
+    return lambda relay: connectedUDP(plan.interface, plan.peer,
+                                      TunnelDatagramProtocol(relay, settings), reactor)
 
 
 def _namedLog(relay: TunnelService) -> Any:

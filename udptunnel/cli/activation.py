@@ -25,7 +25,7 @@ from twisted.internet.interfaces import (
 )
 from zope.interface import implementer
 
-from udptunnel._twisted import inheritedSockets
+from udptunnel._twisted.systemd import inheritedSockets
 from udptunnel.cli.addresses import splitDescription
 
 _FAMILIES = {"INET": socket.AF_INET, "INET6": socket.AF_INET6, "UNIX": socket.AF_UNIX}
@@ -101,3 +101,46 @@ class SystemdStreamEndpoint:
         # Twisted closes the descriptor it adopts: give it a copy.
         endpoint = AdoptedStreamServerEndpoint(self._reactor, os.dup(self._fd), self._family)
         return endpoint.listen(protocolFactory)
+
+
+def systemdDatagramSocket(
+    which: int | str, inherited: list[tuple[int, str | None]] | None = None
+) -> tuple[int, str, int]:
+    """
+    The bound datagram socket C{--udp systemd:N} (the C{N}th socket passed,
+    from 0) or C{systemd:NAME} names, among the sockets systemd passed
+    (L{inheritedSockets} unless C{inherited} is given): its descriptor, and
+    the address it is bound to.
+
+    A name picks the one datagram socket of that name: the sockets of one
+    C{.socket} unit share its name, so C{systemd:udptunnel.socket} finds the
+    UDP one among a TCP and a UDP listener.  Checked at parse time, so that
+    a missing C{LISTEN_FDS}, an index out of range or a stream socket is a
+    usage error, not a traceback at start.
+
+    @raise ValueError: why it cannot be used, in the user's terms.
+    """
+    if isinstance(which, int):
+        candidates = passedSockets(f"systemd:{which}", inherited, index=which)
+    else:
+        candidates = passedSockets(f"systemd:{which}", inherited, name=which)
+    found = []
+    for fd in candidates:
+        try:
+            sock = socket.socket(fileno=fd)
+        except OSError as e:
+            raise ValueError(f"systemd:{which}: descriptor {fd} is no socket ({e})") from None
+        try:  # a look only: the descriptor stays open, for the UDP service
+            if sock.type == socket.SOCK_DGRAM and sock.family in (socket.AF_INET,
+                                                                  socket.AF_INET6):
+                host, port = sock.getsockname()[:2]
+                found.append((fd, host, port))
+        finally:
+            sock.detach()
+    if not found:
+        raise ValueError(f"systemd:{which}: not a UDP socket (ListenDatagram= in "
+                         "the .socket unit)")
+    if len(found) > 1:
+        raise ValueError(f"systemd:{which}: {len(found)} UDP sockets of that name: "
+                         "give its index, systemd:N")
+    return found[0]

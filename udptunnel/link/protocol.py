@@ -1,13 +1,14 @@
 """
-Thin protocol adapters: they parse and forward to a relay, nothing else.
+The TCP link's protocol: a thin adapter that takes a connection through
+what comes before its first frame, splits the stream into frames for the
+relay, and sends the relay's frames.
 """
 
 from __future__ import annotations
 
-import socket
 import struct
 from collections.abc import Callable
-from typing import Any, cast
+from typing import cast
 
 from twisted.internet.address import IPv4Address, IPv6Address
 from twisted.internet.interfaces import (
@@ -16,13 +17,13 @@ from twisted.internet.interfaces import (
     IPushProducer,
     ITCPTransport,
 )
-from twisted.internet.protocol import DatagramProtocol, Factory
+from twisted.internet.protocol import Factory
 from twisted.protocols.basic import Int16StringReceiver
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from udptunnel._twisted import writerFor
-from udptunnel.interfaces import IDatagramRelay, ILink, ILinkRelay
+from udptunnel._twisted.writethrough import writerFor
+from udptunnel.interfaces import ILink, ILinkRelay
 from udptunnel.link.preamble import (
     NO_HANDSHAKE,
     Handshake,
@@ -30,57 +31,10 @@ from udptunnel.link.preamble import (
     checkPreamble,
 )
 from udptunnel.link.proxyheader import ProxyHeaderError, parseProxyHeader
-from udptunnel.show import printable, showAddress
-from udptunnel.sockopts import SocketSettings, tuneTCP, tuneUDP
+from udptunnel.show import logPrefixOf, printable, showAddress
+from udptunnel.sockopts import SocketSettings, socketOf, tuneTCP
 
 _LENGTH = struct.Struct("!H")
-
-#: Read buffer of the UDP socket: the largest datagram IPv4 or IPv6 can carry
-#: (Twisted's default of 8192 would truncate larger datagrams silently).
-MAX_DATAGRAM = 65535
-
-
-class TunnelDatagramProtocol(DatagramProtocol):
-    """
-    The UDP socket's protocol: every datagram goes to the relay.
-    """
-
-    noisy = False  # the relay logs the bound address itself
-
-    def __init__(self, relay: IDatagramRelay, settings: SocketSettings | None = None) -> None:
-        self.relay = relay
-        self.settings = settings or SocketSettings()
-
-    def logPrefix(self) -> str:
-        """
-        The name Twisted's UDP port gives us in its own log lines (with
-        the tunnel's, when it has one).
-        """
-        return _named(self.relay, "UDP")
-
-    def startProtocol(self) -> None:
-        sock = _socketOf(self.transport)
-        if sock is not None:
-            tuneUDP(sock, self.settings)
-        self.relay.udpStarted(self.transport)
-
-    def stopProtocol(self) -> None:
-        self.relay.udpStopped()
-
-    def datagramsReceived(self, datagrams: list[tuple[bytes, tuple[str, int]]]) -> None:
-        """
-        Hand the relay one read's datagrams.  An exception of ours must not
-        reach the port (Twisted would close the socket for good): it is the
-        relay's to count and log, and the next read goes on.
-        """
-        try:
-            self.relay.datagramsReceived(datagrams)
-        except Exception:  # noqa: BLE001 (a bug of ours, whatever it raises)
-            self.relay.internalError("datagrams", Failure())
-
-    def datagramReceived(self, datagram: bytes, addr: tuple[str, int]) -> None:
-        # What a port other than TunnelUDPPort would call.
-        self.datagramsReceived([(datagram, addr)])
 
 
 @implementer(ILink, IHandshakeListener)
@@ -153,7 +107,7 @@ class TunnelStreamProtocol(Int16StringReceiver):
             self.remote = showAddress((address.host, address.port))
         else:
             self.remote = printable(str(getattr(address, "name", None) or address))
-        sock = _socketOf(self.transport)
+        sock = socketOf(self.transport)
         if sock is not None:
             tuneTCP(sock, self.factory.settings)
         self._write, self._writeThrough = writerFor(self.transport)
@@ -449,7 +403,7 @@ class TunnelFactory(Factory[TunnelStreamProtocol]):
         The name Twisted's TCP port gives us in its own log lines (with
         the tunnel's, when it has one).
         """
-        return _named(self.relay, "TCP")
+        return logPrefixOf(self.relay, "TCP")
 
     def __init__(
         self, relay: ILinkRelay, settings: SocketSettings | None = None, tls: bool = False,
@@ -460,19 +414,3 @@ class TunnelFactory(Factory[TunnelStreamProtocol]):
         self.tls = tls
         self.handshake = handshake
         self.proxyProtocol = proxyProtocol
-
-
-def _named(relay: object, what: str) -> str:
-    name = getattr(relay, "name", None)
-    return f"udptunnel {name} {what}" if isinstance(name, str) else f"udptunnel {what}"
-
-
-def _socketOf(transport: Any) -> socket.socket | None:
-    """
-    The kernel socket under C{transport}, looking through a TLS wrapper.
-    """
-    while getattr(transport, "transport", None) is not None:
-        transport = transport.transport
-    getHandle = getattr(transport, "getHandle", None)
-    handle = getHandle() if getHandle is not None else None
-    return handle if isinstance(handle, socket.socket) else None

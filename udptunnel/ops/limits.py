@@ -26,8 +26,8 @@ from twisted.logger import Logger
 from twisted.protocols.policies import ProtocolWrapper, WrappingFactory
 from twisted.python.failure import Failure
 
+from udptunnel.ratelimit import RateLimitedLog
 from udptunnel.show import showAddress
-from udptunnel.tunnel.stats import RateLimitedLog
 
 #: Connections at once, in all and from one host.
 MAX_CONNECTIONS = 16

@@ -25,10 +25,10 @@ from twisted.python.failure import Failure
 from udptunnel import StartupError, __version__
 from udptunnel.interfaces import IDatagramSocket, ILink
 from udptunnel.link.why import CLOSED_BY_PEER, CLOSED_HERE, describeLoss, refusedBy
+from udptunnel.ratelimit import RateLimitedLog
 from udptunnel.show import printable
 from udptunnel.tunnel.access import AddressFilter
-from udptunnel.tunnel.stats import RateLimitedLog, TunnelStats
-from udptunnel.udp.kerneldrops import kernelDrops
+from udptunnel.tunnel.stats import TunnelStats
 
 #: Seconds a stop waits for connections to close cleanly before aborting.
 CLOSE_GRACE = 2.0
@@ -335,8 +335,7 @@ class TunnelService(MultiService):
     def _readKernelDrops(self) -> None:
         total, found = 0, False
         for udp in self.udpSockets():
-            getHandle = getattr(udp, "getHandle", None)
-            drops = kernelDrops(getHandle()) if getHandle is not None else None
+            drops = udp.kernelDrops()
             if drops is not None:
                 total += drops
                 found = True

@@ -9,10 +9,10 @@ owns them and how a datagram finds its own:
     learned phantom source (L{udptunnel.tunnel.single.Relay});
   - a client with C{--sessions}: one session per UDP source on the shared
     socket, each with its own outgoing connection
-    (L{udptunnel.tunnel.sessions.ClientSessions});
+    (L{udptunnel.tunnel.clientsessions.ClientSessions});
   - a server with C{--sessions}: one session per TCP connection, each with
     its own UDP socket connected to C{--peer}
-    (L{udptunnel.tunnel.sessions.ServerSessions}).
+    (L{udptunnel.tunnel.serversessions.ServerSessions}).
 
 A session only carries: its owner decides which datagrams and frames are
 its, and what to do when it has no link.
@@ -26,7 +26,6 @@ from typing import Any
 
 from udptunnel.interfaces import IDatagramSocket, ILink
 from udptunnel.show import showAddress
-from udptunnel.udp.gso import sendEach
 
 
 class Traffic:
@@ -114,13 +113,7 @@ class Session:
         if udp is None:
             self._drop("no-socket", "UDP socket closed", count=len(frames))
             return
-        sendMany = getattr(udp, "sendMany", None)
-        if sendMany is not None:
-            # The tunnel's own sockets: runs of same-size datagrams in one
-            # call each (UDP GSO, udptunnel.udp.gso), counted the same way.
-            sent, size = sendMany(frames, destination, self._sendFailed)
-        else:
-            sent, size = sendEach(udp.sendTo, frames, destination, self._sendFailed)
+        sent, size = udp.sendMany(frames, destination, self._sendFailed)
         traffic = self.traffic
         traffic.fromTunnelDatagrams += sent
         traffic.fromTunnelBytes += size

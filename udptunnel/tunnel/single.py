@@ -13,7 +13,7 @@ from collections.abc import Callable
 from typing import Any
 
 from twisted.internet.defer import Deferred
-from twisted.internet.interfaces import IDelayedCall, IPushProducer, IReactorTime
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
@@ -22,6 +22,7 @@ from udptunnel.interfaces import IDatagramSocket, ILink, IRelay
 from udptunnel.link.why import CLOSED_BY_PEER
 from udptunnel.show import showAddress
 from udptunnel.tunnel.access import AddressFilter
+from udptunnel.tunnel.flow import PauseReading
 from udptunnel.tunnel.pending import DEFAULT_LIMIT, DEFAULT_TIMEOUT, PendingLinks
 from udptunnel.tunnel.service import TunnelService
 from udptunnel.tunnel.session import Session
@@ -40,31 +41,6 @@ _TAKEOVER_WORDS = {
     "link-silent": f"no frame on the old link for {LINK_SILENT:g} s",
     "no-link": "no link",
 }
-
-
-@implementer(IPushProducer)
-class _UDPReadingProducer:
-    """
-    Pauses reading of the UDP socket while a TCP link's send buffer is full,
-    so the excess is dropped by the kernel instead of queued here.
-
-    It is registered on the TCP transport instead of the UDP port itself,
-    because Twisted calls C{stopProducing} on the producer when the
-    connection is lost and that would close the UDP port.
-    """
-
-    def __init__(self, relay: Relay, link: ILink) -> None:
-        self._relay = relay
-        self._link = link
-
-    def pauseProducing(self) -> None:
-        self._relay.pauseReading(self._link)
-
-    def resumeProducing(self) -> None:
-        self._relay.resumeReading(self._link)
-
-    def stopProducing(self) -> None:
-        self._relay.resumeReading(self._link)
 
 
 @implementer(IRelay)
@@ -297,7 +273,7 @@ class Relay(TunnelService):
             self._confirm = self.clock.callLater(CONFIRM_AFTER, self._confirmLink, link)
         else:
             self._linkUp(link)
-        link.attachProducer(_UDPReadingProducer(self, link))
+        link.attachProducer(PauseReading(self, link))
 
     def _confirmLink(self, link: ILink) -> None:
         self._confirm = None

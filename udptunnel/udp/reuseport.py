@@ -29,10 +29,7 @@ from typing import Any
 
 from twisted.internet import tcp
 
-from udptunnel._twisted import TunnelUDPPort
-from udptunnel.udp.service import UDPService
-
-__all__ = ["ReusePortReactor", "ReusePortTCPPort", "ReusePortUDPPort", "ReusePortUDPService"]
+__all__ = ["ReusePortReactor", "ReusePortTCPPort"]
 
 
 def reusePort(sock: socket.socket) -> socket.socket:
@@ -75,22 +72,3 @@ class ReusePortReactor:
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._reactor, name)
-
-
-class ReusePortUDPPort(TunnelUDPPort):
-    """
-    The tunnel's UDP port, bound as a member of a C{SO_REUSEPORT} group
-    (an error of the option is one of the bind, a C{CannotListenError}).
-    """
-
-    def createInternetSocket(self) -> socket.socket:
-        return reusePort(super().createInternetSocket())
-
-
-class ReusePortUDPService(UDPService):
-    """
-    L{UDPService} binding a L{ReusePortUDPPort} (tap refuses C{--reuse-port}
-    with a systemd socket, the one the service would adopt instead).
-    """
-
-    portType = ReusePortUDPPort
