@@ -15,6 +15,7 @@ import tempfile
 import textwrap
 import threading
 import urllib.request
+from dataclasses import replace
 from typing import Any
 
 from prometheus_client import CollectorRegistry, generate_latest
@@ -26,7 +27,7 @@ from twisted.python import usage
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from udptunnel import tap
-from udptunnel.cli.configfile import ConfigError, loadConfig
+from udptunnel.cli.configfile import ConfigError, describeConfig, loadConfig
 from udptunnel.cli.tunnelset import TunnelSet
 from udptunnel.ops.metrics import TunnelsCollector
 
@@ -47,7 +48,7 @@ def writeFile(testCase: Any, text: str, name: str = "tunnels.toml") -> str:
 
 
 def load(testCase: Any, text: str) -> Any:
-    return loadConfig(writeFile(testCase, text), tap.PARSERS)
+    return loadConfig(writeFile(testCase, text))
 
 
 GOOD = """\
@@ -71,12 +72,12 @@ GOOD = """\
 
 class ParseTests(SynchronousTestCase):
     """
-    A file is parsed table by table by the command line's parsers.
+    A file is read table by table by the command line's own reader.
     """
 
     def test_goodFile(self) -> None:
         """
-        Each table becomes its role's options, with the same values the
+        Each table becomes its role's tunnel, with the same values the
         command line would give (numbers, lists, flags, defaults).
         """
         config = load(self, GOOD)
@@ -84,28 +85,23 @@ class ParseTests(SynchronousTestCase):
         self.assertEqual(config.metrics, "tcp:0:interface=127.0.0.1")
         seed, dns = config.tunnels["seed"], config.tunnels["dns"]
         self.assertEqual((seed.role, dns.role), ("server", "client"))
-        self.assertIsInstance(seed.options, tap.ServerOptions)
-        self.assertIsInstance(dns.options, tap.ClientOptions)
-        self.assertEqual(seed.options["plan"].port, 5073)
-        self.assertEqual(len(seed.options["allow"]), 2)
-        self.assertEqual(seed.options["stats-interval"], 0.5)
-        self.assertTrue(dns.options["sessions"])
-        self.assertEqual(dns.options["max-sessions"], 10)
-        self.assertEqual(dns.options["session-idle"], 180)  # the command line's default
-        self.assertFalse(seed.options["sessions"])
+        self.assertEqual(seed.config.udp.port, 5073)
+        self.assertEqual(len(seed.config.allow), 2)
+        self.assertEqual(seed.config.statsInterval, 0.5)
+        self.assertTrue(dns.config.sessions)
+        self.assertEqual(dns.config.maxSessions, 10)
+        self.assertEqual(dns.config.sessionIdle, 180)  # the command line's default
+        self.assertFalse(seed.config.sessions)
 
     def test_sameAsCommandLine(self) -> None:
         """
-        A table and the command line it stands for give the same options.
+        A table and the command line it stands for give the same tunnel.
         """
         config = load(self, GOOD)
         line = tap.ClientOptions()
         line.parseOptions(["--tcp", "127.0.0.1:853", "--udp", "127.0.0.1:5353",
                            "--sessions", "--max-sessions", "10"])
-        parsed = config.tunnels["dns"].options
-        for key in ("tcp", "plan", "sessions", "max-sessions", "settings", "session-idle",
-                    "handshake", "pending-timeout"):
-            self.assertEqual(parsed[key], line[key], key)
+        self.assertEqual(config.tunnels["dns"].config, replace(line.config, name="dns"))
 
     def test_falseFlag(self) -> None:
         config = load(self, """\
@@ -115,7 +111,7 @@ class ParseTests(SynchronousTestCase):
             udp = 5073
             sessions = false
             """)
-        self.assertFalse(config.tunnels["a"].options["sessions"])
+        self.assertFalse(config.tunnels["a"].config.sessions)
 
     def test_equalTablesCompareEqual(self) -> None:
         """
@@ -195,7 +191,7 @@ class BadFileTests(SynchronousTestCase):
         for what, text, expected in BAD:
             path = writeFile(self, text)
             with self.assertRaises(ConfigError, msg=what) as caught:
-                loadConfig(path, tap.PARSERS)
+                loadConfig(path)
             message = str(caught.exception)
             self.assertTrue(message.startswith(path + ": "), (what, message))
             self.assertNotIn("\n", message, what)
@@ -216,12 +212,12 @@ class BadFileTests(SynchronousTestCase):
             'peer = "127.0.0.1:53"\n'
             '[tunnel.d]\nrole = "client"\ntcp = "127.0.0.1:5073"\nudp = "127.0.0.1:0"\n'
             'peer = "127.0.0.1:53"\n'))
-        self.assertEqual(list(loadConfig(path, tap.PARSERS).tunnels), ["a", "b", "c", "d"])
+        self.assertEqual(list(loadConfig(path).tunnels), ["a", "b", "c", "d"])
 
     def test_missingFile(self) -> None:
         path = os.path.join(os.path.dirname(writeFile(self, "")), "missing.toml")
         with self.assertRaises(ConfigError) as caught:
-            loadConfig(path, tap.PARSERS)
+            loadConfig(path)
         self.assertEqual(str(caught.exception), f"{path}: cannot read: No such file or directory")
 
     def test_sameCheckAsCommandLine(self) -> None:
@@ -234,7 +230,7 @@ class BadFileTests(SynchronousTestCase):
         path = writeFile(self, '[tunnel.c]\nrole = "client"\ntcp = "127.0.0.1:1"\n'
                                'peer = "127.0.0.1:2"\nsessions = true\n')
         with self.assertRaises(ConfigError) as file:
-            loadConfig(path, tap.PARSERS)
+            loadConfig(path)
         self.assertIn("client --sessions opens a connection per UDP source", str(line.exception))
         self.assertEqual(str(file.exception),
                          f"{path}: [tunnel.c] " + str(line.exception).replace("--", ""))
@@ -746,9 +742,9 @@ class ExampleTests(SynchronousTestCase):
             _, local = self.example(name)
             said = [line.split("=", 1)[1].strip() for line in local.splitlines()
                     if line.startswith("#   = udptunnel ")]
-            config = loadConfig(writeFile(self, local), tap.PARSERS)
+            config = loadConfig(writeFile(self, local))
             described = [line.split(": ", 1)[1]
-                         for line in tap.describeConfig(config).splitlines()[1:]]
+                         for line in describeConfig(config).splitlines()[1:]]
             self.assertEqual(said, described, name)
             self.assertEqual(len(said), 2)
 

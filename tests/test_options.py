@@ -4,8 +4,6 @@ The command line: every option, every error, and the services it wires.
 
 from __future__ import annotations
 
-import io
-import os
 import shutil
 import socket
 import sys
@@ -14,23 +12,22 @@ import tempfile
 from twisted.application.internet import StreamServerEndpointService
 from twisted.internet import reactor
 from twisted.logger import capturedLogs, formatEvent
-from twisted.python import reflect, usage
+from twisted.python import usage
 from twisted.trial.unittest import SynchronousTestCase
 
-from udptunnel import StartupError, _CleanStartupReport, sockopts, tap
+from udptunnel import StartupError, sockopts, tap
 from udptunnel.cli.addresses import HostPort, UDPPlan, splitDescription
+from udptunnel.cli.build import _connectTimeout
+from udptunnel.cli.schema import OPTIONS
+from udptunnel.cli.settings import SESSIONS_BACKLOG
+from udptunnel.cli.values import reach, secondsUpTo, wholeFrom
 from udptunnel.ops.logreopen import LogReopener
 from udptunnel.sockopts import MAX_USER_TIMEOUT, SocketSettings, checkSettings
 from udptunnel.tap import (
     EXAMPLE,
-    ClientOptions,
     Options,
     RunOptions,
     ServerOptions,
-    _connectTimeout,
-    _naming,
-    _secondsUpTo,
-    _wholeFrom,
     makeService,
 )
 from udptunnel.tunnel.reconnect import Reconnector
@@ -57,61 +54,61 @@ class ServerOptionsTests(SynchronousTestCase):
         self.patch(listening, "hasIPv6", lambda: True)
         options = parse("server", "--tcp", "9999", "--udp", "5073")
         self.assertEqual(options.subCommand, "server")
-        self.assertEqual(options.subOptions["tcp"], "tcp6:9999:interface=\\:\\:")
-        self.assertEqual(options.subOptions["plan"], UDPPlan("0.0.0.0", 5073, None))
+        self.assertEqual(options.subOptions.config.tcp, "tcp6:9999:interface=\\:\\:")
+        self.assertEqual(options.subOptions.config.udp, UDPPlan("0.0.0.0", 5073, None))
         self.patch(listening, "hasIPv6", lambda: False)
         options = parse("server", "--tcp", "9999", "--udp", "5073")
-        self.assertEqual(options.subOptions["tcp"], "tcp:9999")
+        self.assertEqual(options.subOptions.config.tcp, "tcp:9999")
 
     def test_endpointDescriptionKept(self) -> None:
         options = parse("server", "--tcp", "tcp:9999:interface=127.0.0.1", "--udp", "5073")
-        self.assertEqual(options.subOptions["tcp"], "tcp:9999:interface=127.0.0.1")
+        self.assertEqual(options.subOptions.config.tcp, "tcp:9999:interface=127.0.0.1")
 
     def test_udpWithHost(self) -> None:
         options = parse("server", "--tcp", "9999", "--udp", "127.0.0.1:5073")
-        self.assertEqual(options.subOptions["plan"], UDPPlan("127.0.0.1", 5073, None))
+        self.assertEqual(options.subOptions.config.udp, UDPPlan("127.0.0.1", 5073, None))
 
     def test_udpIPv6(self) -> None:
         options = parse("server", "--tcp", "9999", "--udp", "[::1]:5073")
-        self.assertEqual(options.subOptions["plan"], UDPPlan("::1", 5073, None))
+        self.assertEqual(options.subOptions.config.udp, UDPPlan("::1", 5073, None))
 
     def test_peerGivesEphemeralUDP(self) -> None:
         options = parse("server", "--tcp", "9999", "--peer", "127.0.0.1:5072")
         self.assertEqual(
-            options.subOptions["plan"], UDPPlan("0.0.0.0", 0, ("127.0.0.1", 5072))
+            options.subOptions.config.udp, UDPPlan("0.0.0.0", 0, ("127.0.0.1", 5072))
         )
 
     def test_ipv6PeerBindsIPv6Wildcard(self) -> None:
         options = parse("server", "--tcp", "9999", "--udp", "5073", "--peer", "[::1]:5072")
-        self.assertEqual(options.subOptions["plan"], UDPPlan("::", 5073, ("::1", 5072)))
+        self.assertEqual(options.subOptions.config.udp, UDPPlan("::", 5073, ("::1", 5072)))
 
     def test_peerNameResolved(self) -> None:
         """
         UDP sockets take IP literals only: a name is resolved at start-up.
         """
         options = parse("server", "--tcp", "9999", "--udp", "127.0.0.1:5073", "--peer", "localhost:5072")
-        self.assertEqual(options.subOptions["plan"].peer, ("127.0.0.1", 5072))
+        self.assertEqual(options.subOptions.config.udp.peer, ("127.0.0.1", 5072))
 
 
 class ClientOptionsTests(SynchronousTestCase):
     def test_hostPort(self) -> None:
         options = parse("client", "--tcp", "natbox.example:9999", "--udp", "34559")
-        self.assertEqual(options.subOptions["tcp"], HostPort("natbox.example", 9999))
+        self.assertEqual(options.subOptions.config.tcp, HostPort("natbox.example", 9999))
 
     def test_ipv6HostPort(self) -> None:
         options = parse("client", "--tcp", "[2001:db8::1]:9999", "--udp", "34559")
-        self.assertEqual(options.subOptions["tcp"], HostPort("2001:db8::1", 9999))
+        self.assertEqual(options.subOptions.config.tcp, HostPort("2001:db8::1", 9999))
 
     def test_endpointDescription(self) -> None:
         for description in ("tcp:host=127.0.0.1:port=9999", "unix:/run/tunnel.sock"):
             options = parse("client", "--tcp", description, "--udp", "34559")
-            self.assertEqual(options.subOptions["tcp"], description)
+            self.assertEqual(options.subOptions.config.tcp, description)
 
     def test_seedCommandLine(self) -> None:
         options = parse("client", "--tcp", "natbox:9999", "--udp", "34559", "--peer", "127.0.0.1:5072")
-        self.assertEqual(options.subOptions["tcp"], HostPort("natbox", 9999))
+        self.assertEqual(options.subOptions.config.tcp, HostPort("natbox", 9999))
         self.assertEqual(
-            options.subOptions["plan"], UDPPlan("0.0.0.0", 34559, ("127.0.0.1", 5072))
+            options.subOptions.config.udp, UDPPlan("0.0.0.0", 34559, ("127.0.0.1", 5072))
         )
 
 
@@ -195,7 +192,7 @@ class ErrorTests(SynchronousTestCase):
                                 ("0.0.0.0:9100", "tcp:9100:interface=0.0.0.0"),
                                 ("[::]:9100", "tcp6:9100:interface=\\:\\:"),
                                 ("tcp:9100", "tcp:9100")):
-            self.assertEqual(parse(*base, given).subOptions["metrics"], endpoint, given)
+            self.assertEqual(parse(*base, given).subOptions.config.metrics, endpoint, given)
         self.assertUsageError("give an IP address", *base, "localhost:9100")
         self.assertUsageError("is not a port, HOST:PORT or an endpoint", *base, "nope:x")
 
@@ -203,12 +200,12 @@ class ErrorTests(SynchronousTestCase):
         """
         The start-up line says who can reach the endpoint.
         """
-        self.assertEqual(tap._reach("tcp:9100:interface=127.0.0.1"), " (this host only)")
-        self.assertEqual(tap._reach("tcp6:9100:interface=\\:\\:1"), " (this host only)")
+        self.assertEqual(reach("tcp:9100:interface=127.0.0.1"), " (this host only)")
+        self.assertEqual(reach("tcp6:9100:interface=\\:\\:1"), " (this host only)")
         for everyone in ("tcp:9100", "tcp:9100:interface=0.0.0.0", "tcp6:9100:interface=\\:\\:"):
-            self.assertIn("every host", tap._reach(everyone))
-        self.assertEqual(tap._reach("tcp:9100:interface=192.0.2.1"), "")
-        self.assertEqual(tap._reach("unix:/run/metrics.sock"), "")
+            self.assertIn("every host", reach(everyone))
+        self.assertEqual(reach("tcp:9100:interface=192.0.2.1"), "")
+        self.assertEqual(reach("unix:/run/metrics.sock"), "")
 
     def test_allowWithHostBits(self) -> None:
         """
@@ -221,7 +218,7 @@ class ErrorTests(SynchronousTestCase):
                               "--udp-allow", "2001:db8::1/32")
         options = parse("server", "--tcp", "9999", "--udp", "1", "--allow", "10.0.0.1",
                         "--allow", "10.0.0.0/8")
-        self.assertEqual([str(n) for n in options.subOptions["allow"]],
+        self.assertEqual([str(n) for n in options.subOptions.config.allow],
                          ["10.0.0.1/32", "10.0.0.0/8"])
 
 
@@ -288,7 +285,7 @@ class ExactNamesTests(SynchronousTestCase):
 
     def test_wholeNamesStillWork(self) -> None:
         options = parse("server", "--tcp", "9999", "--udp", "5073", "--proxy-protocol")
-        self.assertTrue(options.subOptions["proxy-protocol"])
+        self.assertTrue(options.subOptions.config.proxyProtocol)
 
 
 class HelpTests(SynchronousTestCase):
@@ -363,13 +360,13 @@ class HardeningOptionsTests(SynchronousTestCase):
 
     def test_defaults(self) -> None:
         end = parse(*self.BASE).subOptions
-        self.assertEqual(end["settings"], SocketSettings())
-        self.assertEqual(end["allow"], [])
-        self.assertEqual(end["udp-allow"], [])
-        self.assertEqual(end["idle-timeout"], 0)
-        self.assertEqual(end["stats-interval"], 300)
-        self.assertIsNone(end["metrics"])
-        self.assertIsNone(end["credentials"])
+        self.assertEqual(end.config.settings, SocketSettings())
+        self.assertEqual(end.config.allow, ())
+        self.assertEqual(end.config.udpAllow, ())
+        self.assertEqual(end.config.idleTimeout, 0)
+        self.assertEqual(end.config.statsInterval, 300)
+        self.assertIsNone(end.config.metrics)
+        self.assertIsNone(end.config.credentials)
 
     def test_socketSettings(self) -> None:
         end = parse(
@@ -380,7 +377,7 @@ class HardeningOptionsTests(SynchronousTestCase):
             "--keepalive-count", "3", "--user-timeout", "11.5",
         ).subOptions
         self.assertEqual(
-            end["settings"],
+            end.config.settings,
             SocketSettings(4194304, 0, 65536, 131072, 5, 2, 3, 11.5),
         )
 
@@ -392,7 +389,7 @@ class HardeningOptionsTests(SynchronousTestCase):
 
     def test_allowRepeatable(self) -> None:
         end = parse(*self.BASE, "--allow", "192.0.2.0/24", "--allow", "2001:db8::1").subOptions
-        self.assertEqual([str(n) for n in end["allow"]], ["192.0.2.0/24", "2001:db8::1/128"])
+        self.assertEqual([str(n) for n in end.config.allow], ["192.0.2.0/24", "2001:db8::1/128"])
 
     def test_badCIDR(self) -> None:
         self.assertUsageError("--allow: '10.0.0.0/33'", *self.BASE, "--allow", "10.0.0.0/33")
@@ -408,7 +405,7 @@ class HardeningOptionsTests(SynchronousTestCase):
 
     def test_metricsEndpoint(self) -> None:
         end = parse(*self.BASE, "--metrics", "9100").subOptions
-        self.assertEqual(end["metrics"], "tcp:9100:interface=127.0.0.1")
+        self.assertEqual(end.config.metrics, "tcp:9100:interface=127.0.0.1")
         self.assertUsageError("--metrics: bad server endpoint", *self.BASE, "--metrics",
                               "tcp:9100:backlog=many")
         self.assertUsageError("--metrics: 'x:1': give an IP address", *self.BASE,
@@ -435,7 +432,7 @@ class HardeningOptionsTests(SynchronousTestCase):
         end = parse(
             *self.BASE, "--tls-cert", cert, "--tls-key", key, "--tls-ca", authority.path
         ).subOptions
-        self.assertIsNotNone(end["credentials"])
+        self.assertIsNotNone(end.config.credentials)
 
     def test_clientTLSName(self) -> None:
         directory = tempfile.mkdtemp()
@@ -444,7 +441,7 @@ class HardeningOptionsTests(SynchronousTestCase):
         cert, key = authority.issue("client")
         tls = ("--tls-cert", cert, "--tls-key", key, "--tls-ca", authority.path)
         end = parse("client", "--tcp", "natbox:9999", "--udp", "1", *tls).subOptions
-        self.assertEqual(end["tls-name"], "natbox")
+        self.assertEqual(end.config.tlsName, "natbox")
         self.assertUsageError(
             "--tls-name", "client", "--tcp", "tcp:host=natbox:port=9999", "--udp", "1", *tls
         )
@@ -495,7 +492,7 @@ class ValidatorTests(SynchronousTestCase):
     """
 
     def test_wholeFrom(self) -> None:
-        coerce = _wholeFrom(1, 127)
+        coerce = wholeFrom(1, 127)
         self.assertEqual([coerce("1"), coerce("127")], [1, 127])
         for bad in ("0", "128", "-1", "1.5", "", "many", "99999999999"):
             error = self.assertRaises(ValueError, coerce, bad)
@@ -503,40 +500,33 @@ class ValidatorTests(SynchronousTestCase):
             self.assertIn(repr(bad), str(error))
 
     def test_secondsUpTo(self) -> None:
-        coerce = _secondsUpTo(MAX_USER_TIMEOUT)
+        coerce = secondsUpTo(MAX_USER_TIMEOUT)
         self.assertEqual([coerce("0"), coerce("11.5"), coerce("2147483.647")],
                          [0, 11.5, 2147483.647])
         for bad in ("-1", "2147483.648", "3000000", "nan", "inf", "soon"):
             error = self.assertRaises(ValueError, coerce, bad)
             self.assertIn("2147483.647", str(error))
 
-    def test_namingNamesTheOption(self) -> None:
+    def test_everyCheckedOptionNamed(self) -> None:
         """
-        A coercer's L{ValueError} becomes a usage error that starts with the
-        option (Twisted's own says "Parameter type enforcement failed").
-        """
-        named = _naming("keepalive-idle", _wholeFrom(0, 5))
-        self.assertEqual(named("3"), 3)
-        error = self.assertRaises(usage.UsageError, named, "9")
-        self.assertTrue(str(error).startswith("--keepalive-idle: "), str(error))
-
-    def test_everyCoercedOptionNamed(self) -> None:
-        """
-        Every option with a coercer, whoever adds it, is wrapped: a bad value
-        names the option.
+        Every option whose value is checked names itself when the value is
+        bad (Twisted's own coercion error says "Parameter type enforcement
+        failed", naming none).
         """
         checked = []
-        for end, options, tcp in (("server", ServerOptions, "9999"), ("client", ClientOptions, "h:1")):
-            rows: list[list[object]] = []
-            reflect.accumulateClassList(options, "optParameters", rows)
-            for name, _, _, _, *coerce in rows:
-                if coerce and coerce[0] is not None:
-                    argv = [end, "--tcp", tcp, "--udp", "1", f"--{name}", "-7"]
-                    error = self.assertRaises(usage.UsageError, parse, *argv)
-                    self.assertTrue(str(error).startswith(f"--{name}: "), str(error))
-                    checked.append(name)
+        for end, tcp in (("server", "9999"), ("client", "h:1")):
+            for option in OPTIONS:
+                if end not in option.roles or option.flag or option.name in ("tcp", "udp"):
+                    continue
+                if option.parse is None or option.parse.__name__ == "_asIs":
+                    continue
+                argv = [end, "--tcp", tcp, "--udp", "1", f"--{option.name}", "-7"]
+                error = self.assertRaises(usage.UsageError, parse, *argv)
+                self.assertTrue(str(error).startswith(f"--{option.name}: "), str(error))
+                checked.append(option.name)
         self.assertIn("keepalive-idle", checked)
         self.assertIn("stats-interval", checked)
+        self.assertIn("allow", checked)
 
 
 class KernelLimitTests(SynchronousTestCase):
@@ -621,10 +611,10 @@ class UserTimeoutTests(SynchronousTestCase):
 
     def test_parsed(self) -> None:
         base = ("server", "--tcp", "9999", "--udp", "5073")
-        self.assertIsNone(parse(*base).subOptions["settings"].userTimeout)
+        self.assertIsNone(parse(*base).subOptions.config.settings.userTimeout)
         end = parse(*base, "--keepalive-idle", "2", "--keepalive-interval", "1",
                     "--keepalive-count", "2").subOptions
-        self.assertEqual(end["settings"].effectiveUserTimeout(), 4)
+        self.assertEqual(end.config.settings.effectiveUserTimeout(), 4)
 
 
 class EndpointCheckTests(SynchronousTestCase):
@@ -722,22 +712,19 @@ class AddressFamilyTests(SynchronousTestCase):
         self.assertUsageError("--peer: 'v4only.example' has no IPv6 address, and --udp is IPv6",
                               "--udp", "[::1]:1", "--peer", "v4only.example:2")
         plan = parse("server", "--tcp", "9999", "--udp", "1",
-                     "--peer", "v4only.example:2").subOptions["plan"]
+                     "--peer", "v4only.example:2").subOptions.config.udp
         self.assertEqual(plan.peer, ("192.0.2.1", 2))
 
 
 class _Runner(dict):  # type: ignore[type-arg]
     """
-    Stands for twistd's or twist's options: the parent of ours.
+    Stands for twistd's options (which have C{--nodaemon}) or twist's (which
+    have not): the parent of ours.
     """
 
-    def __init__(self, synopsis: str) -> None:
-        super().__init__(nodaemon=True)
-        self.synopsis = synopsis
+    def __init__(self, twistd: bool = True) -> None:
+        super().__init__(nodaemon=True) if twistd else super().__init__()
         self.subCommand = "udptunnel"
-
-    def getSynopsis(self) -> str:
-        return self.synopsis
 
 
 class UsageTextTests(SynchronousTestCase):
@@ -746,9 +733,9 @@ class UsageTextTests(SynchronousTestCase):
     under a runner shows a few lines, not the whole help.
     """
 
-    def underRunner(self, synopsis: str = "Usage: twistd [options]") -> Options:
+    def underRunner(self, twistd: bool = True) -> Options:
         options = Options()
-        options.parent = _Runner(synopsis)  # type: ignore[assignment]
+        options.parent = _Runner(twistd)  # type: ignore[assignment]
         return options
 
     def test_synopsis(self) -> None:
@@ -762,7 +749,7 @@ class UsageTextTests(SynchronousTestCase):
                          "Usage: twistd [twistd options] udptunnel server|client|run [options]")
 
     def test_synopsisUnderTwist(self) -> None:
-        options = self.underRunner("Usage: twist [options] plugin [plugin_options]")
+        options = self.underRunner(twistd=False)
         options.parseOptions(["client", "--tcp", "h:1", "--udp", "1"])
         self.assertTrue(options.subOptions.getSynopsis().startswith(
             "Usage: twist [twist options] udptunnel client --tcp HOST:PORT"))
@@ -795,60 +782,39 @@ class UsageTextTests(SynchronousTestCase):
         self.assertNotRegex(text, r"\[default: \d+\.\d+\]")
 
 
-class StartupReportTests(SynchronousTestCase):
+class PreflightTests(SynchronousTestCase):
     """
-    A daemonising twistd's parent prints the daemon's start-up error; ours
-    comes out as the message itself.  Twisted's own formatter and reporter
-    (twisted.scripts._twistd_unix) make the report here.
+    Under a twistd that will fork, every socket is tried before it forks,
+    so that a busy port is one line in the user's terminal.
     """
 
-    def report(self, error: Exception) -> str:
-        from twisted.scripts._twistd_unix import UnixApplicationRunner
+    def busyUDP(self) -> int:
+        busy = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.addCleanup(busy.close)
+        busy.bind(("127.0.0.1", 0))
+        return int(busy.getsockname()[1])
 
-        data = UnixApplicationRunner._formatChildException(None, error)  # type: ignore[arg-type]
-        read, write = os.pipe()
-        self.addCleanup(os.close, read)
-        os.write(write, data)
-        os.close(write)
-        written = io.StringIO()
-        self.patch(sys, "__stderr__", _CleanStartupReport(written))
-        status = UnixApplicationRunner._waitForStart(None, read)  # type: ignore[arg-type]
-        self.assertEqual(status, 1)
-        return written.getvalue()
+    def test_busyPortBeforeTheFork(self) -> None:
+        port = self.busyUDP()
+        options = parse("server", "--tcp", "tcp:0:interface=127.0.0.1",
+                        "--udp", f"127.0.0.1:{port}")
+        options.parent = _Runner()  # type: ignore[assignment]
+        options.parent["nodaemon"] = False
+        error = self.assertRaises(SystemExit, makeService, options, reactor)
+        self.assertEqual(str(error.code), "udptunnel: cannot start: cannot listen on "
+                                          f"127.0.0.1:{port}: Address already in use")
 
-    def test_startupError(self) -> None:
-        self.assertEqual(
-            self.report(StartupError("cannot listen on 127.0.0.1:5073: Address already in use")),
-            "udptunnel: cannot start: cannot listen on 127.0.0.1:5073: Address already in use\n",
-        )
-
-    def test_truncated(self) -> None:
+    def test_onlyWhenForking(self) -> None:
         """
-        twistd passes 100 bytes: a longer message says where the rest is.
+        In the foreground the tunnel's own bind says it, at start; and
+        nothing is tried where no runner runs (a test builds services).
         """
-        text = self.report(StartupError("cannot listen on " + "x" * 200))
-        self.assertTrue(text.startswith("udptunnel: cannot start: cannot listen on xxx"), text)
-        self.assertTrue(text.endswith("... (the log file has the rest)\n"), text)
-
-    def test_otherErrorsUnchanged(self) -> None:
-        text = self.report(RuntimeError("something else"))
-        self.assertTrue(text.startswith("An error has occurred: b'"), text)
-        self.assertIn("RuntimeError: something else", text)
-        self.assertIn("Please look at log file", text)
-
-    def test_installedOnlyWhenDaemonising(self) -> None:
-        """
-        Under a twistd that will fork, and only there (twistd's -n comes
-        before the plugin's name, so it is known by then).
-        """
-        self.patch(sys, "__stderr__", sys.__stderr__)
-        for nodaemon in (True, False):
-            options = Options()
-            runner = _Runner("Usage: twistd [options]")
-            runner["nodaemon"] = nodaemon
-            options.parent = runner  # type: ignore[assignment]
-            options.parseOptions(["server", "--tcp", "9999", "--udp", "1"])
-            self.assertEqual(isinstance(sys.__stderr__, _CleanStartupReport), not nodaemon)
+        port = self.busyUDP()
+        options = parse("server", "--tcp", "tcp:0:interface=127.0.0.1",
+                        "--udp", f"127.0.0.1:{port}")
+        makeService(options, reactor)
+        options.parent = _Runner()  # type: ignore[assignment]
+        makeService(options, reactor)
 
 
 class SessionsBacklogTests(SynchronousTestCase):
@@ -859,16 +825,16 @@ class SessionsBacklogTests(SynchronousTestCase):
     def parse(self, tcp: str) -> str:
         options = tap.Options()
         options.parseOptions(["server", "--sessions", "--tcp", tcp, "--peer", "127.0.0.1:53"])
-        return options.subOptions["tcp"]
+        return options.subOptions.config.tcp
 
     def test_barePort(self) -> None:
         from udptunnel.link import listening
 
         self.patch(listening, "hasIPv6", lambda: False)
-        self.assertEqual(self.parse("9999"), f"tcp:9999:backlog={tap.SESSIONS_BACKLOG}")
+        self.assertEqual(self.parse("9999"), f"tcp:9999:backlog={SESSIONS_BACKLOG}")
         self.patch(listening, "hasIPv6", lambda: True)
         self.assertEqual(self.parse("9999"),
-                         f"tcp6:9999:interface=\\:\\::backlog={tap.SESSIONS_BACKLOG}")
+                         f"tcp6:9999:interface=\\:\\::backlog={SESSIONS_BACKLOG}")
 
     def test_ownBacklogKept(self) -> None:
         self.assertEqual(self.parse("tcp:9999:backlog=10"), "tcp:9999:backlog=10")

@@ -508,8 +508,8 @@ class OptionsTests(SynchronousTestCase):
     BASE = ("server", "--tcp", "tcp:9999:interface=127.0.0.1", "--peer", "127.0.0.1:53")
 
     def test_flag(self) -> None:
-        self.assertTrue(parse(*self.BASE, "--proxy-protocol").subOptions["proxy-protocol"])
-        self.assertFalse(parse(*self.BASE).subOptions["proxy-protocol"])
+        self.assertTrue(parse(*self.BASE, "--proxy-protocol").subOptions.config.proxyProtocol)
+        self.assertFalse(parse(*self.BASE).subOptions.config.proxyProtocol)
 
     def test_notWithTLS(self) -> None:
         """

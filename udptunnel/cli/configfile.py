@@ -2,10 +2,10 @@
 Several tunnels in one process, from a TOML file (C{twistd udptunnel run
 --config FILE}).
 
-Each C{[tunnel.NAME]} table is turned into the command line of its C{role}
-(C{udp = 5073} becomes C{--udp=5073}, C{sessions = true} becomes
-C{--sessions}, C{allow = ["10.0.0.0/8"]} one C{--allow} per item) and parsed
-by the very option parser of C{udptunnel server} or C{client}: one validation
+Each C{[tunnel.NAME]} table's keys are the long options of its C{role}
+(C{udp = 5073} is C{--udp 5073}, C{sessions = true} is C{--sessions}, a
+repeatable option takes a list), and the table is read by the command
+line's own reader (L{udptunnel.cli.settings.tunnelConfig}): one validation
 path, so a file can say nothing a command line could not, and every check
 and every default is the same.  Only the errors are reworded, to name the
 file, the tunnel and the key instead of the option.
@@ -15,14 +15,21 @@ from __future__ import annotations
 
 import difflib
 import re
+import shlex
 import sys
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from twisted.python import usage
-
-from udptunnel.cli.clashes import Bind, firstClash, serverBind
+from udptunnel.cli.clashes import firstClash, serverBind, udpBind
+from udptunnel.cli.schema import CLIENT, SERVER, optionsOf
+from udptunnel.cli.settings import (
+    OptionError,
+    ProcessConfig,
+    TunnelConfig,
+    tunnelConfig,
+)
+from udptunnel.cli.values import metricsEndpoint
 from udptunnel.show import printable
 
 if sys.version_info >= (3, 11):
@@ -36,10 +43,7 @@ NAME = re.compile(r"[A-Za-z0-9_-]{1,64}\Z")
 #: Keys of the top of the file: what the process has once, for all tunnels.
 PROCESS_KEYS = ("metrics",)
 
-#: Options of the command line that are no keys of a tunnel's table.
-_NOT_KEYS = ("help", "version") + PROCESS_KEYS
-
-ROLES = ("server", "client")
+ROLES = (SERVER, CLIENT)
 
 #: The largest file read: what a config of many tunnels takes, with room;
 #: anything larger is a mistake, not to be read whole into memory.
@@ -54,44 +58,38 @@ class ConfigError(Exception):
 
 
 @dataclass(frozen=True)
-class TunnelConfig:
+class Table:
     """
-    One C{[tunnel.NAME]} table: as written (a reload compares these), and as
-    parsed by its role's option parser.
+    One C{[tunnel.NAME]} table: as written (a reload compares these), the
+    tunnel it describes, and the command line it stands for (what
+    C{--check} prints).
     """
 
     name: str
-    role: str
     table: Mapping[str, Any]
-    options: usage.Options = field(compare=False)
-    #: The command line the table stands for (C{--udp=5073}, C{--sessions}).
+    config: TunnelConfig = field(compare=False)
     argv: tuple[str, ...] = field(compare=False, default=())
 
+    @property
+    def role(self) -> str:
+        return self.config.role
+
 
 @dataclass(frozen=True)
-class Config:
+class ConfigFile:
     path: str
     metrics: str | None
-    tunnels: dict[str, TunnelConfig]
+    tunnels: dict[str, Table]
+
+    def process(self) -> ProcessConfig:
+        """
+        What the file runs, as a process's configuration.
+        """
+        return ProcessConfig(tuple(t.config for t in self.tunnels.values()), self.metrics,
+                             self.path)
 
 
-@dataclass(frozen=True)
-class Parsers:
-    """
-    How the command line checks what a file holds (L{udptunnel.tap}'s).
-
-    @ivar optionsFor: a fresh option parser for a role.
-    @ivar metrics: the C{--metrics} endpoint description for a value given,
-        or a L{usage.UsageError}.
-    """
-
-    optionsFor: Callable[[str], usage.Options]
-    metrics: Callable[[str], str]
-    #: The sockets a tunnel of a role binds, from its parsed options.
-    binds: Callable[[str, usage.Options], list[Bind]] = lambda role, options: []
-
-
-def loadConfig(path: str, parsers: Parsers) -> Config:
+def loadConfig(path: str) -> ConfigFile:
     """
     Read and check the file at C{path}: every tunnel parsed, nothing started.
 
@@ -110,10 +108,10 @@ def loadConfig(path: str, parsers: Parsers) -> Config:
         raise ConfigError(f"{path}: not valid TOML: {e}") from None
     except UnicodeDecodeError as e:
         raise ConfigError(f"{path}: not valid TOML: not UTF-8 ({e.reason})") from None
-    return parseConfig(path, document, parsers)
+    return parseConfig(path, document)
 
 
-def parseConfig(path: str, document: Mapping[str, Any], parsers: Parsers) -> Config:
+def parseConfig(path: str, document: Mapping[str, Any]) -> ConfigFile:
     """
     Check a file's contents, C{document} (as C{tomllib} returns them).
     """
@@ -128,9 +126,9 @@ def parseConfig(path: str, document: Mapping[str, Any], parsers: Parsers) -> Con
             raise ConfigError(f"{path}: metrics: expected a port or an endpoint "
                               f"description, not {_kind(metrics)}")
         try:
-            metrics = parsers.metrics(str(metrics))
-        except usage.UsageError as e:
-            raise ConfigError(f"{path}: {_inKeys(str(e))}") from None
+            metrics = metricsEndpoint(str(metrics))
+        except ValueError as e:
+            raise ConfigError(f"{path}: metrics: {e}") from None
     tables = document.get("tunnel")
     if not isinstance(tables, Mapping) or not tables:
         raise ConfigError(f"{path}: no tunnel: give one [tunnel.NAME] table per tunnel")
@@ -143,89 +141,69 @@ def parseConfig(path: str, document: Mapping[str, Any], parsers: Parsers) -> Con
         if not isinstance(table, Mapping):
             raise ConfigError(f"{path}: tunnel.{name}: expected a table ([tunnel.{name}]), "
                               f"not {_kind(table)}")
-        tunnels[name] = _tunnel(where, name, table, parsers.optionsFor)
-    _checkClashes(path, metrics, tunnels, parsers)
-    return Config(path, metrics, tunnels)
+        tunnels[name] = _tunnel(where, name, table)
+    _checkClashes(path, metrics, tunnels)
+    return ConfigFile(path, metrics, tunnels)
 
 
-def _checkClashes(path: str, metrics: str | None, tunnels: Mapping[str, TunnelConfig],
-                  parsers: Parsers) -> None:
+def _checkClashes(path: str, metrics: str | None, tunnels: Mapping[str, Table]) -> None:
     """
     Refuse two tunnels (or a tunnel and the metrics endpoint) that would
     bind the same socket: the second would fail at run time, or worse,
     share it.
     """
-    binds = [(f"tunnel {name}", bind) for name, tunnel in tunnels.items()
-             for bind in parsers.binds(tunnel.role, tunnel.options)]
-    metricsBind = serverBind(metrics) if metrics is not None else None
-    if metricsBind is not None:
-        binds.insert(0, ("the metrics endpoint", metricsBind))
-    clash = firstClash(binds)
+    binds = []
+    if metrics is not None:
+        binds.append(("the metrics endpoint", serverBind(metrics)))
+    for name, tunnel in tunnels.items():
+        config = tunnel.config
+        binds.append((f"tunnel {name}", udpBind(config.udp)))
+        if config.role == SERVER:
+            assert isinstance(config.tcp, str)
+            binds.append((f"tunnel {name}", serverBind(config.tcp)))
+    clash = firstClash([(owner, bind) for owner, bind in binds if bind is not None])
     if clash is not None:
         first, second, bind = clash
         raise ConfigError(f"{path}: {first} and {second} would both bind {bind}: "
                           "give each its own")
 
 
-def _tunnel(where: str, name: str, table: Mapping[str, Any],
-            optionsFor: Callable[[str], usage.Options]) -> TunnelConfig:
+def _tunnel(where: str, name: str, table: Mapping[str, Any]) -> Table:
     role = table.get("role")
     if role not in ROLES:
         got = "missing" if role is None else f"not {_kind(role)}"
         raise ConfigError(f"{where} role: expected \"server\" or \"client\", {got}")
-    options = optionsFor(role)
-    argv = arguments(where, role, {k: v for k, v in table.items() if k != "role"}, options)
-    _parse(where, options, argv)
-    return TunnelConfig(name, role, dict(table), options, tuple(argv))
-
-
-def arguments(where: str, role: str, table: Mapping[str, Any],
-              options: usage.Options) -> list[str]:
-    """
-    The command line that C{table} stands for, for C{options}' parser.
-    """
-    flags, parameters = _optionNames(options)
-    repeatable = {key for key in parameters if isinstance(options.get(key), list)}
+    options = {option.name: option for option in optionsOf(role) if not option.process}
+    given: dict[str, Any] = {}
     argv = []
     for key, value in table.items():
+        if key == "role":
+            continue
         if key in PROCESS_KEYS:
             raise ConfigError(f"{where} {key}: one for the whole process: put it at the "
                               "top of the file, before the first [tunnel.NAME]")
-        if key in flags:
+        option = options.get(key)
+        if option is None:
+            raise ConfigError(f"{where}: unknown key {key!r}{_suggest(key, [*options, 'role'])} "
+                              f"(the keys are the long options of 'udptunnel {role}')")
+        if option.flag:
             if not isinstance(value, bool):
                 raise ConfigError(f"{where} {key}: expected true or false, not {_kind(value)}")
+            given[key] = value
             argv += [f"--{key}"] if value else []
-        elif key in parameters:
-            values = value if key in repeatable and isinstance(value, list) else [value]
-            for one in values:
-                argv.append(f"--{key}={_scalar(where, key, one, key in repeatable)}")
+        elif option.repeatable:
+            items = [_scalar(where, key, one, True)
+                     for one in (value if isinstance(value, list) else [value])]
+            given[key] = items
+            argv += [f"--{key}={item}" for item in items]
         else:
-            known = [*flags, *parameters, "role"]
-            raise ConfigError(f"{where}: unknown key {key!r}{_suggest(key, known)} "
-                              f"(the keys are the long options of 'udptunnel {role}')")
-    return argv
-
-
-def _parse(where: str, options: usage.Options, argv: list[str]) -> usage.Options:
+            given[key] = _scalar(where, key, value, False)
+            argv.append(f"--{key}={given[key]}")
     try:
-        options.parseOptions(argv)
-    except usage.UsageError as e:
+        config = tunnelConfig(role, given, name)
+    except OptionError as e:
         raise ConfigError(f"{where} {_inKeys(str(e))}") from None
-    return options
-
-
-def _optionNames(options: usage.Options) -> tuple[set[str], set[str]]:
-    """
-    The option parser's flags and the options that take a value, by long
-    name, less those that have no place in a tunnel's table.
-    """
-    flags, parameters = set(), set()
-    for name in options.longOpt:
-        if name.endswith("="):
-            parameters.add(name[:-1])
-        else:
-            flags.add(name)
-    return flags - set(_NOT_KEYS), parameters - set(_NOT_KEYS)
+    return Table(name, dict(table), config, tuple(argv))
 
 
 def _scalar(where: str, key: str, value: Any, repeatable: bool) -> str:
@@ -256,3 +234,19 @@ def _inKeys(message: str) -> str:
     reads C{udp: bad ...}, C{--tcp is required} C{tcp is required}.
     """
     return re.sub(r"--([a-z][a-z0-9-]*)", r"\1", message)
+
+
+def describeConfig(config: ConfigFile) -> str:
+    """
+    What a config file runs, in a few lines (C{--check}): each tunnel as
+    the command line it stands for.
+    """
+    lines = [f"{config.path}: {len(config.tunnels)} tunnel(s)"
+             + (f", metrics on {config.metrics}" if config.metrics else "")]
+    for tunnel in config.tunnels.values():
+        words = [tunnel.role]
+        for argument in tunnel.argv:
+            option, equals, value = argument.partition("=")
+            words += [option, shlex.quote(value)] if equals else [option]
+        lines.append(f"  {tunnel.name}: udptunnel {' '.join(words)}")
+    return "\n".join(lines)

@@ -26,7 +26,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from udptunnel import StartupError
-from udptunnel.cli.configfile import Config, ConfigError, TunnelConfig
+from udptunnel.cli.configfile import ConfigError, ConfigFile, Table
 from udptunnel.tunnel.service import TunnelService
 
 RELOAD_SIGNAL = signal.SIGUSR2
@@ -41,8 +41,8 @@ class ReadTimedOut(Exception):
     """
 
 
-def readOffTheLoop(read: Callable[[], Config], reactor: Any,
-                   deadline: float) -> tuple[threading.Thread, Deferred[Config]]:
+def readOffTheLoop(read: Callable[[], ConfigFile], reactor: Any,
+                   deadline: float) -> tuple[threading.Thread, Deferred[ConfigFile]]:
     """
     Call C{read} in a daemon thread of its own, and give its result (or
     its exception) to the event loop; L{ReadTimedOut} after C{deadline}
@@ -50,9 +50,9 @@ def readOffTheLoop(read: Callable[[], Config], reactor: Any,
     is left to itself (a daemon thread does not keep the process from
     exiting), and its late result is dropped.
     """
-    done: Deferred[Config] = Deferred()
+    done: Deferred[ConfigFile] = Deferred()
 
-    def settle(result: Config | Failure) -> None:
+    def settle(result: ConfigFile | Failure) -> None:
         if done.called:
             return
         if timer.active():
@@ -64,7 +64,7 @@ def readOffTheLoop(read: Callable[[], Config], reactor: Any,
 
     def run() -> None:
         try:
-            result: Config | Failure = read()
+            result: ConfigFile | Failure = read()
         except BaseException:  # noqa: BLE001 (handed to the loop, whatever it is)
             result = Failure()
         reactor.callFromThread(settle, result)
@@ -87,8 +87,8 @@ class TunnelSet(MultiService):
 
     log = Logger()
 
-    def __init__(self, config: Config, load: Callable[[], Config],
-                 build: Callable[[TunnelConfig, bool], TunnelService], reactor: Any) -> None:
+    def __init__(self, config: ConfigFile, load: Callable[[], ConfigFile],
+                 build: Callable[[Table, bool], TunnelService], reactor: Any) -> None:
         """
         @param load: reads and checks the file again, or raises a
             L{ConfigError}.
@@ -130,7 +130,7 @@ class TunnelSet(MultiService):
         for observer in self.stateObservers:
             observer()
 
-    def _add(self, tunnel: TunnelConfig, atStart: bool = False) -> TunnelService:
+    def _add(self, tunnel: Table, atStart: bool = False) -> TunnelService:
         """
         Make C{tunnel}'s service and add it (which starts it if we run).
         """
@@ -205,7 +205,7 @@ class TunnelSet(MultiService):
             self._again = False
             self.reload()
 
-    def _apply(self, config: Config) -> Deferred[None]:
+    def _apply(self, config: ConfigFile) -> Deferred[None]:
         old, new = self.config.tunnels, config.tunnels
         removed = [name for name in old if name not in new]
         added = [name for name in new if name not in old]
@@ -214,7 +214,7 @@ class TunnelSet(MultiService):
             self.log.warn("reload: metrics changed from {old} to {new}: the endpoint stays "
                           "{old} until a restart", old=self.config.metrics or "none",
                           new=config.metrics or "none")
-            config = Config(config.path, self.config.metrics, config.tunnels)
+            config = ConfigFile(config.path, self.config.metrics, config.tunnels)
         self.config = config
         if not (removed or added or changed):
             self.log.info("reload: no tunnel changed")
@@ -243,7 +243,7 @@ class TunnelSet(MultiService):
         stopped = self._forget(name).disownServiceParent()
         return stopped if stopped is not None else succeed(None)
 
-    def _startAll(self, tunnels: list[TunnelConfig]) -> None:
+    def _startAll(self, tunnels: list[Table]) -> None:
         if not self.running:
             return  # stopped while the old tunnels closed
         for tunnel in tunnels:
