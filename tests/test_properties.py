@@ -34,6 +34,7 @@ from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 from zope.interface import implementer
 
+from udptunnel.cli.values import parseProxy
 from udptunnel.interfaces import ILinkRelay
 from udptunnel.link.protocol import TunnelFactory, TunnelStreamProtocol
 from udptunnel.link.proxyheader import (
@@ -47,7 +48,6 @@ from udptunnel.link.viaproxy import (
     MAX_HTTP_ANSWER,
     ProxyEndpoint,
     ProxyError,
-    parseProxy,
 )
 
 

@@ -24,12 +24,12 @@ from twisted.python import usage
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SkipTest, SynchronousTestCase
 
+from udptunnel.cli.values import parseProxy
 from udptunnel.link.viaproxy import (
     HANDSHAKE_TIMEOUT,
     Proxy,
     ProxyEndpoint,
     ProxyError,
-    parseProxy,
 )
 from udptunnel.tap import Options
 

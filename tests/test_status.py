@@ -18,8 +18,8 @@ from twisted.internet.task import Clock
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 
+from udptunnel.cli.statuscmd import duration, render, size, statusURL
 from udptunnel.ops.status import statusDocument
-from udptunnel.ops.statuscmd import duration, render, size, statusURL
 from udptunnel.tunnel.single import Relay
 
 from .fakes import FakeLink, FakeUDPTransport
@@ -197,7 +197,7 @@ class CommandLineTests(SynchronousTestCase):
         A bare port is on 127.0.0.1 (where C{--metrics PORT} listens), as is
         C{HOST:PORT}'s host; a URL stays as it is.
         """
-        from udptunnel.ops.statuscmd import endpointURL
+        from udptunnel.cli.statuscmd import endpointURL
 
         self.assertEqual(endpointURL("9100"), "http://127.0.0.1:9100/")
         self.assertEqual(endpointURL("relay:9100"), "http://relay:9100/")

@@ -16,7 +16,7 @@ USAGE = ("Usage: python -m udptunnel status [URL | [HOST:]PORT] [--json]\n"
 
 def main(argv: list[str]) -> int:
     if argv[:1] == ["status"]:
-        from udptunnel.ops.statuscmd import main as status
+        from udptunnel.cli.statuscmd import main as status
 
         return status(argv[1:])
     if argv in (["--help"], ["-h"]):

@@ -12,7 +12,6 @@ from dataclasses import dataclass
 from typing import Any
 
 from udptunnel.cli import values
-from udptunnel.link.viaproxy import parseProxy
 from udptunnel.sockopts import (
     MAX_INT,
     MAX_KEEPALIVE_COUNT,
@@ -153,7 +152,7 @@ OPTIONS: tuple[Option, ...] = (
     Option("proxy", (
         "Connect through a proxy: http://[USER:PASSWORD@]HOST:PORT (HTTP CONNECT) "
         "or socks5://[USER:PASSWORD@]HOST:PORT; the proxy resolves --tcp's host. "
-        "TLS runs end to end, inside."), parseProxy, roles=frozenset({CLIENT})),
+        "TLS runs end to end, inside."), values.parseProxy, roles=frozenset({CLIENT})),
     Option("sessions", SESSIONS_HELP),
     Option("reuse-port", (
         "With --sessions: share the port with other processes started the same way "

@@ -11,6 +11,7 @@ from __future__ import annotations
 import ipaddress
 from collections.abc import Callable
 from typing import Any
+from urllib.parse import unquote, urlsplit
 
 from twisted.internet.endpoints import clientFromString, serverFromString
 
@@ -25,6 +26,7 @@ from udptunnel.cli.addresses import (
 )
 from udptunnel.link.listening import allInterfaces
 from udptunnel.link.preamble import PROFILES
+from udptunnel.link.viaproxy import SCHEMES, Proxy
 
 #: How to get TLS, in the README's words (it installs from a checkout).
 TLS_INSTALL = "install udptunnel with its tls extra (pip install '.[tls]' in its source tree)"
@@ -224,3 +226,35 @@ def reach(description: str) -> str:
     if literalFamily(interface) is not None and ipaddress.ip_address(interface).is_loopback:
         return " (this host only)"
     return ""
+
+
+def parseProxy(text: str) -> Proxy:
+    """
+    Parse C{http://[USER:PASSWORD@]HOST:PORT} or C{socks5://...}, raising
+    L{ValueError} with a message that does not repeat the password.
+    """
+    scheme, sep, rest = text.partition("://")
+    scheme = scheme.lower()
+    if not sep or scheme not in SCHEMES:
+        raise ValueError("expected http://[USER:PASSWORD@]HOST:PORT or socks5://...")
+    # The credentials end at the last "@": a password may hold "/", "?" or
+    # "#" unencoded, which would end a URL's authority and reach an error
+    # message as its path.
+    credentials, at, address = rest.rpartition("@")
+    parts = urlsplit(f"{scheme}://{address}")
+    if parts.path not in ("", "/") or parts.query or parts.fragment:
+        raise ValueError(f"a proxy URL has no path: {str(parts.path + parts.query)!r}")
+    hostPort = parts.netloc
+    try:
+        where = splitHostPort(hostPort)
+    except ValueError as e:
+        raise ValueError(f"{scheme}://{hostPort}: {e}") from None
+    assert where.host is not None
+    user = password = None
+    if at:
+        user, colon, password = (unquote(p) for p in credentials.partition(":"))
+        if not colon or not user:
+            raise ValueError("credentials are USER:PASSWORD")
+        if scheme == "socks5" and max(len(user.encode()), len(password.encode())) > 255:
+            raise ValueError("SOCKS5 user names and passwords are 255 bytes at most")
+    return Proxy(scheme, where.host, where.port, user, password)

@@ -20,7 +20,6 @@ import base64
 import ipaddress
 import struct
 from typing import Any, NamedTuple
-from urllib.parse import unquote, urlsplit
 
 from twisted.internet.defer import Deferred
 from twisted.internet.error import ConnectionDone
@@ -35,7 +34,6 @@ from twisted.internet.protocol import Factory, Protocol
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from udptunnel.cli.addresses import splitHostPort
 from udptunnel.show import printable
 
 #: How long the proxy may take to answer the handshake, in seconds, once the
@@ -71,38 +69,6 @@ class Proxy(NamedTuple):
 
     def __repr__(self) -> str:
         return str(self)
-
-
-def parseProxy(text: str) -> Proxy:
-    """
-    Parse C{http://[USER:PASSWORD@]HOST:PORT} or C{socks5://...}, raising
-    L{ValueError} with a message that does not repeat the password.
-    """
-    scheme, sep, rest = text.partition("://")
-    scheme = scheme.lower()
-    if not sep or scheme not in SCHEMES:
-        raise ValueError("expected http://[USER:PASSWORD@]HOST:PORT or socks5://...")
-    # The credentials end at the last "@": a password may hold "/", "?" or
-    # "#" unencoded, which would end a URL's authority and reach an error
-    # message as its path.
-    credentials, at, address = rest.rpartition("@")
-    parts = urlsplit(f"{scheme}://{address}")
-    if parts.path not in ("", "/") or parts.query or parts.fragment:
-        raise ValueError(f"a proxy URL has no path: {str(parts.path + parts.query)!r}")
-    hostPort = parts.netloc
-    try:
-        where = splitHostPort(hostPort)
-    except ValueError as e:
-        raise ValueError(f"{scheme}://{hostPort}: {e}") from None
-    assert where.host is not None
-    user = password = None
-    if at:
-        user, colon, password = (unquote(p) for p in credentials.partition(":"))
-        if not colon or not user:
-            raise ValueError("credentials are USER:PASSWORD")
-        if scheme == "socks5" and max(len(user.encode()), len(password.encode())) > 255:
-            raise ValueError("SOCKS5 user names and passwords are 255 bytes at most")
-    return Proxy(scheme, where.host, where.port, user, password)
 
 
 class _Handshake(Protocol):
