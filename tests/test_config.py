@@ -103,6 +103,13 @@ class ParseTests(SynchronousTestCase):
                            "--sessions", "--max-sessions", "10"])
         self.assertEqual(config.tunnels["dns"].config, replace(line.config, name="dns"))
 
+    def test_plainTwisted(self) -> None:
+        """
+        C{plain-twisted} is the process's, at the top of the file.
+        """
+        self.assertFalse(load(self, GOOD).process().plainTwisted)
+        self.assertTrue(load(self, "plain-twisted = true\n" + GOOD).process().plainTwisted)
+
     def test_falseFlag(self) -> None:
         config = load(self, """\
             [tunnel.a]
@@ -129,6 +136,10 @@ BAD = [
     ("not TOML", "[tunnel.a\n", ["not valid TOML"]),
     ("too large", "#" * (1024 * 1024 + 1), ["larger than 1024 KiB", "not a config file?"]),
     ("no tunnel", 'metrics = 9100\n', ["no tunnel", "[tunnel.NAME]"]),
+    ("plain-twisted not a flag", 'plain-twisted = "yes"\n[tunnel.a]\nrole = "server"\ntcp = 1\n'
+     'udp = 2\n', ["plain-twisted: expected true or false"]),
+    ("plain-twisted in a tunnel", '[tunnel.a]\nrole = "server"\ntcp = 1\nudp = 2\n'
+     'plain-twisted = true\n', ["[tunnel.a] plain-twisted: one for the whole process"]),
     ("unknown top key", 'metric = 9100\n[tunnel.a]\nrole = "server"\ntcp = 1\nudp = 2\n',
      ["unknown key 'metric'", "did you mean 'metrics'"]),
     ("unknown key", '[tunnel.a]\nrole = "server"\ntcp = 1\nudp = 2\nsesions = true\n',

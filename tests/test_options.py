@@ -20,7 +20,9 @@ from udptunnel.cli.addresses import HostPort, UDPPlan, splitDescription
 from udptunnel.cli.build import _connectTimeout
 from udptunnel.cli.schema import OPTIONS
 from udptunnel.cli.settings import SESSIONS_BACKLOG
+from udptunnel.cli.speedups import LeanDispatch
 from udptunnel.cli.values import reach, secondsUpTo, wholeFrom
+from udptunnel.link.protocol import TunnelFactory
 from udptunnel.ops.logreopen import LogReopener
 from udptunnel.sockopts import MAX_USER_TIMEOUT, SocketSettings, checkSettings
 from udptunnel.tap import (
@@ -468,6 +470,33 @@ class HardeningWiringTests(SynchronousTestCase):
             options.parent = parent  # type: ignore[assignment]
             services = makeService(options, reactor)
             self.assertTrue(any(isinstance(s, LogReopener) for s in services), parent)
+
+
+class PlainTwistedTests(SynchronousTestCase):
+    """
+    C{--plain-twisted}: the tunnel on Twisted's public API alone.
+    """
+
+    def services(self, *more: str) -> tuple[list[object], TunnelFactory]:
+        """
+        The top services under a runner (where the lean dispatch would be
+        installed), and the factory of the server's connections.
+        """
+        options = parse("server", "--tcp", "9999", "--udp", "1", *more)
+        options.parent = _Runner()  # type: ignore[assignment]
+        top = makeService(options, reactor)
+        listener = next(s for s in top if isinstance(s, StreamServerEndpointService))
+        return list(top), listener.factory  # type: ignore[attr-defined]
+
+    def test_speedupsByDefault(self) -> None:
+        services, factory = self.services()
+        self.assertTrue(any(isinstance(s, LeanDispatch) for s in services))
+        self.assertTrue(factory.writeThrough)
+
+    def test_plain(self) -> None:
+        services, factory = self.services("--plain-twisted")
+        self.assertFalse(any(isinstance(s, LeanDispatch) for s in services))
+        self.assertFalse(factory.writeThrough)
 
 
 class OptionalTLSTests(SynchronousTestCase):

@@ -189,8 +189,7 @@ class WriterChoiceTests(SynchronousTestCase):
         events = captureLogEvents(self)
         for _ in range(3):
             connection = self.connection()
-            write, through = writerFor(connection)
-            self.assertEqual((write, through), (connection.write, False))
+            self.assertEqual(writerFor(connection), connection.write)
         self.assertEqual(len(calls), 1)
         [warning] = warningsOf(events)
         self.assertIn("tcp.Connection has no dataBuffer (simulated)", warning["problems"])
@@ -199,8 +198,8 @@ class WriterChoiceTests(SynchronousTestCase):
         self.patch(writethrough, "_connectionVerdict", None)
         events = captureLogEvents(self)
         connection = self.connection()
-        write, through = writerFor(connection)
-        self.assertTrue(through)
+        write = writerFor(connection)
+        self.assertNotEqual(write, connection.write)
         write(b"straight to the socket")
         self.assertEqual((connection.dataBuffer, connection._tempDataBuffer), (b"", []))
         self.assertEqual(warningsOf(events), [])
@@ -208,4 +207,4 @@ class WriterChoiceTests(SynchronousTestCase):
     def test_tlsNeverWritesThrough(self) -> None:
         connection = self.connection()
         connection.TLS = True
-        self.assertEqual(writerFor(connection), (connection.write, False))
+        self.assertEqual(writerFor(connection), connection.write)

@@ -477,7 +477,7 @@ class WriteThroughTests(TestCase):
         # A small kernel send buffer, so that the socket fills.
         factory = TunnelFactory(relay, SocketSettings(tcpSendBuffer=16384))
         link, reader = yield self.connectLink(relay, factory)
-        self.assertEqual(link._writeThrough, writeThrough)
+        self.assertEqual(link.writesThrough, writeThrough)
 
         link.sendFrames([b"first"])
         queued = bool(link.transport.dataBuffer or link.transport._tempDataBuffer)
@@ -522,7 +522,7 @@ class WriteThroughTests(TestCase):
 
         factory = yield self.checkOrderWhenTheSocketFills(writeThrough=False)
         link, _ = yield self.connectLink(factory.relay, factory)
-        self.assertFalse(link._writeThrough)
+        self.assertFalse(link.writesThrough)
 
         warnings = [
             e

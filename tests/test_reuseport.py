@@ -23,11 +23,9 @@ from tests.test_faults import LOCAL
 from tests.test_sessions_e2e import APPS, SessionsTestCase, exchange
 from tests.test_twistd import TIMEOUT, TWISTD, freePort, lastLine, waitFor
 from udptunnel import tap
+from udptunnel._twisted import reuseport
+from udptunnel.link.listening import ReusePortReactor
 from udptunnel.udp.port import DatagramSocket
-from udptunnel.udp.reuseport import (
-    ReusePortReactor,
-    ReusePortTCPPort,
-)
 from udptunnel.udp.service import UDPService
 
 
@@ -136,19 +134,24 @@ class SharedPortTests(TestCase):
 
     def test_tcpShared(self) -> None:
         """
-        L{ReusePortReactor.listenTCP} makes L{ReusePortTCPPort}s, which
-        listen on one TCP port together; the reactor's own cannot.
+        L{ReusePortReactor.listenTCP} makes ports that listen on one TCP
+        port together; the reactor's own cannot.  Both ways: through
+        Twisted's public C{makeBinding}, and through the fallback for a
+        Twisted without it.
         """
-        shared = ReusePortReactor(reactor)
-        first = shared.listenTCP(0, ServerFactory(), interface=LOCAL)
-        self.addCleanup(first.stopListening)
-        port = first.getHost().port
-        second = shared.listenTCP(port, ServerFactory(), interface=LOCAL)
-        self.addCleanup(second.stopListening)
-        self.assertIsInstance(second, ReusePortTCPPort)
-        self.assertEqual(second.getHost().port, port)
-        self.assertRaises(CannotListenError, reactor.listenTCP, port, ServerFactory(),
-                          interface=LOCAL)
+        for public in (True, False):
+            if not public:
+                self.patch(reuseport, "_makeBinding", None)
+            shared = ReusePortReactor(reactor)
+            first = shared.listenTCP(0, ServerFactory(), interface=LOCAL)
+            self.addCleanup(first.stopListening)
+            port = first.getHost().port
+            second = shared.listenTCP(port, ServerFactory(), interface=LOCAL)
+            self.addCleanup(second.stopListening)
+            self.assertEqual(second.getHost().port, port)
+            self.assertEqual(isinstance(second, reuseport._ReusePortTCPPort), not public)
+            self.assertRaises(CannotListenError, reactor.listenTCP, port, ServerFactory(),
+                              interface=LOCAL)
 
     def test_reactorDelegates(self) -> None:
         """

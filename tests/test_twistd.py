@@ -235,11 +235,13 @@ class TwistdTestCase(SynchronousTestCase):
 
         waitFor(seen, f"{text!r} x{count} in the output of {process.args!r}", timeout)
 
-    def startServer(self, udp: int, tcp: int, runner: str = TWISTD) -> subprocess.Popen[bytes]:
+    def startServer(self, udp: int, tcp: int, runner: str = TWISTD,
+                    *more: str) -> subprocess.Popen[bytes]:
         """
         A foreground server in phantom mode, under C{twistd -n} or the
-        C{runner} given; returns once it logs that its UDP socket is bound
-        (its TCP listener is bound in the same call, just after).
+        C{runner} given, with options C{more}; returns once it logs that its
+        UDP socket is bound (its TCP listener is bound in the same call,
+        just after).
         """
         if runner == TWISTD:
             command = [TWISTD, "-n", "--pidfile="]
@@ -249,7 +251,7 @@ class TwistdTestCase(SynchronousTestCase):
             "server",
             *command, "udptunnel", "server",
             "--udp", f"127.0.0.1:{udp}",
-            "--tcp", f"tcp:{tcp}:interface=127.0.0.1",
+            "--tcp", f"tcp:{tcp}:interface=127.0.0.1", *more,
         )
         self.waitForOutput(server, "UDP bound on")
         return server
@@ -346,15 +348,25 @@ class ForegroundTests(TwistdTestCase):
         application from the server's UDP port.  SIGTERM stops both ends
         cleanly, each logging its summary line.
         """
+        self.seedScenario()
+
+    def test_seedScenarioPlainTwisted(self) -> None:
+        """
+        The same with C{--plain-twisted} on both ends: the tunnel also runs
+        on Twisted's public API alone (no write-through, no lean dispatch).
+        """
+        self.seedScenario("--plain-twisted")
+
+    def seedScenario(self, *more: str) -> None:
         serverUDP, tcp, clientUDP = (
             freePort(socket.SOCK_DGRAM), freePort(), freePort(socket.SOCK_DGRAM)
         )
         pop, app = self.udpSocket(), self.udpSocket()
-        server = self.startServer(serverUDP, tcp)
+        server = self.startServer(serverUDP, tcp, TWISTD, *more)
         client = self.spawn(
             "client",
             TWISTD, "-n", "--pidfile=",
-            *self.clientCommand(tcp, clientUDP, pop.getsockname()[1]),
+            *self.clientCommand(tcp, clientUDP, pop.getsockname()[1]), *more,
         )
 
         self.assertRelays(app, pop, serverUDP, clientUDP)

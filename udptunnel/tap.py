@@ -254,7 +254,7 @@ class Options(_WithExample):
         config = self.subOptions.config
         if isinstance(config, ProcessConfig):
             return config
-        return ProcessConfig((config,), config.metrics)
+        return ProcessConfig((config,), config.metrics, plainTwisted=config.plainTwisted)
 
 
 def makeService(options: Options, reactor: Any = None) -> IService:

@@ -147,10 +147,9 @@ def writeThroughSupported() -> bool:
     return not _connectionVerdict
 
 
-def writerFor(transport: Any) -> tuple[Callable[[bytes], None], bool]:
+def writerFor(transport: Any) -> Callable[[bytes], None]:
     """
-    The function to write to C{transport} with, and whether it writes
-    through.
+    The function to write to C{transport} with.
 
     Only on Twisted's own TCP and Unix connections (whose buffers the
     write-through checks), never past a TLS layer (wrapped, or started on
@@ -164,8 +163,8 @@ def writerFor(transport: Any) -> tuple[Callable[[bytes], None], bool]:
         and not getattr(transport, "TLS", False)
         and writeThroughSupported()
     ):
-        return _writeThroughTo(transport), True
-    return transport.write, False
+        return _writeThroughTo(transport)
+    return transport.write
 
 
 def _writeThroughTo(transport: Any) -> Callable[[bytes], None]:

@@ -21,7 +21,7 @@ from udptunnel.cli.addresses import HostPort, splitDescription
 from udptunnel.cli.settings import ProcessConfig, TunnelConfig
 from udptunnel.cli.speedups import LeanDispatch
 from udptunnel.cli.values import reach
-from udptunnel.link.listening import AnnouncingEndpoint
+from udptunnel.link.listening import AnnouncingEndpoint, ReusePortReactor
 from udptunnel.link.preamble import handshakeFor
 from udptunnel.link.protocol import TunnelFactory
 from udptunnel.link.viaproxy import ProxyEndpoint
@@ -35,7 +35,6 @@ from udptunnel.tunnel.service import TunnelService
 from udptunnel.tunnel.single import Relay
 from udptunnel.udp.port import connectedUDP
 from udptunnel.udp.protocol import TunnelDatagramProtocol
-from udptunnel.udp.reuseport import ReusePortReactor
 from udptunnel.udp.service import UDPService
 
 
@@ -65,13 +64,14 @@ def makeService(process: ProcessConfig, reactor: Any, runner: Runner = Runner())
     from udptunnel.ops.limits import BoundedFactory
     from udptunnel.ops.metrics import metricsSite
 
+    speedups = not process.plainTwisted
     top: Any
     if process.path is not None:
-        top = _tunnelSet(process.path, reactor, runner.foreground)
+        top = _tunnelSet(process.path, reactor, runner.foreground, speedups)
         site = metricsSite(tunnels=top.tunnels)
     else:
         (tunnel,) = process.tunnels
-        top = tunnelService(tunnel, reactor, runner.foreground)
+        top = tunnelService(tunnel, reactor, runner.foreground, speedups)
         site = metricsSite(top)
     if process.metrics is not None:
         _listener(process.metrics, BoundedFactory(site, reactor, "metrics"),
@@ -81,15 +81,16 @@ def makeService(process: ProcessConfig, reactor: Any, runner: Runner = Runner())
         # Whatever twistd logs to (--logfile, its default twistd.log, or
         # standard output in the foreground): SIGHUP must never kill it.
         LogReopener(reactor).setServiceParent(top)
-        # The process's reactor, not a test suite's.
-        LeanDispatch(reactor).setServiceParent(top)
+        if speedups:
+            # The process's reactor, not a test suite's.
+            LeanDispatch(reactor).setServiceParent(top)
     notifying = notifyService(top, reactor)
     if notifying is not None:
         notifying.setServiceParent(top)  # the last child: READY once all started
     return top
 
 
-def _tunnelSet(path: str, reactor: Any, foreground: bool) -> Any:
+def _tunnelSet(path: str, reactor: Any, foreground: bool, speedups: bool) -> Any:
     """
     The tunnels of the config file at C{path}, reloaded from it on SIGUSR2.
     """
@@ -99,16 +100,20 @@ def _tunnelSet(path: str, reactor: Any, foreground: bool) -> Any:
     def build(table: Table, atStart: bool) -> TunnelService:
         # A tunnel that cannot bind at start ends the process (as a command
         # line would); at a reload it is logged, and the others run on.
-        return tunnelService(table.config, reactor, foreground and atStart)
+        return tunnelService(table.config, reactor, foreground and atStart, speedups)
 
     return TunnelSet(loadConfig(path), lambda: loadConfig(path), build, reactor)
 
 
-def tunnelService(config: TunnelConfig, reactor: Any,
-                  exitOnStartupError: bool = False) -> TunnelService:
+def tunnelService(config: TunnelConfig, reactor: Any, exitOnStartupError: bool = False,
+                  speedups: bool = True) -> TunnelService:
     """
     The service of one tunnel, with its sockets and connections as
     children.
+
+    @param speedups: write frames straight to the socket when nothing is
+        queued (L{udptunnel._twisted.writethrough}); C{False}:
+        C{--plain-twisted}.
     """
     common = {
         "exitOnStartupError": exitOnStartupError,
@@ -118,11 +123,12 @@ def tunnelService(config: TunnelConfig, reactor: Any,
         "name": config.name,
     }
     if config.sessions:
-        return _sessions(config, common, reactor)
-    return _singleLink(config, common, reactor)
+        return _sessions(config, common, reactor, speedups)
+    return _singleLink(config, common, reactor, speedups)
 
 
-def _singleLink(config: TunnelConfig, common: dict[str, Any], reactor: Any) -> TunnelService:
+def _singleLink(config: TunnelConfig, common: dict[str, Any], reactor: Any,
+                speedups: bool) -> TunnelService:
     """
     The default: one UDP socket, one link.
     """
@@ -136,7 +142,7 @@ def _singleLink(config: TunnelConfig, common: dict[str, Any], reactor: Any) -> T
         **common,
     )
     _udpService(config, relay, reactor).setServiceParent(relay)
-    factory = _factory(config, relay)
+    factory = _factory(config, relay, speedups)
     if config.client:
         endpoint, where = _clientEndpoint(config, reactor)
         reconnector = Reconnector(endpoint, factory, reactor, where, relay.stats,
@@ -148,7 +154,8 @@ def _singleLink(config: TunnelConfig, common: dict[str, Any], reactor: Any) -> T
     return relay
 
 
-def _sessions(config: TunnelConfig, common: dict[str, Any], reactor: Any) -> TunnelService:
+def _sessions(config: TunnelConfig, common: dict[str, Any], reactor: Any,
+              speedups: bool) -> TunnelService:
     """
     C{--sessions}: a connection per UDP source (client), or a UDP socket
     per connection (server).
@@ -160,7 +167,7 @@ def _sessions(config: TunnelConfig, common: dict[str, Any], reactor: Any) -> Tun
         endpoint, _ = _clientEndpoint(config, reactor)
         relay = ClientSessions(
             reactor,
-            connectFrom(endpoint, lambda session: _factory(config, session)),
+            connectFrom(endpoint, lambda session: _factory(config, session, speedups)),
             udpAllow=_filter(config.udpAllow),
             **limits, **common,
         )
@@ -178,19 +185,19 @@ def _sessions(config: TunnelConfig, common: dict[str, Any], reactor: Any) -> Tun
             **limits, **common,
         )
         listening = ReusePortReactor(reactor) if config.reusePort else reactor
-        _serverListener(config, _factory(config, relay), listening,
+        _serverListener(config, _factory(config, relay, speedups), listening,
                         relay).setServiceParent(relay)
     return relay
 
 
-def _factory(config: TunnelConfig, relay: Any) -> TunnelFactory:
+def _factory(config: TunnelConfig, relay: Any, speedups: bool) -> TunnelFactory:
     """
     The factory of the protocols of C{config}'s connections, reporting to
     C{relay}.
     """
     return TunnelFactory(relay, config.settings, tls=config.credentials is not None,
                          handshake=handshakeFor(config.handshake, config.client),
-                         proxyProtocol=config.proxyProtocol)
+                         proxyProtocol=config.proxyProtocol, writeThrough=speedups)
 
 
 def _filter(networks: Any) -> AddressFilter | None:

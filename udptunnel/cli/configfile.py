@@ -41,7 +41,7 @@ else:  # pragma: no cover (tested on 3.10 by hand)
 NAME = re.compile(r"[A-Za-z0-9_-]{1,64}\Z")
 
 #: Keys of the top of the file: what the process has once, for all tunnels.
-PROCESS_KEYS = ("metrics",)
+PROCESS_KEYS = ("metrics", "plain-twisted")
 
 ROLES = (SERVER, CLIENT)
 
@@ -80,13 +80,14 @@ class ConfigFile:
     path: str
     metrics: str | None
     tunnels: dict[str, Table]
+    plainTwisted: bool = False
 
     def process(self) -> ProcessConfig:
         """
         What the file runs, as a process's configuration.
         """
         return ProcessConfig(tuple(t.config for t in self.tunnels.values()), self.metrics,
-                             self.path)
+                             self.path, self.plainTwisted)
 
 
 def loadConfig(path: str) -> ConfigFile:
@@ -129,6 +130,10 @@ def parseConfig(path: str, document: Mapping[str, Any]) -> ConfigFile:
             metrics = metricsEndpoint(str(metrics))
         except ValueError as e:
             raise ConfigError(f"{path}: metrics: {e}") from None
+    plainTwisted = document.get("plain-twisted", False)
+    if not isinstance(plainTwisted, bool):
+        raise ConfigError(f"{path}: plain-twisted: expected true or false, not "
+                          f"{_kind(plainTwisted)}")
     tables = document.get("tunnel")
     if not isinstance(tables, Mapping) or not tables:
         raise ConfigError(f"{path}: no tunnel: give one [tunnel.NAME] table per tunnel")
@@ -143,7 +148,7 @@ def parseConfig(path: str, document: Mapping[str, Any]) -> ConfigFile:
                               f"not {_kind(table)}")
         tunnels[name] = _tunnel(where, name, table)
     _checkClashes(path, metrics, tunnels)
-    return ConfigFile(path, metrics, tunnels)
+    return ConfigFile(path, metrics, tunnels, plainTwisted)
 
 
 def _checkClashes(path: str, metrics: str | None, tunnels: Mapping[str, Table]) -> None:
@@ -242,7 +247,8 @@ def describeConfig(config: ConfigFile) -> str:
     the command line it stands for.
     """
     lines = [f"{config.path}: {len(config.tunnels)} tunnel(s)"
-             + (f", metrics on {config.metrics}" if config.metrics else "")]
+             + (f", metrics on {config.metrics}" if config.metrics else "")
+             + (", Twisted's public API only" if config.plainTwisted else "")]
     for tunnel in config.tunnels.values():
         words = [tunnel.role]
         for argument in tunnel.argv:

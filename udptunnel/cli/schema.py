@@ -153,6 +153,10 @@ OPTIONS: tuple[Option, ...] = (
         "Connect through a proxy: http://[USER:PASSWORD@]HOST:PORT (HTTP CONNECT) "
         "or socks5://[USER:PASSWORD@]HOST:PORT; the proxy resolves --tcp's host. "
         "TLS runs end to end, inside."), values.parseProxy, roles=frozenset({CLIENT})),
+    Option("plain-twisted", (
+        "Use Twisted's public API only: no frames written straight to the socket, no "
+        "lean event dispatch (slower; for a Twisted release whose checks fail, or to "
+        "compare)."), process=True),
     Option("sessions", SESSIONS_HELP),
     Option("reuse-port", (
         "With --sessions: share the port with other processes started the same way "

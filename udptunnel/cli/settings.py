@@ -55,6 +55,8 @@ class TunnelConfig:
         and the fixed peer, if any.
     @ivar metrics: the command line's C{--metrics} (a config file has one
         for the process: L{ProcessConfig.metrics}).
+    @ivar plainTwisted: the command line's C{--plain-twisted} (in a config
+        file, L{ProcessConfig.plainTwisted}).
     @ivar name: the tunnel's name in a config file, C{None} on a command
         line.
     """
@@ -79,6 +81,7 @@ class TunnelConfig:
     sessionIdle: float = 180
     maxSessions: int = 1024
     metrics: str | None = None
+    plainTwisted: bool = False
     name: str | None = None
 
     @property
@@ -98,6 +101,9 @@ class ProcessConfig:
     tunnels: tuple[TunnelConfig, ...]
     metrics: str | None = None
     path: str | None = None
+    #: Twisted's public API only (C{--plain-twisted}): no write-through, no
+    #: lean event dispatch (L{udptunnel._twisted}).
+    plainTwisted: bool = False
 
 
 def _read(option: Option, given: Any) -> Any:
@@ -201,7 +207,7 @@ def tunnelConfig(role: str, given: Mapping[str, Any], name: str | None = None) -
         idleTimeout=read["idle-timeout"], statsInterval=read["stats-interval"],
         pendingTimeout=read["pending-timeout"], maxPending=read["max-pending"],
         sessionIdle=read["session-idle"], maxSessions=read["max-sessions"],
-        metrics=metrics, name=name,
+        metrics=metrics, plainTwisted=read["plain-twisted"], name=name,
     )
 
 

@@ -214,7 +214,12 @@ class TunnelSet(MultiService):
             self.log.warn("reload: metrics changed from {old} to {new}: the endpoint stays "
                           "{old} until a restart", old=self.config.metrics or "none",
                           new=config.metrics or "none")
-            config = ConfigFile(config.path, self.config.metrics, config.tunnels)
+        if config.plainTwisted != self.config.plainTwisted:
+            self.log.warn("reload: plain-twisted changed to {new}: it stays {old} until a "
+                          "restart", old=self.config.plainTwisted, new=config.plainTwisted)
+        # What the process has once stays as it started.
+        config = ConfigFile(config.path, self.config.metrics, config.tunnels,
+                            self.config.plainTwisted)
         self.config = config
         if not (removed or added or changed):
             self.log.info("reload: no tunnel changed")

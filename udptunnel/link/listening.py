@@ -21,6 +21,7 @@ from twisted.internet.interfaces import (
 from twisted.logger import Logger
 from zope.interface import implementer
 
+from udptunnel._twisted.reuseport import listenTCPSharingPort
 from udptunnel.show import showAddress
 
 
@@ -105,3 +106,25 @@ def describeAddress(address: Any) -> str:
         name = address.name
         return name.decode(errors="replace") if isinstance(name, bytes) else str(name)
     return str(address)
+
+
+class ReusePortReactor:
+    """
+    The reactor, seen by a server endpoint (C{tcp:}, C{tcp6:}) that should
+    listen with C{SO_REUSEPORT} (C{--reuse-port}: several worker processes
+    share the port, the kernel hands each new connection to one of them):
+    its C{listenTCP} joins the port's group, and everything else is the
+    reactor's.  So the endpoint description, its
+    parser and C{strports.service} (with its clean start-up errors) stay
+    Twisted's.
+    """
+
+    def __init__(self, reactor: Any) -> None:
+        self._reactor = reactor
+
+    def listenTCP(self, port: int, factory: Any, backlog: int = 50,
+                  interface: str = "") -> IListeningPort:
+        return listenTCPSharingPort(self._reactor, port, factory, backlog, interface)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._reactor, name)

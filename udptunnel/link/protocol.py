@@ -6,7 +6,6 @@ relay, and sends the relay's frames.
 
 from __future__ import annotations
 
-import struct
 from collections.abc import Callable
 from typing import cast
 
@@ -33,8 +32,7 @@ from udptunnel.link.preamble import (
 from udptunnel.link.proxyheader import ProxyHeaderError, parseProxyHeader
 from udptunnel.show import logPrefixOf, printable, showAddress
 from udptunnel.sockopts import SocketSettings, socketOf, tuneTCP
-
-_LENGTH = struct.Struct("!H")
+from udptunnel.wire import FrameDecoder, encodeFrames
 
 
 @implementer(ILink, IHandshakeListener)
@@ -69,10 +67,9 @@ class TunnelStreamProtocol(Int16StringReceiver):
     remote = "?"
     remoteHost: str | None = None
     #: How L{sendFrames} writes, chosen at connection by
-    #: L{udptunnel._twisted.writerFor}: straight to the socket when Twisted's
-    #: buffers are empty (C{_writeThrough}), or C{transport.write}.
+    #: L{udptunnel._twisted.writethrough.writerFor}: straight to the socket
+    #: when Twisted's buffers are empty, or C{transport.write}.
     _write: Callable[[bytes], None]
-    _writeThrough = False
     refused = False
     factory: TunnelFactory
     #: Whether TLS (if any) authenticated the peer, and whether the peer's
@@ -90,6 +87,8 @@ class TunnelStreamProtocol(Int16StringReceiver):
     _proxyHeader: bytes | None = None
     #: The host of the TCP peer itself (the balancer, behind one).
     _peerHost: str | None = None
+    #: The stream's frames (made at connection).
+    _decoder: FrameDecoder
     #: Why we closed the connection, reported to the relay at
     #: connectionLost instead of the abort's own reason.
     _closedFor: Failure | None = None
@@ -110,7 +109,9 @@ class TunnelStreamProtocol(Int16StringReceiver):
         sock = socketOf(self.transport)
         if sock is not None:
             tuneTCP(sock, self.factory.settings)
-        self._write, self._writeThrough = writerFor(self.transport)
+        self._decoder = FrameDecoder()
+        self._write = (writerFor(self.transport) if self.factory.writeThrough
+                       else self.transport.write)
         handshake = self.factory.handshake
         self._preambleDone = not handshake.expect
         if handshake.foreign:
@@ -249,13 +250,14 @@ class TunnelStreamProtocol(Int16StringReceiver):
         Split the stream into frames, and give the relay all the frames of
         one read in one call.
 
-        Int16StringReceiver's own parser hands each frame to C{stringReceived}
-        through a C{struct} unpack and several attribute updates; reading the
-        two length bytes directly is cheaper: 61k -> 66k pipelined round
-        trips/s, measured.  While paused, bytes only accumulate (the base
-        class's C{resumeProducing} parses them).  With the default
-        C{MAX_LENGTH} every 16-bit length is a valid frame, so the loop
-        checks none; a lower one takes L{_limitedDataReceived}.
+        The stream is split by L{FrameDecoder} (the one parser of the wire),
+        not Int16StringReceiver's own, which hands each frame to
+        C{stringReceived} through a C{struct} unpack and several attribute
+        updates (see the benchmark notes).  While paused, bytes only
+        accumulate (the base class's C{resumeProducing} parses them).  As
+        the base class does, a length prefix over C{MAX_LENGTH} calls
+        C{lengthLimitExceeded} as soon as it arrives, after the frames
+        before it.
         """
         if self.refused:
             return  # closing: its bytes are nobody's frames
@@ -274,57 +276,15 @@ class TunnelStreamProtocol(Int16StringReceiver):
             if not rest:
                 return
             data = rest
-        if self._unprocessed:
-            data = self._unprocessed + data
+        decoder = self._decoder
         if self.paused:
-            self._unprocessed = data
+            decoder.pending += data
             return
-        if self.MAX_LENGTH < 0xFFFF:
-            self._limitedDataReceived(data)
-            return
-        frames = []
-        end = len(data)
-        offset = 0
-        while end - offset >= 2:
-            start = offset + 2
-            stop = start + (data[offset] << 8 | data[offset + 1])
-            if stop > end:
-                break
-            frames.append(data[start:stop])
-            offset = stop
-        self._unprocessed = data[offset:] if offset else data
+        frames = decoder.feed(data, self.MAX_LENGTH)
         if frames:
             self._deliver(frames)
-
-    def _limitedDataReceived(self, data: bytes) -> None:
-        """
-        L{dataReceived} when C{MAX_LENGTH} is below 65535: as the base class
-        does, a length prefix above it calls C{lengthLimitExceeded} as soon
-        as it arrives (the frames before it are delivered first, and the
-        unparsed bytes from that prefix on are kept), and nothing after it
-        is parsed.
-        """
-        limit = self.MAX_LENGTH
-        frames = []
-        end = len(data)
-        offset = 0
-        exceeded = None
-        while end - offset >= 2:
-            length = data[offset] << 8 | data[offset + 1]
-            if length > limit:
-                exceeded = length
-                break
-            start = offset + 2
-            stop = start + length
-            if stop > end:
-                break
-            frames.append(data[start:stop])
-            offset = stop
-        self._unprocessed = data[offset:] if offset else data
-        if frames:
-            self._deliver(frames)
-        if exceeded is not None:
-            self.lengthLimitExceeded(exceeded)
+        if decoder.exceeded is not None:
+            self.lengthLimitExceeded(decoder.exceeded)
 
     def _deliver(self, frames: list[bytes]) -> None:
         """
@@ -346,13 +306,21 @@ class TunnelStreamProtocol(Int16StringReceiver):
         self._deliver([string])
 
     @property
+    def writesThrough(self) -> bool:
+        """
+        Whether frames go straight to the socket when nothing is queued
+        (L{writerFor}), rather than through C{transport.write}.
+        """
+        return self._write != self.transport.write  # type: ignore[union-attr]
+
+    @property
     def recvd(self) -> bytes:
         """
         The bytes received and not parsed into frames yet.  Read-only: the
         base class let C{stringReceived} replace its parse buffer through
         this attribute, which this parser does not support.
         """
-        return self._unprocessed
+        return self._decoder.pending
 
     def connectionLost(self, reason: Failure | None = None) -> None:
         assert reason is not None
@@ -364,12 +332,7 @@ class TunnelStreamProtocol(Int16StringReceiver):
     # ILink
 
     def sendFrames(self, datagrams: list[bytes]) -> None:
-        pack = _LENGTH.pack
-        parts = []
-        for datagram in datagrams:
-            parts.append(pack(len(datagram)))
-            parts.append(datagram)
-        self._write(b"".join(parts))
+        self._write(encodeFrames(datagrams))
 
     def close(self) -> None:
         assert self.transport is not None
@@ -393,6 +356,9 @@ class TunnelFactory(Factory[TunnelStreamProtocol]):
     @ivar proxyProtocol: whether every connection must begin with a PROXY
         protocol header (C{--proxy-protocol}), whose source address is the
         connection's from then on.
+    @ivar writeThrough: write frames straight to the socket when nothing
+        is queued, where the checks allow (L{writerFor}); C{False}: always
+        through C{transport.write} (C{--plain-twisted}).
     """
 
     protocol = TunnelStreamProtocol
@@ -408,9 +374,11 @@ class TunnelFactory(Factory[TunnelStreamProtocol]):
     def __init__(
         self, relay: ILinkRelay, settings: SocketSettings | None = None, tls: bool = False,
         handshake: Handshake = NO_HANDSHAKE, proxyProtocol: bool = False,
+        writeThrough: bool = True,
     ) -> None:
         self.relay = relay
         self.settings = settings or SocketSettings()
         self.tls = tls
         self.handshake = handshake
         self.proxyProtocol = proxyProtocol
+        self.writeThrough = writeThrough

@@ -10,7 +10,6 @@ and leave its pid file behind.
 
 from __future__ import annotations
 
-import gc
 import os
 import signal
 import stat
@@ -18,7 +17,8 @@ from typing import Any
 
 from twisted.application.service import Service
 from twisted.logger import Logger
-from twisted.python.logfile import BaseLogFile
+
+from udptunnel._twisted.logfiles import openLogFiles
 
 
 class LogReopener(Service):
@@ -45,7 +45,7 @@ class LogReopener(Service):
         new file would be 0600 and unreadable to the group that could read
         the old one.
         """
-        for logFile in _openLogFiles():
+        for logFile in openLogFiles():
             if logFile.defaultMode is None:
                 try:
                     logFile.defaultMode = stat.S_IMODE(os.stat(logFile.path).st_mode)
@@ -63,10 +63,10 @@ class LogReopener(Service):
 
     def reopen(self) -> None:
         """
-        twistd keeps its L{BaseLogFile} to itself, so find the open ones
-        among all objects; this is rare enough for that to be fine.
+        Reopen each of twistd's open log files
+        (L{udptunnel._twisted.logfiles}).
         """
-        files = _openLogFiles()
+        files = openLogFiles()
         for logFile in files:
             logFile.reopen()
         if files:
@@ -74,7 +74,3 @@ class LogReopener(Service):
         else:
             self.log.info("SIGHUP: no log file to reopen (logging to standard output or "
                           "syslog)")
-
-
-def _openLogFiles() -> list[BaseLogFile]:
-    return [o for o in gc.get_objects() if isinstance(o, BaseLogFile) and not o.closed]
