@@ -1,0 +1,51 @@
+"""
+L{udptunnel.ops.status}: the C{/status} document.
+"""
+
+from __future__ import annotations
+
+import json
+
+from twisted.internet.error import ConnectionDone
+from twisted.internet.task import Clock
+from twisted.python.failure import Failure
+from twisted.trial.unittest import SynchronousTestCase
+
+from tests.support.fakes import APP, FakeUDPTransport, phantomRelay
+from udptunnel.ops.status import statusDocument
+from udptunnel.tunnel.single import Relay
+
+
+class DocumentTests(SynchronousTestCase):
+    def test_singleLink(self) -> None:
+        relay, _clock, _link = phantomRelay()
+        relay.datagramsReceived([(b"x", ("127.0.0.1", 40002))])  # a flip of the phantom
+        (tunnel,) = statusDocument([(None, relay)])["tunnels"]
+        self.assertEqual(tunnel["name"], None)
+        self.assertEqual((tunnel["role"], tunnel["kind"]), ("server", "single-link"))
+        self.assertEqual(tunnel["link"], {"up": True, "remote": "192.0.2.1:40000", "age": 61.5})
+        self.assertEqual(tunnel["udp"]["peer"], "127.0.0.1:40002")
+        self.assertEqual(tunnel["udp"]["peerMode"], "phantom")
+        self.assertEqual(tunnel["traffic"]["toTunnel"], {"datagrams": 3, "bytes": 11})
+        self.assertEqual(tunnel["traffic"]["fromTunnel"], {"datagrams": 1, "bytes": 5})
+        self.assertEqual(tunnel["links"]["up"], 1)
+        self.assertEqual(tunnel["drops"]["no-link"], 0)
+
+    def test_linkDownAndDrops(self) -> None:
+        relay, _clock, link = phantomRelay()
+        relay.linkLost(link, Failure(ConnectionDone()))
+        relay.datagramsReceived([(b"lost", APP)])
+        (tunnel,) = statusDocument([("seed", relay)])["tunnels"]
+        self.assertEqual(tunnel["name"], "seed")
+        self.assertEqual(tunnel["link"], {"up": False})
+        self.assertEqual(tunnel["drops"]["no-link"], 1)
+        self.assertEqual(tunnel["links"]["lost"], 1)
+        self.assertEqual(json.loads(json.dumps(tunnel)), tunnel)
+
+    def test_fixedPeer(self) -> None:
+        relay = Relay(Clock(), udpPeer=("192.0.2.53", 5072), role="client")
+        relay.udpStarted(FakeUDPTransport())
+        (tunnel,) = statusDocument([(None, relay)])["tunnels"]
+        self.assertEqual(tunnel["udp"]["peer"], "192.0.2.53:5072")
+        self.assertEqual(tunnel["udp"]["peerMode"], "fixed")
+        self.assertNotIn("refused", tunnel["links"])  # a client refuses nobody

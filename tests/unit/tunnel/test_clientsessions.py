@@ -1,0 +1,314 @@
+"""
+L{udptunnel.tunnel.clientsessions}: one TCP connection per UDP source.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from twisted.internet.defer import Deferred
+from twisted.internet.error import ConnectionDone, ConnectionRefusedError
+from twisted.internet.task import Clock
+from twisted.python.failure import Failure
+from twisted.trial.unittest import SynchronousTestCase
+
+from tests.support.fakes import (
+    Connections,
+    FakeLink,
+    FakeUDPTransport,
+    captureLogEvents,
+)
+from udptunnel.interfaces import IRelay
+from udptunnel.tunnel.clientsessions import ClientSessions
+from udptunnel.tunnel.sessions import QUEUE_DATAGRAMS
+
+ONE, TWO, THREE = ("127.0.0.1", 40001), ("127.0.0.1", 40002), ("127.0.0.1", 40003)
+
+
+class ClientTestMixin:
+    def makeClient(self, **options: Any) -> ClientSessions:
+        self.clock = Clock()
+        self.udp = FakeUDPTransport()
+        self.connections = Connections()
+        client = ClientSessions(self.clock, self.connections.connect, random=lambda: 0.5,
+                                **options)
+        client.udpStarted(self.udp)
+        return client
+
+
+class ClientRoutingTests(ClientTestMixin, SynchronousTestCase):
+    def test_connectionPerSource(self) -> None:
+        client = self.makeClient()
+        client.datagramsReceived([(b"one", ONE), (b"two", TWO), (b"one again", ONE)])
+        self.assertEqual(len(self.connections.attempts), 2)
+        first, second = self.connections.succeed(0), self.connections.succeed(1)
+        self.assertEqual(first.frames, [b"one", b"one again"])
+        self.assertEqual(second.frames, [b"two"])
+        self.assertEqual(client.sessionCount(), 2)
+
+    def test_repliesGoToTheirSource(self) -> None:
+        client = self.makeClient()
+        client.datagramsReceived([(b"q1", ONE), (b"q2", TWO)])
+        first, second = self.connections.succeed(0), self.connections.succeed(1)
+        relayOne, relayTwo = self.connections.attempts[0][0], self.connections.attempts[1][0]
+        relayTwo.framesReceived(second, [b"a2"])
+        relayOne.framesReceived(first, [b"a1"])
+        self.assertEqual(self.udp.written, [(b"a2", TWO), (b"a1", ONE)])
+
+    def test_upSessionCarriesAtOnce(self) -> None:
+        client = self.makeClient()
+        client.datagramsReceived([(b"first", ONE)])
+        link = self.connections.succeed()
+        client.datagramsReceived([(b"second", ONE)])
+        self.assertEqual(link.frames, [b"first", b"second"])
+        self.assertEqual(len(self.connections.attempts), 1)
+        self.assertEqual(client.stats.sessionsOpened, 1)
+
+    def test_udpAllow(self) -> None:
+        from udptunnel.tunnel.access import AddressFilter, parseNetwork
+
+        client = self.makeClient(udpAllow=AddressFilter([parseNetwork("127.0.0.0/8")]))
+        client.datagramsReceived([(b"stranger", ("192.0.2.9", 1)), (b"ok", ONE)])
+        self.assertEqual(len(self.connections.attempts), 1)
+        self.assertEqual(client.stats.drops["udp-not-allowed"], 1)
+
+    def test_congestedSessionDropsAlone(self) -> None:
+        """
+        One session's full link drops its own datagrams; the others go on
+        (the socket they share is never paused).
+        """
+        client = self.makeClient()
+        client.datagramsReceived([(b"a", ONE), (b"b", TWO)])
+        first, second = self.connections.succeed(0), self.connections.succeed(1)
+        assert first.producer is not None
+        first.producer.pauseProducing()
+        client.datagramsReceived([(b"a2", ONE), (b"b2", TWO)])
+        self.assertEqual(first.frames, [b"a"])
+        self.assertEqual(second.frames, [b"b", b"b2"])
+        self.assertEqual(client.stats.drops["congested"], 1)
+        self.assertTrue(self.udp.reading)
+        first.producer.resumeProducing()
+        client.datagramsReceived([(b"a3", ONE)])
+        self.assertEqual(first.frames, [b"a", b"a3"])
+
+
+class ConnectQueueTests(ClientTestMixin, SynchronousTestCase):
+    def test_queuedInOrder(self) -> None:
+        client = self.makeClient()
+        for i in range(5):
+            client.datagramsReceived([(b"%d" % i, ONE)])
+        link = self.connections.succeed()
+        self.assertEqual(link.frames, [b"0", b"1", b"2", b"3", b"4"])
+
+    def test_queueBounded(self) -> None:
+        client = self.makeClient()
+        for i in range(QUEUE_DATAGRAMS + 10):
+            client.datagramsReceived([(b"%d" % i, ONE)])
+        link = self.connections.succeed()
+        self.assertEqual(len(link.frames), QUEUE_DATAGRAMS)
+        self.assertEqual(link.frames[0], b"0")
+        self.assertEqual(client.stats.drops["queue-full"], 10)
+
+    def test_queueBytesBounded(self) -> None:
+        client = self.makeClient()
+        for _ in range(10):
+            client.datagramsReceived([(b"x" * 60000, ONE)])
+        link = self.connections.succeed()
+        self.assertEqual(len(link.frames), 4)  # 256 KiB per session
+        self.assertEqual(client.stats.drops["queue-full"], 6)
+
+
+class FailedConnectionTests(ClientTestMixin, SynchronousTestCase):
+    def test_retriedWhileTrafficFlows(self) -> None:
+        events = captureLogEvents(self)
+        client = self.makeClient()
+        client.datagramsReceived([(b"query", ONE)])
+        self.connections.fail()
+        self.assertEqual(len(self.connections.attempts), 1)
+        self.clock.advance(0.5)  # the first retry delay (random 0.5: no jitter)
+        self.assertEqual(len(self.connections.attempts), 2)
+        link = self.connections.succeed()
+        self.assertEqual(link.frames, [b"query"])
+        self.assertEqual(client.stats.connectFailures, 1)
+        self.assertTrue([e for e in events if "cannot connect" in e.get("log_format", "")])
+
+    def test_backsOff(self) -> None:
+        client = self.makeClient()
+        client.datagramsReceived([(b"query", ONE)])
+        times = []
+        for _ in range(4):
+            self.connections.fail()
+            before = self.clock.seconds()
+            attempts = len(self.connections.attempts)
+            while len(self.connections.attempts) == attempts:
+                self.clock.advance(0.25)
+            times.append(self.clock.seconds() - before)
+        self.assertEqual(times, [0.5, 1.0, 2.0, 4.0])
+
+    def test_endsWithoutTraffic(self) -> None:
+        """
+        A failed attempt with nothing queued and nothing new ends the session;
+        the source's next datagram opens a new one.
+        """
+        client = self.makeClient()
+        client.datagramsReceived([(b"query", ONE)])
+        link = self.connections.succeed()
+        relay = self.connections.attempts[0][0]
+        relay.linkLost(link, Failure(ConnectionDone()))
+        self.assertEqual(client.sessionCount(), 0)
+        client.datagramsReceived([(b"again", ONE)])
+        self.connections.fail()
+        self.clock.advance(0.5)
+        self.assertEqual(len(self.connections.attempts), 3)  # queued datagram: retried
+        self.connections.fail()
+        self.clock.advance(60)
+        # Still queued ("again" waits): it keeps trying, with backoff.
+        self.assertGreater(len(self.connections.attempts), 3)
+
+    def test_givesUpOnceQuiet(self) -> None:
+        client = self.makeClient()
+        client.datagramsReceived([(b"query", ONE)])
+        link = self.connections.succeed()
+        self.assertEqual(link.frames, [b"query"])
+        self.connections.attempts[0][0].linkLost(link, Failure(ConnectionDone()))
+        self.assertEqual(client.sessionCount(), 0)
+        self.assertEqual(client.stats.sessionsClosed, 1)
+
+
+class EvictionTests(ClientTestMixin, SynchronousTestCase):
+    def test_leastRecentlyActiveEvicted(self) -> None:
+        client = self.makeClient(maxSessions=2)
+        client.datagramsReceived([(b"1", ONE)])
+        one = self.connections.succeed()
+        client.datagramsReceived([(b"2", TWO)])
+        self.connections.succeed()
+        client.datagramsReceived([(b"1 again", ONE)])  # TWO is now the least recent
+        client.datagramsReceived([(b"3", THREE)])
+        self.assertEqual(set(client.sessions), {ONE, THREE})
+        self.assertEqual(client.stats.sessionsEvicted, 1)
+        self.assertFalse(one.closed)
+
+    def test_evictedLinkClosed(self) -> None:
+        client = self.makeClient(maxSessions=1)
+        client.datagramsReceived([(b"1", ONE)])
+        one = self.connections.succeed()
+        client.datagramsReceived([(b"2", TWO)])
+        self.assertTrue(one.closed)
+        self.assertEqual(list(client.sessions), [TWO])
+
+    def test_evictedWhileConnectingCancels(self) -> None:
+        client = self.makeClient(maxSessions=1)
+        client.datagramsReceived([(b"1", ONE)])
+        first = self.connections.attempts[0][1]
+        client.datagramsReceived([(b"2", TWO)])
+        # Cancelled, and the cancellation handled by the session (no
+        # unhandled error left behind).
+        self.assertIsNone(self.successResultOf(first))
+        self.assertEqual(client.stats.connectFailures, 0)
+        self.assertEqual(client.stats.drops["connect-failed"], 1)
+
+
+class IdleTests(ClientTestMixin, SynchronousTestCase):
+    def test_idleSessionEnds(self) -> None:
+        client = self.makeClient(sessionIdle=20)
+        client.startService()
+        self.addCleanup(client.stopService)
+        client.datagramsReceived([(b"1", ONE)])
+        link = self.connections.succeed()
+        self.clock.pump([1] * 19)
+        self.assertEqual(client.sessionCount(), 1)
+        self.clock.pump([1] * 10)
+        self.assertEqual(client.sessionCount(), 0)
+        self.assertTrue(link.closed)
+        self.assertEqual(client.stats.sessionsExpired, 1)
+
+    def test_trafficKeepsItOpen(self) -> None:
+        client = self.makeClient(sessionIdle=20)
+        client.startService()
+        self.addCleanup(client.stopService)
+        client.datagramsReceived([(b"1", ONE)])
+        link = self.connections.succeed()
+        relay = self.connections.attempts[0][0]
+        for _ in range(60):
+            self.clock.advance(1)
+            relay.framesReceived(link, [b"reply"])
+        self.assertEqual(client.sessionCount(), 1)
+
+
+SOURCE = ("127.0.0.1", 5000)
+
+
+class SlowConnectionTests(SynchronousTestCase):
+    """
+    A client session whose connection takes longer than C{--session-idle}
+    to be made (a server whose listen queue overflowed answers a SYN on its
+    retransmission, a second later) keeps the datagram that opened it.
+    """
+
+    def setUp(self) -> None:
+        self.clock = Clock()
+        self.attempts: list[tuple[IRelay, Deferred[Any]]] = []
+        self.sessions = ClientSessions(self.clock, self.connect, sessionIdle=1)
+        self.sessions.startService()
+        self.addCleanup(self.sessions.stopService)
+        self.sessions.udpStarted(FakeUDPTransport())
+
+    def connect(self, relay: IRelay) -> Deferred[Any]:
+        attempt: Deferred[Any] = Deferred()
+        self.attempts.append((relay, attempt))
+        return attempt
+
+    def advance(self, seconds: float) -> None:
+        for _ in range(int(seconds / 0.05)):
+            self.clock.advance(0.05)
+
+    def test_notIdleWhileConnecting(self) -> None:
+        """
+        Three idle periods pass while the connection is being made: the
+        session stays, its attempt is not cancelled, and its queued datagram
+        goes out once the connection is up.  Idle from then on, it expires.
+        """
+        self.sessions.datagramsReceived([(b"query", SOURCE)])
+        self.advance(3)
+        self.assertEqual(self.sessions.sessionCount(), 1)
+        self.assertEqual(self.sessions.stats.sessionsExpired, 0)
+        [(relay, attempt)] = self.attempts
+        self.assertNoResult(attempt)
+
+        link = FakeLink("127.0.0.1:7000")
+        self.assertTrue(relay.linkConnected(link))
+        relay.linkMade(link)
+        attempt.callback(None)
+        self.assertEqual(link.frames, [b"query"])
+
+        self.advance(3)
+        self.assertEqual(self.sessions.sessionCount(), 0)
+        self.assertEqual(self.sessions.stats.sessionsExpired, 1)
+        self.assertTrue(link.closed)
+
+
+class ImmediateFailureTests(SynchronousTestCase):
+    """
+    An endpoint that fails at once (synchronously) must find the datagram
+    that opened the session queued, and retry for it.
+    """
+
+    def test_openingDatagramKept(self) -> None:
+        from twisted.internet.defer import fail
+
+        from udptunnel.tunnel.clientsessions import ClientSessions
+
+        clock = Clock()
+        attempts: list[object] = []
+
+        def connect(relay: object) -> object:
+            attempts.append(relay)
+            return fail(ConnectionRefusedError("refused"))
+
+        client = ClientSessions(clock, connect, random=lambda: 0.5)  # type: ignore[arg-type]
+        client.udpStarted(FakeUDPTransport())
+        client.datagramsReceived([(b"query", ("127.0.0.1", 40001))])
+        self.assertEqual(client.sessionCount(), 1)
+        self.assertEqual(client.stats.drops["no-link"], 0)
+        clock.advance(0.5)
+        self.assertEqual(len(attempts), 2)
