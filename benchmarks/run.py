@@ -22,7 +22,9 @@ each from its own source port, so each is a session of its own: echo
 several sharing the ports (--reuse-port, --workers).
 
 Debian's udptunnel 1.1, when installed, is measured in the same run, with
-the ratios to it beside those to direct UDP; --profile DIR samples each end
+the ratios to it beside those to direct UDP; --baseline TWISTD measures
+another udptunnel (an older release) alternated with this one, and says
+what speed the change gained or lost; --profile DIR samples each end
 with py-spy while it is measured and prints where the time goes.
 """
 
@@ -55,6 +57,9 @@ DIRECT = "direct"
 #: Debian's udptunnel 1.1 (Jonathan Lennox's, in C), when installed.
 LENNOX = "1.1"
 LENNOX_PATH = "/usr/bin/udptunnel"
+#: Another udptunnel (an older release's twistd, --baseline), measured in
+#: the same run, alternated with the one under test.
+BASELINE = "baseline"
 #: Where the applications sit for 1.1, whose ends bind 0.0.0.0:PORT and
 #: send out of the tunnel from a second, connected socket on an ephemeral
 #: port: app A binds APP_A:PA and sends to LO:PA (end A's port), the sink
@@ -670,8 +675,8 @@ def measure(
     if config == LENNOX:
         tunnel = LennoxTunnel(args.lennox, workdir, tag, args)
     else:
-        tunnel = Tunnel(twistd, workdir, tag, args, sessions=mode in SESSIONS_MODES,
-                        workers=workers)
+        tunnel = Tunnel(args.baseline if config == BASELINE else twistd, workdir, tag, args,
+                        sessions=mode in SESSIONS_MODES, workers=workers)
     profiler = Profiler(args.py_spy, args.profile) if args.profile else None
     try:
         tunnel.start(generator, args.ready_timeout)
@@ -833,6 +838,11 @@ def summarise(records: list[dict[str, Any]], sizes: list[int], modes: list[str],
                                        + (TUNNEL_ONLY if config != DIRECT else []))
             cell["ratio_to_direct"] = ratios(byConfig[TUNNEL], byConfig[DIRECT],
                                              SUMMARISED[mode][:2])
+            if BASELINE in byConfig:
+                cell["ratio_to_baseline"] = ratios(byConfig[TUNNEL], byConfig[BASELINE],
+                                                   SUMMARISED[mode][:2] + ["tunnel_cpu_us_per_op"])
+                cell["baseline_ratio_to_direct"] = ratios(byConfig[BASELINE], byConfig[DIRECT],
+                                                          SUMMARISED[mode][:2])
             if LENNOX in byConfig:
                 cell["ratio_to_lennox"] = ratios(byConfig[TUNNEL], byConfig[LENNOX],
                                                  SUMMARISED[mode][:2] + ["tunnel_cpu_us_per_op"])
@@ -1025,6 +1035,8 @@ def table(summary: dict, sizes: list[int], modes: list[str], repeat: int,
                     ratio = {"xD": cell["ratio_to_direct"], "x1.1": cell.get("ratio_to_lennox", {})}
                 elif config == LENNOX:
                     ratio = {"xD": cell.get("lennox_ratio_to_direct", {}), "x1.1": {}}
+                elif config == BASELINE:
+                    ratio = {"xD": cell.get("baseline_ratio_to_direct", {}), "x1.1": {}}
                 else:
                     ratio = {"xD": {}, "x1.1": {}}
                 rows.append((size, config, cell[config], ratio))
@@ -1187,6 +1199,10 @@ def parseArgs(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--twistd", type=Path,
                    help="the twistd to run [the one next to this Python: %(default)s]",
                    default=Path(sys.executable).parent / "twistd")
+    p.add_argument("--baseline", type=Path, default=None, metavar="TWISTD",
+                   help="another udptunnel's twistd (an older release, in its own "
+                        "virtualenv), measured beside the one under test in the same run, "
+                        "alternated; the tables add its row and udptunnel / baseline")
     p.add_argument("--server-arg", action="append", default=[],
                    help="extra argument for the server end (repeatable)")
     p.add_argument("--client-arg", action="append", default=[],
@@ -1298,7 +1314,11 @@ def main(argv: list[str] | None = None) -> int:
         + (f", pinned to {args.pin}" if args.pin else ""),
         flush=True,
     )
-    configs = [DIRECT, TUNNEL] + ([LENNOX] if args.lennox else [])
+    if args.baseline is not None and not (args.baseline.is_file()
+                                          and os.access(args.baseline, os.X_OK)):
+        raise SystemExit(f"benchmarks/run.py: --baseline: no twistd at {args.baseline}")
+    configs = ([DIRECT, TUNNEL] + ([BASELINE] if args.baseline else [])
+               + ([LENNOX] if args.lennox else []))
     flowsOf = {"sessions": args.flows, "sessions-blast": args.blast_flows}
     plan = [
         (rep, mode, size, config, flows, workers)
@@ -1370,6 +1390,8 @@ def main(argv: list[str] | None = None) -> int:
         print("Debian's udptunnel 1.1 not measured"
               + (" (--no-lennox)" if args.no_lennox else f" (no {LENNOX_PATH})"))
     print(memoryLine(records))
+    if args.baseline is not None:
+        print(baselineLines(summary, args.sizes, args.modes, args.baseline))
     if args.plot is not None:
         from plot import plotSummary
 
@@ -1392,11 +1414,12 @@ def main(argv: list[str] | None = None) -> int:
             "duration_s": round(elapsed, 1),
             "environment": env,
             "parameters": {
-                key: getattr(args, key)
+                key: (str(getattr(args, key)) if isinstance(getattr(args, key), Path)
+                      else getattr(args, key))
                 for key in ("quick", "sizes", "modes", "repeat", "duration", "window",
                             "ping_count", "ping_warmup", "blast_count", "drain_ms",
                             "flows", "flow_window", "blast_flows", "workers", "lennox",
-                            "server_arg", "client_arg", "pin")
+                            "server_arg", "client_arg", "pin", "baseline")
             },
             "units": {
                 "pps": "datagrams/s delivered", "rtps": "round trips/s",
@@ -1413,6 +1436,27 @@ def main(argv: list[str] | None = None) -> int:
         args.json_out.write_text(json.dumps(document, indent=1) + "\n")
         print(f"JSON written to {args.json_out}")
     return 1 if failures else 0
+
+
+def baselineLines(summary: dict, sizes: list[int], modes: list[str], baseline: Path) -> str:
+    """
+    The run's answer to "was speed lost?": per mode and size, the median of
+    the per-repetition ratios of udptunnel to the baseline (above 1 is
+    better for rates, below 1 for times and CPU).
+    """
+    keys = {"blast": ("pps", "dgram/s"), "window": ("rtps", "rt/s"),
+            "ping": ("rtt_p50_us", "RTT p50")}
+    lines = [f"udptunnel / baseline ({baseline}), medians of per-repetition ratios:"]
+    for mode in modes:
+        if mode not in keys:
+            continue
+        key, name = keys[mode]
+        for size in sizes:
+            ratio = summary[str(size)][mode].get("ratio_to_baseline", {})
+            cpu = ratio.get("tunnel_cpu_us_per_op")
+            lines.append(f"  {mode:<6} {size:>5} B  {name} x{fmtNum(ratio.get(key), 3)}"
+                         f"  CPU/op x{fmtNum(cpu, 3)}")
+    return "\n".join(lines)
 
 
 def progress(r: dict[str, Any]) -> str:

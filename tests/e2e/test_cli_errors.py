@@ -4,8 +4,10 @@ new user would type them: each ends with status 1 and a few lines, the
 command's short synopsis, where the full help is, and last the error,
 naming the option to fix; never a traceback, never the 60 lines of help.
 
-Nothing here binds a port or sends a datagram, except the one daemon that
-finds its port busy.
+The table of mistakes is checked in-process (L{tests.unit.test_tap},
+C{ErrorTableTests}); here a few of them go through the real runners, with
+what only a real run shows: daemonising, C{twist}, a missing extra, a
+port that is busy, the open-files limit.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import socket
 import subprocess
 
 from tests.support.net import freePort
+from tests.support.options import ShortUsageAssertions
 from tests.support.processes import (
     COMMAND_TIMEOUT,
     TWIST,
@@ -29,76 +32,10 @@ UDP = "127.0.0.1:17073"
 TCP = "tcp:9999:interface=127.0.0.1"
 SERVER = ("server", "--tcp", TCP, "--udp", UDP)
 
-#: (what is wrong, the arguments after "udptunnel", what the error line
-#: must say).  The first fragment names the option.
-CASES: list[tuple[str, tuple[str, ...], tuple[str, ...]]] = [
-    ("no end chosen", (), ("server, client or run",)),
-    ("run without a file", ("run",), ("--config", "required")),
-    ("no such end", ("relay",), ("relay",)),
-    ("--tcp missing", ("server", "--udp", UDP), ("--tcp", "required")),
-    ("unknown option", (*SERVER, "--frobnicate"), ("--frobnicate",)),
-    ("an option's prefix", (*SERVER, "--proxy"), ("--proxy", "did you mean --proxy-protocol")),
-    ("server port out of range", ("server", "--tcp", "70000", "--udp", UDP),
-     ("--tcp", "70000", "65535")),
-    ("endpoint port out of range", ("server", "--tcp", "tcp:port=70000", "--udp", UDP),
-     ("--tcp", "70000")),
-    ("metrics port out of range", (*SERVER, "--metrics", "70000"), ("--metrics", "70000")),
-    ("unix socket without its directory",
-     ("server", "--tcp", "unix:/nonexistent/dir/s.sock", "--udp", UDP),
-     ("--tcp", "/nonexistent/dir")),
-    ("client --tcp not HOST:PORT", ("client", "--tcp", "natbox", "--udp", UDP), ("--tcp",)),
-    ("--udp that does not resolve",
-     ("server", "--tcp", TCP, "--udp", "nosuchhost.invalid:17073"),
-     ("--udp", "nosuchhost.invalid")),
-    ("--udp IPv6, --peer IPv4",
-     ("server", "--tcp", TCP, "--udp", "[::1]:17073", "--peer", "127.0.0.1:17074"),
-     ("--udp is IPv6", "--peer IPv4")),
-    ("--udp IPv4, --peer IPv6",
-     ("server", "--tcp", TCP, "--udp", UDP, "--peer", "[::1]:17074"),
-     ("--udp is IPv4", "--peer IPv6")),
-    ("negative keepalive", (*SERVER, "--keepalive-idle", "-1"), ("--keepalive-idle", "-1")),
-    ("keepalive idle past the kernel's limit", (*SERVER, "--keepalive-idle", "40000"),
-     ("--keepalive-idle", "32767")),
-    ("keepalive idle past a C int", (*SERVER, "--keepalive-idle", "99999999999"),
-     ("--keepalive-idle",)),
-    ("keepalive interval 0", (*SERVER, "--keepalive-interval", "0"),
-     ("--keepalive-interval",)),
-    ("keepalive count past the kernel's limit", (*SERVER, "--keepalive-count", "128"),
-     ("--keepalive-count", "127")),
-    ("user timeout past a C int of ms", (*SERVER, "--user-timeout", "3000000"),
-     ("--user-timeout",)),
-    ("buffer past a C int", (*SERVER, "--udp-rcvbuf", "3000000000"), ("--udp-rcvbuf",)),
-    ("buffer not a number", (*SERVER, "--tcp-sndbuf", "lots"), ("--tcp-sndbuf", "lots")),
-    ("idle timeout negative", (*SERVER, "--idle-timeout", "-5"), ("--idle-timeout",)),
-    ("pending timeout 0", (*SERVER, "--pending-timeout", "0"), ("--pending-timeout",)),
-    ("max pending negative", (*SERVER, "--max-pending", "-1"), ("--max-pending",)),
-    ("server sessions in phantom mode", ("server", "--tcp", TCP, "--sessions"),
-     ("server --sessions needs --peer", "client --sessions")),
-    ("server sessions on a fixed UDP port",
-     ("server", "--tcp", TCP, "--udp", UDP, "--peer", "127.0.0.1:17074", "--sessions"),
-     ("--udp", "ephemeral", "HOST:0")),
-    ("client sessions with a fixed peer",
-     ("client", "--tcp", "127.0.0.1:9999", "--udp", UDP, "--peer", "127.0.0.1:17074",
-      "--sessions"), ("client --sessions", "not with --peer")),
-    ("sessions with the single link's idle timeout",
-     ("client", "--tcp", "127.0.0.1:9999", "--udp", UDP, "--sessions", "--idle-timeout", "5"),
-     ("--idle-timeout", "--session-idle")),
-    ("max sessions 0", ("client", "--tcp", "127.0.0.1:9999", "--udp", UDP, "--sessions",
-                        "--max-sessions", "0"), ("--max-sessions",)),
-    ("a shared port for the single link", (*SERVER, "--reuse-port"),
-     ("--reuse-port", "--sessions")),
-    ("a shared port that is no TCP port",
-     ("server", "--tcp", "unix:/tmp/udptunnel-test.sock", "--peer", "127.0.0.1:17074",
-      "--sessions", "--reuse-port"), ("--reuse-port", "TCP --tcp", "ReusePort=yes")),
-    ("a shared client port that is ephemeral",
-     ("client", "--tcp", "127.0.0.1:9999", "--udp", "127.0.0.1:0", "--sessions",
-      "--reuse-port"), ("--reuse-port", "--udp", "a port")),
-]
 
-
-class BadCommandLineTests(TwistdTestCase):
+class BadCommandLineTests(ShortUsageAssertions, TwistdTestCase):
     """
-    Every case of L{CASES}, and the few that need a setting of their own.
+    Mistakes through the installed runners, as a user meets them.
     """
 
     def runCommand(self, argv: list[str], env: dict[str, str] | None = None) -> tuple[int, str]:
@@ -113,41 +50,14 @@ class BadCommandLineTests(TwistdTestCase):
         )
         return result.returncode, result.stdout
 
-    def assertShortUsageError(self, status: int, output: str, end: str | None,
-                              expected: tuple[str, ...], program: str = "twistd") -> None:
+    def test_foreground(self) -> None:
         """
-        Status 1; the error on the last line, with every fragment of
-        C{expected}; the short synopsis of C{end} ("server", "client",
-        C{None} for the plugin itself) and a pointer to --help before it;
-        no traceback and not the full help.
+        Under C{twistd -n}, the lines the in-process table checks are what
+        the user sees, with status 1: here for a missing C{--tcp}.
         """
-        self.assertEqual(status, 1, output)
-        self.assertNotIn("Traceback", output)
-        self.assertNotIn("Parameter type enforcement", output)
-        error = lastLine(output)
-        for fragment in expected:
-            self.assertIn(fragment, error, output)
-        command = f"{program} udptunnel" + (f" {end}" if end else "")
-        self.assertTrue(error.startswith(f"{command}: "), output)
-        self.assertIn(f"Usage: {program} [{program} options] {command.split(' ', 1)[1]} ", output)
-        self.assertIn(f"'{command} --help'", output)
-        # The full help lists every option; the short form none of them.
-        self.assertNotIn("--keepalive-interval=", output)
-        self.assertLessEqual(len(output.splitlines()), 4, output)
-
-    def test_cases(self) -> None:
-        """
-        Each case of L{CASES} under C{twistd -n}.
-        """
-        failures = []
-        for what, argv, expected in CASES:
-            status, output = self.runCommand([TWISTD, "-n", "--pidfile=", "udptunnel", *argv])
-            end = argv[0] if argv and argv[0] in ("server", "client", "run") else None
-            try:
-                self.assertShortUsageError(status, output, end, expected)
-            except AssertionError as e:
-                failures.append(f"{what}: {e}")
-        self.assertEqual(failures, [])
+        status, output = self.runCommand(
+            [TWISTD, "-n", "--pidfile=", "udptunnel", "server", "--udp", UDP])
+        self.assertShortUsageError(status, output, "server", ("--tcp", "required"))
 
     def test_daemonisingTwistd(self) -> None:
         """
@@ -204,6 +114,53 @@ class BadCommandLineTests(TwistdTestCase):
         )
 
 
+class BusyPortTests(TwistdTestCase):
+    """
+    A port already taken ends C{twistd -n} with status 1 and a one-line
+    reason as the last line of output, "cannot start" and the port, never
+    a traceback.
+    """
+
+    def assertRefused(self, expected: list[str], *argv: str) -> None:
+        """
+        C{twistd -n --pidfile= udptunnel ARGV} exits 1, without a traceback,
+        and its last line of output contains every string in C{expected}.
+        """
+        result = self.command(TWISTD, "-n", "--pidfile=", "udptunnel", *argv)
+        output = result.stdout + result.stderr
+        self.assertEqual(result.returncode, 1, output)
+        self.assertNotIn("Traceback", output)
+        message = lastLine(output)
+        for text in expected:
+            self.assertIn(text, message, output)
+
+    def test_tcpPortBusy(self) -> None:
+        """
+        A TCP port already listened on: "cannot start", naming the port.
+        """
+        busy = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self.addCleanup(busy.close)
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        self.assertRefused(
+            ["cannot start", str(port)],
+            "server", "--tcp", f"tcp:{port}:interface=127.0.0.1", "--udp", "127.0.0.1:0",
+        )
+
+    def test_udpPortBusy(self) -> None:
+        """
+        A UDP port already bound: "cannot start", naming the port.
+        """
+        busy = self.udpSocket()
+        port = busy.getsockname()[1]
+        self.assertRefused(
+            ["cannot start", str(port)],
+            "server", "--tcp", f"tcp:{freePort()}:interface=127.0.0.1",
+            "--udp", f"127.0.0.1:{port}",
+        )
+
+
 class DescriptorBudgetTests(TwistdTestCase):
     """
     C{--max-sessions} needs descriptors: the soft limit is raised to what
@@ -223,6 +180,10 @@ class DescriptorBudgetTests(TwistdTestCase):
         )
 
     def test_hardLimitTooLow(self) -> None:
+        """
+        A hard limit below what C{--max-sessions} needs: status 1, no
+        traceback, a line naming the option, what it needs, and the limit.
+        """
         process = self.start(256, 256, 1024)
         output, _ = process.communicate(timeout=COMMAND_TIMEOUT)
         self.assertEqual(process.returncode, 1, output)
@@ -231,6 +192,10 @@ class DescriptorBudgetTests(TwistdTestCase):
         self.assertIn("hard limit is 256", output)
 
     def test_softLimitRaised(self) -> None:
+        """
+        A soft limit below what C{--max-sessions} needs, under a hard limit
+        that allows it: the daemon raises the soft limit and says so.
+        """
         process = self.start(256, 4096, 1024)
         self.addCleanup(lambda: process.poll() is None and process.kill())
         assert process.stdout is not None

@@ -1,5 +1,7 @@
 """
-The installed twistd running a config file, as a user would, and C{python -m udptunnel status} against it.
+The installed twistd running a config file, as a user would, and
+C{python -m udptunnel status} against it, or against a tunnel given on the
+command line.
 """
 
 from __future__ import annotations
@@ -89,6 +91,12 @@ class RunTests(FourTunnels):
                               "must be a number from 0 to 65535, not '99999'"))
 
     def test_check(self) -> None:
+        """
+        C{--check} checks the file and starts nothing: status 0, a first line
+        with the count of tunnels and the metrics endpoint, then each tunnel as
+        its command line; a file without a tunnel is status 1, one line saying
+        what to give.
+        """
         config = self.writeConfig(self.fourTunnels())
         done = self.command(TWISTD, "udptunnel", "run", "--config", config, "--check")
         self.assertEqual(done.returncode, 0, done)
@@ -145,6 +153,12 @@ class CommandTests(FourTunnels):
     """
 
     def test_statusOfLiveDaemon(self) -> None:
+        """
+        The status of a live daemon lists its four tunnels in order, with their
+        peers, roles and one row per session (three on each end of the DNS
+        tunnel); C{--json} gives the same as a document: the link up, and the
+        stub's sessions with their links and their traffic.
+        """
         _, _, app = self.startFourTunnels()
         url = f"http://127.0.0.1:{self.metrics}/"
         done = statusCommand(url)
@@ -171,6 +185,10 @@ class CommandTests(FourTunnels):
         self.assertEqual({s["local"] is not None for s in relayEnd["sessions"]}, {True})
 
     def test_nothingAnswers(self) -> None:
+        """
+        Where nothing listens: status 1, one line saying that the C{/status} URL
+        cannot be reached and why, and nothing on stdout.
+        """
         port = freePort()
         done = statusCommand(f"http://127.0.0.1:{port}/")
         self.assertEqual(done.returncode, 1)
@@ -180,6 +198,10 @@ class CommandTests(FourTunnels):
         self.assertEqual(done.stdout, "")
 
     def test_somethingElseAnswers(self) -> None:
+        """
+        An HTTP server that is not udptunnel's, given as a bare C{HOST:PORT}:
+        status 1, saying that its answer is not a udptunnel status.
+        """
         class NotUs(BaseHTTPRequestHandler):
             def do_GET(self) -> None:
                 self.send_response(200)
@@ -200,6 +222,10 @@ class CommandTests(FourTunnels):
         self.assertIn("not a udptunnel status", lastLine(done.stderr))
 
     def test_badCommandLine(self) -> None:
+        """
+        An unknown option: status 1, the usage, and a last line naming the
+        option; no traceback.
+        """
         done = statusCommand("--frobnicate")
         self.assertEqual(done.returncode, 1)
         self.assertNotIn("Traceback", done.stderr)
@@ -208,6 +234,10 @@ class CommandTests(FourTunnels):
 
 
 class CommandLineTunnelTests(FourTunnels):
+    """
+    C{python -m udptunnel status} against a tunnel given on the command
+    line rather than in a config file.
+    """
     def test_statusOfOneTunnel(self) -> None:
         """
         The tunnel of a command line (no name) has its status too, at the

@@ -148,6 +148,17 @@ def panelsOf(dashboard: dict[str, Any]) -> Iterator[dict[str, Any]]:
             yield panel
 
 
+def everyPanel(dashboard: dict[str, Any]) -> Iterator[dict[str, Any]]:
+    """
+    Every panel, rows included, and those nested in rows (a collapsed row
+    holds its panels).
+    """
+    for panel in dashboard["panels"]:
+        yield panel
+        if panel["type"] == "row":
+            yield from everyPanel(panel)
+
+
 def loadDashboard() -> dict[str, Any]:
     with open(DASHBOARD) as file:
         return json.load(file)
@@ -198,6 +209,12 @@ class ExtractorTests(SynchronousTestCase):
     """
 
     def test_metricsOnly(self) -> None:
+        """
+        Out of an expression with aggregations, functions, ranges, a subquery,
+        C{offset}, C{bool} and label lists, only the metrics' selectors are
+        taken, each with its matchers; the grouping labels are those of the
+        C{by}, C{on}, C{group_left} and C{ignoring} lists.
+        """
         expr = ('sum by (instance, reason) (rate(udptunnel_a_total{tunnel=~"$tunnel", '
                 'reason="kernel-overflow"}[$__rate_interval])) > 0 and on (job) '
                 'group_left(version) udptunnel_b_info offset 5m / ignoring(x) '
@@ -231,12 +248,18 @@ class ModelTests(SynchronousTestCase):
         self.dashboard = loadDashboard()
 
     def test_model(self) -> None:
+        """
+        The dashboard has schema 36 or later, the uid C{udptunnel}, at least ten
+        panels, each titled, within the 24-column grid, and querying the
+        C{${datasource}} variable with non-blank expressions; every panel's
+        id, rows' and those of panels nested in rows included, is unique.
+        """
         dashboard = self.dashboard
         self.assertGreaterEqual(dashboard["schemaVersion"], 36)
         self.assertEqual(dashboard["uid"], "udptunnel")
         panels = list(panelsOf(dashboard))
         self.assertGreaterEqual(len(panels), 10)
-        ids = [panel["id"] for panel in dashboard["panels"]]
+        ids = [panel["id"] for panel in everyPanel(dashboard)]
         self.assertEqual(len(ids), len(set(ids)))
         for panel in panels:
             self.assertTrue(panel["title"])

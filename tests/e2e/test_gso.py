@@ -1,5 +1,6 @@
 """
-Through the installed twistd, the frames of one write arrive as datagrams, segmented.
+Through the installed twistd, the frames of one write arrive as datagrams,
+segmented.
 """
 
 from __future__ import annotations
@@ -23,6 +24,11 @@ class TwistdSegmentsTests(TwistdTestCase):
     skip = whyNoGSO()
 
     def test_framesOfOneWriteArriveAsDatagrams(self) -> None:
+        """
+        The frames of one TCP write, empty and 1400-byte ones included, come out
+        of the client's fixed UDP port as one datagram each, in order and with
+        their sizes, and nothing more; the client keeps running.
+        """
         listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         self.addCleanup(listener.close)
         listener.bind(("127.0.0.1", 0))

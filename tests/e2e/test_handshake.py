@@ -1,5 +1,6 @@
 """
-The installed twistd against stand-ins for rfc1036/udptunnel's ends, and a bare C{--tcp PORT} on both stacks.
+The installed twistd against stand-ins for rfc1036/udptunnel's ends, and a
+bare C{--tcp PORT} on both stacks.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from tests.support.net import (
     receive,
 )
 from tests.support.processes import STOPPED_BY_SIGTERM, TWISTD, TwistdTestCase
+from tests.support.system import skipUnlessAble, whyNoIPv6
 from udptunnel.link.preamble import (
     RFC1036_PREAMBLE,
 )
@@ -60,10 +62,18 @@ class StandInPeerTests(TwistdTestCase):
         self.assertEqual(readFrame(client), b"reply")
 
     def test_serverWithStandInClient(self) -> None:
+        """
+        A server with C{--handshake rfc1036} relays a stand-in rfc1036 client's
+        frames to its peer, after the preamble, and the peer's reply back.
+        """
         tcp, pop = self.startServer()
         self.assertCarries(tcp, pop)
 
     def test_serverSessionsWithStandInClient(self) -> None:
+        """
+        The same with C{--sessions}: the client's connection becomes a session
+        after its preamble, and relays both ways.
+        """
         tcp, pop = self.startServer("--sessions")
         self.assertCarries(tcp, pop)
 
@@ -134,10 +144,13 @@ class DualStackTests(TwistdTestCase):
     """
 
     def test_barePort(self) -> None:
-        from udptunnel.link.listening import hasIPv6
-
-        if not hasIPv6():
-            self.skipTest("this host has no IPv6")
+        """
+        The server says it listens on C{[::]} for IPv6 and IPv4; an IPv6 client
+        outside C{--allow 127.0.0.0/8} is hung up on and logged as C{[::1]}; an
+        IPv4 client is judged, relayed and logged as C{127.0.0.1}, never as
+        C{::ffff:127.0.0.1}.
+        """
+        skipUnlessAble(whyNoIPv6())
         tcp, pop = freePort(), self.udpSocket()
         server = self.spawn(
             "server", TWISTD, "-n", "--pidfile=", "udptunnel", "server",

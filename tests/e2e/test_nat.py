@@ -20,9 +20,9 @@ from __future__ import annotations
 import shutil
 import socket
 import subprocess
-import time
 
 from tests.support.ends import FaultTestCase
+from tests.support.net import waitFor
 from tests.support.system import Namespaces, run, skipUnlessAble, whyNoNamespaces
 
 NATBOX_LAN = "10.13.1.1"
@@ -35,9 +35,13 @@ POP_IP = "198.51.100.2"
 POP = (POP_IP, 5072)
 #: The POP sees datagrams from the relay's fixed port.
 RELAY_EXIT = (RELAY_POP, 34559)
-#: Datagrams per exchange, and how long each reply may take.
+#: Datagrams per exchange, and how long each reply may take (and how long
+#: one that must not arrive is waited for).
 COUNT = 5
 REPLY_TIMEOUT = 2.0
+#: The NAT box's UDP connection tracking timeouts in the test that needs it
+#: to forget: as short as they go.
+CONNTRACK_TIMEOUT = 1
 
 
 class Topology(Namespaces):
@@ -194,16 +198,24 @@ class NATTests(FaultTestCase):
 
     def push(self, app: socket.socket, pop: socket.socket) -> list[tuple[str, int]]:
         """
-        The POP speaks first: L{COUNT} datagrams to the relay's exit; where
-        each that reached C{app} came from.
+        The POP speaks first: L{COUNT} datagrams to the relay's exit, in a
+        row (the first is what it sends first after a quiet spell); where
+        each that reached C{app} came from, once L{REPLY_TIMEOUT} passed
+        without one more.  They travel in order, through the tunnel's TCP:
+        those that arrived must be the first ones, in order.
         """
-        sources = []
         for i in range(COUNT):
             pop.sendto(b"push %d" % i, RELAY_EXIT)
-            reply = self.receive(app, b"push %d" % i)
-            if reply is not None:
-                sources.append(reply)
-        return sources
+        arrived = []
+        for _ in range(COUNT):
+            app.settimeout(REPLY_TIMEOUT)
+            try:
+                arrived.append(app.recvfrom(65535))
+            except TimeoutError:
+                break
+        self.assertEqual([data for data, _ in arrived],
+                         [b"push %d" % i for i in range(len(arrived))])
+        return [source for _, source in arrived]
 
     def receive(self, app: socket.socket, expected: bytes) -> tuple[str, int] | None:
         app.settimeout(REPLY_TIMEOUT)
@@ -269,7 +281,8 @@ class NATTests(FaultTestCase):
         self.iptables(self.natbox, f"-t nat -A PREROUTING -i lan0 -p udp -d {POP_IP} "
                                    "--dport 5072 -j REDIRECT --to-ports 5073")
         for timeout in ("nf_conntrack_udp_timeout", "nf_conntrack_udp_timeout_stream"):
-            self.spaces.execute(self.natbox, "sysctl", "-q", "-w", f"net.netfilter.{timeout}=1")
+            self.spaces.execute(self.natbox, "sysctl", "-q", "-w",
+                                f"net.netfilter.{timeout}={CONNTRACK_TIMEOUT}")
         app, pop = self.sockets(self.natbox)
         self.assertEqual(self.exchange(app, pop), [POP] * COUNT)
         self.forget()
@@ -289,9 +302,27 @@ class NATTests(FaultTestCase):
         self.forget()
         self.assertEqual(self.push(lanApp, pop), [POP] * COUNT)
 
+    def udpTracked(self) -> list[str]:
+        """
+        The UDP flows the NAT box's connection tracking remembers (its
+        listing leaves out those whose timeout has passed).
+        """
+        table = self.spaces.execute(self.natbox, "cat", "/proc/net/nf_conntrack").stdout
+        return [line for line in table.splitlines() if " udp " in f" {line} "]
+
     def forget(self) -> None:
         """
         Wait until the NAT box's connection tracking forgot the exchanges
-        (their timeout is 1 s).
+        (their timeout is L{CONNTRACK_TIMEOUT}): no UDP flow is left in its
+        table.
         """
-        time.sleep(2.5)
+        left: list[str] = []
+
+        def forgotten() -> bool:
+            left[:] = self.udpTracked()
+            return not left
+
+        try:
+            waitFor(forgotten, "the NAT box to forget its UDP flows")
+        except AssertionError as e:
+            raise AssertionError(f"{e}; still tracked: {left}") from None

@@ -18,13 +18,13 @@ from twisted.internet import reactor
 from twisted.internet.defer import inlineCallbacks
 from twisted.internet.protocol import ClientCreator
 from twisted.logger import formatEvent
-from twisted.trial.unittest import SkipTest
 from twisted.web.client import Agent, readBody
 
 from tests.support.certs import Authority
 from tests.support.fakes import captureLogEvents
 from tests.support.inprocess import RawLink, TunnelTestCase, address, udpPort
 from tests.support.net import Echo, Recorder, freePort, pattern, waitUntil
+from tests.support.system import skipUnlessAble, whyNoIPv6
 
 
 class ServerPhantomTests(TunnelTestCase):
@@ -131,11 +131,7 @@ class IPv6TestCase(TunnelTestCase):
     """
 
     def setUp(self) -> None:
-        try:
-            with socket.socket(socket.AF_INET6, socket.SOCK_DGRAM) as s:
-                s.bind(("::1", 0))
-        except OSError as e:
-            raise SkipTest(f"IPv6 loopback unavailable: {e}")
+        skipUnlessAble(whyNoIPv6())
 
 
 class IPv6Tests(IPv6TestCase):
@@ -185,6 +181,11 @@ class DualStackTests(IPv6TestCase):
 
     @inlineCallbacks
     def test_ipv4AppThroughIPv6Socket(self) -> Any:
+        """
+        A server whose UDP socket is bound to C{[::]} learns an IPv4
+        application as C{::ffff:127.0.0.1}, and its replies reach the
+        application from the IPv4 address it sent to.
+        """
         echo = Echo()
         echoPort = self.listen(echo)
         tcpPort = freePort()
@@ -346,6 +347,11 @@ class TLSTestCase(TunnelTestCase):
 class MutualTLSTests(TLSTestCase):
     @inlineCallbacks
     def test_roundTrip(self) -> Any:
+        """
+        With both ends' certificates signed by the CA each trusts, the link
+        comes up over TLS, and a datagram of the IPv4 maximum (65507 bytes)
+        crosses to the peer and back whole.
+        """
         self.startPair(self.authority, self.authority)
         yield self.app.probe(self.serverUDP)
         self.app.send(b"x" * 65507, self.serverUDP)

@@ -1,5 +1,7 @@
 """
-The installed twistd behind real proxies and load balancers, on loopback: Debian's tinyproxy and microsocks in front of the client, HAProxy with the PROXY protocol in front of servers.
+The installed twistd behind real proxies and load balancers, on loopback:
+Debian's tinyproxy and microsocks in front of the client, HAProxy with the
+PROXY protocol in front of servers.
 """
 
 from __future__ import annotations
@@ -54,6 +56,8 @@ class RealProxyTests(TwistdTestCase):
 
     #: User name and password the authenticating proxies want.
     USER, PASSWORD = "tunnel", "s3cret-word"
+    #: The password the wrong-credentials tests give instead.
+    WRONG = "wr0ng-word"
 
     def tinyproxy(self, *config: str) -> int:
         """
@@ -108,19 +112,24 @@ class RealProxyTests(TwistdTestCase):
         self.assertNotIn("cannot connect", self.output(client))
         return server, client
 
-    def assertFails(self, tcp: int, proxy: str, why: str) -> str:
+    def assertFails(self, tcp: int, proxy: str, why: str, password: str | None = None) -> str:
         """
         The client says C{why} it cannot connect, twice (it retries), and
-        keeps running; the password is nowhere in its log.
+        keeps running; the password it was given (C{password}, or the
+        proxy's) is nowhere in its log.
         """
         client = self.client(tcp, proxy)
         self.waitForOutput(client, why, count=2, timeout=TIMEOUT)
         output = self.output(client)
         self.assertIn(f"cannot connect to 127.0.0.1:{tcp} via ", output)
-        self.assertNotIn(self.PASSWORD, output)
+        self.assertNotIn(password or self.PASSWORD, output)
         return output
 
     def test_httpConnect(self) -> None:
+        """
+        Through tinyproxy's HTTP CONNECT, the client reaches its server and the
+        tunnel relays both ways, with no failed attempt.
+        """
         port = self.tinyproxy()
         self.assertThrough(f"http://127.0.0.1:{port}")
 
@@ -133,18 +142,31 @@ class RealProxyTests(TwistdTestCase):
         self.assertThrough(f"http://127.0.0.1:{port}", tls=True)
 
     def test_httpCredentials(self) -> None:
+        """
+        With the user name and password of tinyproxy's C{BasicAuth} in the URL,
+        the client gets through, and the tunnel relays.
+        """
         port = self.tinyproxy(f"BasicAuth {self.USER} {self.PASSWORD}")
-        self.assertThrough(f"http://{self.USER}:{self.PASSWORD}@127.0.0.1:{port}")
+        _, client = self.assertThrough(f"http://{self.USER}:{self.PASSWORD}@127.0.0.1:{port}")
+        self.assertNotIn(self.PASSWORD, self.output(client))
 
     def test_httpNeedsCredentials(self) -> None:
+        """
+        Without credentials, an authenticating tinyproxy's refusal is logged as
+        "proxy needs authentication", with its status line, at each attempt.
+        """
         port = self.tinyproxy(f"BasicAuth {self.USER} {self.PASSWORD}")
         self.assertFails(freePort(), f"http://127.0.0.1:{port}",
                          "proxy needs authentication: HTTP/1.")
 
     def test_httpWrongCredentials(self) -> None:
+        """
+        With a wrong password, tinyproxy's refusal is logged as "proxy refused
+        the credentials", at each attempt.
+        """
         port = self.tinyproxy(f"BasicAuth {self.USER} {self.PASSWORD}")
-        self.assertFails(freePort(), f"http://{self.USER}:wrong@127.0.0.1:{port}",
-                         "proxy refused the credentials: HTTP/1.")
+        self.assertFails(freePort(), f"http://{self.USER}:{self.WRONG}@127.0.0.1:{port}",
+                         "proxy refused the credentials: HTTP/1.", self.WRONG)
 
     def test_httpRefused(self) -> None:
         """
@@ -154,23 +176,44 @@ class RealProxyTests(TwistdTestCase):
         self.assertFails(freePort(), f"http://127.0.0.1:{port}", "proxy refused: HTTP/1.")
 
     def test_proxyDown(self) -> None:
+        """
+        A proxy that does not listen: the client logs the refused connection at
+        each attempt, and keeps trying.
+        """
         proxy = freePort()
         self.assertFails(freePort(), f"http://127.0.0.1:{proxy}", "Connection refused")
 
     def test_socks5(self) -> None:
+        """
+        Through microsocks without authentication, the client reaches its
+        server, and the tunnel relays both ways.
+        """
         port = self.microsocks()
         self.assertThrough(f"socks5://127.0.0.1:{port}")
 
     def test_socks5Credentials(self) -> None:
+        """
+        Through microsocks with a user name and password (RFC 1929), the client
+        reaches its server, and the tunnel relays both ways.
+        """
         port = self.microsocks("-u", self.USER, "-P", self.PASSWORD)
-        self.assertThrough(f"socks5://{self.USER}:{self.PASSWORD}@127.0.0.1:{port}")
+        _, client = self.assertThrough(f"socks5://{self.USER}:{self.PASSWORD}@127.0.0.1:{port}")
+        self.assertNotIn(self.PASSWORD, self.output(client))
 
     def test_socks5WrongCredentials(self) -> None:
+        """
+        With a wrong password, microsocks's refusal is logged as "SOCKS5:
+        authentication failed", at each attempt.
+        """
         port = self.microsocks("-u", self.USER, "-P", self.PASSWORD)
-        self.assertFails(freePort(), f"socks5://{self.USER}:wrong@127.0.0.1:{port}",
-                         "SOCKS5: authentication failed")
+        self.assertFails(freePort(), f"socks5://{self.USER}:{self.WRONG}@127.0.0.1:{port}",
+                         "SOCKS5: authentication failed", self.WRONG)
 
     def test_socks5NeedsCredentials(self) -> None:
+        """
+        Without credentials for a microsocks that wants them, the client logs
+        that the proxy needs authentication, at each attempt.
+        """
         port = self.microsocks("-u", self.USER, "-P", self.PASSWORD)
         self.assertFails(freePort(), f"socks5://127.0.0.1:{port}",
                          "SOCKS5: the proxy needs authentication")
@@ -236,6 +279,13 @@ class HAProxyTests(TwistdTestCase):
         return sock
 
     def test_realClientAddress(self) -> None:
+        """
+        Through HAProxy round robin, to one server sent PROXY v1 and one sent
+        v2, clients from the allowed address relay both ways through each,
+        and a client from outside C{--allow} is hung up on; both servers count
+        those links up and refused, and log the clients' addresses, never
+        HAProxy's.
+        """
         self.servers: list = []
         (tcp1, metrics1, peer1), (tcp2, metrics2, peer2) = (
             self.startServer("s1"), self.startServer("s2"))
@@ -273,19 +323,22 @@ backend relays
 
         waitFor(listening, f"haproxy to listen on {front}")
         # Round robin alternates, but the probe above took a turn: each
-        # datagram is looked for at both peers rather than at the expected one.
-        peers = (peer1, peer2)
+        # datagram is looked for at both peers at once rather than at the
+        # expected one.
+        import select
+
+        peers = [peer1, peer2]
         seen = set()
         for n in range(4):
             client = self.connectFrom("127.0.0.5", front)
             payload = f"hello {n}".encode()
             client.sendall(frame(payload))
-            got = None
-            for index, peer in enumerate(peers):
-                got = receive(peer, TIMEOUT / 4)
-                if got is not None:
-                    seen.add(index)
-                    break
+            got, index = None, 0
+            ready, _, _ = select.select(peers, [], [], TIMEOUT)
+            if ready:
+                index = peers.index(ready[0])
+                got = receive(peers[index], TIMEOUT)
+                seen.add(index)
             assert got is not None, (self.output(self.servers[0]), self.output(self.servers[1]),
                                      self.output(haproxy))
             self.assertEqual(got[0], payload)

@@ -1,5 +1,7 @@
 """
-The installed twistd under systemd's tools: socket activation with C{systemd-socket-activate}, notifications, and the units of C{contrib/systemd}.
+The installed twistd under systemd's tools: socket activation with
+C{systemd-socket-activate}, notifications, and the units of
+C{contrib/systemd}.
 """
 
 from __future__ import annotations
@@ -158,6 +160,12 @@ class ContribUnitTests(TwistdTestCase):
     """
 
     def test_contribUnitsRelay(self) -> None:
+        """
+        The C{.socket} unit listens on 9999 (stream) and 5073 (datagram), the
+        C{.service} is C{Type=notify} and runs twistd; that C{ExecStart}, given
+        sockets on free ports as the units describe them, notifies READY=1,
+        relays both ways, and notifies STOPPING=1 on SIGTERM.
+        """
         skipUnlessAble(whyNoSocketActivate())
         socketUnit = os.path.join(CONTRIB, "udptunnel.socket")
         self.assertEqual(_unitValues(socketUnit, "ListenStream"), ["9999"])

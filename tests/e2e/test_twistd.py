@@ -23,7 +23,6 @@ from tests.support.processes import (
     TWISTD,
     TwistdTestCase,
     isAlive,
-    lastLine,
 )
 from udptunnel import __version__
 
@@ -200,12 +199,13 @@ class ReconnectTests(TwistdTestCase):
             *self.clientCommand(tcp, clientUDP, pop.getsockname()[1]),
         )
 
-        # Three failed attempts: the first, and retries after ~0.5 s and ~1 s.
-        self.waitForOutput(client, "cannot connect", count=3)
+        # Two failed attempts: the first, and a retry ~0.5 s later.
+        self.waitForOutput(client, "cannot connect", count=2)
         self.assertIsNone(client.poll())
         self.startServer(serverUDP, tcp)
 
-        # The next retry comes up to ~5 s (4 s + 20%) after the third.
+        # The next retry comes ~1 s (+/- 20%) after the second; or, if the
+        # server was slow to start, ~2 s after a third.
         self.assertRelays(app, pop, serverUDP, clientUDP, timeout=TIMEOUT + 10)
 
 
@@ -237,100 +237,12 @@ class TwistTests(TwistdTestCase):
         self.assertIn("tunnel stopped", self.output(server))
 
 
-class BadCommandLineTests(TwistdTestCase):
-    """
-    Mistakes on the command line end C{twistd -n} with status 1 and a
-    one-line reason as the last line of output, never a traceback.
-    """
-
-    def assertRefused(self, expected: list[str], *argv: str) -> None:
-        """
-        C{twistd -n --pidfile= udptunnel ARGV} exits 1, without a traceback,
-        and its last line of output contains every string in C{expected}.
-        """
-        result = self.command(TWISTD, "-n", "--pidfile=", "udptunnel", *argv)
-        output = result.stdout + result.stderr
-        self.assertEqual(result.returncode, 1, output)
-        self.assertNotIn("Traceback", output)
-        message = lastLine(output)
-        for text in expected:
-            self.assertIn(text, message, output)
-
-    def test_missingTCP(self) -> None:
-        """
-        Each end needs --tcp.
-        """
-        self.assertRefused(["--tcp is required"], "server", "--udp", "127.0.0.1:0")
-
-    def test_unknownOption(self) -> None:
-        """
-        An unknown option is named.
-        """
-        self.assertRefused(
-            ["--frobnicate"],
-            "server", "--tcp", "tcp:0:interface=127.0.0.1", "--udp", "127.0.0.1:0",
-            "--frobnicate",
-        )
-
-    def test_udpPortOutOfRange(self) -> None:
-        """
-        A port past 65535 is refused before anything is bound.
-        """
-        self.assertRefused(
-            ["--udp", "70000"],
-            "server", "--tcp", "tcp:0:interface=127.0.0.1", "--udp", "70000",
-        )
-
-    def test_unresolvablePeer(self) -> None:
-        """
-        A peer whose name does not resolve is a usage error at start-up,
-        not a silent drop of every datagram later.
-        """
-        self.assertRefused(
-            ["--peer", "nonexistent.invalid"],
-            "client", "--tcp", f"127.0.0.1:{freePort()}", "--udp", "127.0.0.1:0",
-            "--peer", "nonexistent.invalid:53",
-        )
-
-    def test_unbracketedIPv6Peer(self) -> None:
-        """
-        C{::1:53} is ambiguous; the message says to use brackets.
-        """
-        self.assertRefused(
-            ["--peer", "brackets"],
-            "client", "--tcp", f"127.0.0.1:{freePort()}", "--udp", "127.0.0.1:0",
-            "--peer", "::1:53",
-        )
-
-    def test_tcpPortBusy(self) -> None:
-        """
-        A TCP port already listened on: "cannot start", naming the port.
-        """
-        busy = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        self.addCleanup(busy.close)
-        busy.bind(("127.0.0.1", 0))
-        busy.listen()
-        port = busy.getsockname()[1]
-        self.assertRefused(
-            ["cannot start", str(port)],
-            "server", "--tcp", f"tcp:{port}:interface=127.0.0.1", "--udp", "127.0.0.1:0",
-        )
-
-    def test_udpPortBusy(self) -> None:
-        """
-        A UDP port already bound: "cannot start", naming the port.
-        """
-        busy = self.udpSocket()
-        port = busy.getsockname()[1]
-        self.assertRefused(
-            ["cannot start", str(port)],
-            "server", "--tcp", f"tcp:{freePort()}:interface=127.0.0.1",
-            "--udp", f"127.0.0.1:{port}",
-        )
-
-
 class TwistdVersionTests(TwistdTestCase):
     def test_installedTwistd(self) -> None:
+        """
+        C{twistd udptunnel --version}, alone or after C{server} or C{client},
+        prints only C{udptunnel} and the package's version, with status 0.
+        """
         for argv in ([], ["server"], ["client"]):
             result = self.command(TWISTD, "udptunnel", *argv, "--version")
             self.assertEqual((result.returncode, result.stdout),

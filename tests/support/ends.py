@@ -11,6 +11,7 @@ from __future__ import annotations
 import socket
 import subprocess
 import textwrap
+import time
 import urllib.request
 
 from tests.support.net import LOCAL, TIMEOUT, UDP, freePort, metric, receive, waitFor
@@ -96,6 +97,28 @@ class FaultTestCase(TwistdTestCase):
     def metrics(self, port: int) -> str:
         with urllib.request.urlopen(f"http://{LOCAL}:{port}/metrics", timeout=TIMEOUT) as r:
             return r.read().decode()
+
+    def waitForMetric(self, port: int, name: str, labels: str, value: float,
+                      timeout: float = TIMEOUT) -> str:
+        """
+        Wait until sample C{name}{C{labels}} of the end whose metrics are
+        on C{port} is at least C{value}; return the scrape that showed it.
+
+        Counters change at once, where the log's lines about links are
+        rate-limited (one per kind every 10 s): wait for a second link up
+        here, not for a second "link up" line.
+        """
+        deadline = time.monotonic() + timeout
+        while True:
+            text = self.metrics(port)
+            got = metric(text, name, labels)
+            if got is not None and got >= value:
+                return text
+            if time.monotonic() > deadline:
+                raise AssertionError(f"timed out after {timeout} s waiting for {name}"
+                                     f"{{{labels}}} >= {value} on the end with metrics on "
+                                     f"{port} (last: {got})")
+            time.sleep(0.05)
 
 
 #: Applications talking at once in the cross-talk tests.

@@ -102,6 +102,8 @@ def captureLogEvents(testCase: Any) -> list[dict[str, Any]]:
     globalLogPublisher.addObserver(events.append)
     testCase.addCleanup(globalLogPublisher.removeObserver, events.append)
     return events
+
+
 @implementer(IRelay)
 class RecordingRelay:
     """
@@ -174,6 +176,8 @@ def phantomRelay() -> tuple[Relay, Clock, FakeLink]:
     relay.framesReceived(link, [b"reply"])
     clock.advance(61.5)
     return relay, clock, link
+
+
 class Connections:
     """
     A fake endpoint: each connect is a Deferred the test fires, and the

@@ -247,6 +247,8 @@ def closedByPeer(sock: socket.socket) -> bool:
         return sock.recv(1) == b""
     except ConnectionResetError:
         return True
+
+
 def udpSocket(testCase: Any, family: int = socket.AF_INET) -> socket.socket:
     sock = socket.socket(family, socket.SOCK_DGRAM)
     testCase.addCleanup(sock.close)

@@ -24,6 +24,8 @@ def parse(*argv: str) -> Options:
     options = Options()
     options.parseOptions(list(argv))
     return options
+
+
 class Runner(dict):  # type: ignore[type-arg]
     """
     Stands for twistd's options (which have C{--nodaemon}) or twist's (which
@@ -46,3 +48,36 @@ def writeFile(testCase: Any, text: str, name: str = "tunnels.toml") -> str:
 
 def load(testCase: Any, text: str) -> Any:
     return loadConfig(writeFile(testCase, text))
+
+
+class ShortUsageAssertions:
+    """
+    What a bad command line must show, in-process or through the installed
+    runner alike: a few lines, the command's short synopsis, where the full
+    help is, and last the error, naming the option to fix; never a
+    traceback, never the whole help.
+    """
+
+    def assertShortUsageError(self, status: int, output: str, end: str | None,
+                              expected: tuple[str, ...], program: str = "twistd") -> None:
+        """
+        Status 1; the error on the last line, with every fragment of
+        C{expected}; the short synopsis of C{end} ("server", "client",
+        "run", C{None} for the plugin itself) and a pointer to --help before
+        it; no traceback and not the full help.
+        """
+        test: Any = self
+        test.assertEqual(status, 1, output)
+        test.assertNotIn("Traceback", output)
+        test.assertNotIn("Parameter type enforcement", output)
+        lines = [line for line in output.splitlines() if line.strip()]
+        error = lines[-1] if lines else ""
+        for fragment in expected:
+            test.assertIn(fragment, error, output)
+        command = f"{program} udptunnel" + (f" {end}" if end else "")
+        test.assertTrue(error.startswith(f"{command}: "), output)
+        test.assertIn(f"Usage: {program} [{program} options] {command.split(' ', 1)[1]} ", output)
+        test.assertIn(f"'{command} --help'", output)
+        # The full help lists every option; the short form none of them.
+        test.assertNotIn("--keepalive-interval=", output)
+        test.assertLessEqual(len(output.splitlines()), 4, output)

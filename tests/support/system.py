@@ -196,6 +196,8 @@ def whyNoNamespaces() -> str | None:
     finally:
         spaces.remove()
     return None
+
+
 def whyNoGSO() -> str | None:
     """
     Why this kernel cannot segment UDP sends (C{UDP_SEGMENT}), or C{None}.
@@ -205,10 +207,24 @@ def whyNoGSO() -> str | None:
         return None if kernelSegments(sock) else "the kernel has no UDP_SEGMENT"
     finally:
         sock.close()
+
+
+def whyNoIPv6() -> str | None:
+    """
+    Why this host cannot use the IPv6 loopback, or C{None} if it can.
+    """
+    try:
+        with socket.socket(socket.AF_INET6, socket.SOCK_DGRAM) as probe:
+            probe.bind(("::1", 0))
+    except OSError as e:
+        return f"this host has no IPv6 loopback: {e}"
+    return None
+
+
 def skipUnlessAble(reason: str | None) -> None:
     """
-    Skip a test this machine cannot run (not root, no netns, no C{ss -K}),
-    saying why; but fail where it must run (CI sets
+    Skip a test this machine cannot run (not root, no netns, no C{ss -K},
+    no IPv6), saying why; but fail where it must run (CI sets
     C{UDPTUNNEL_REQUIRE_PRIVILEGED=1}), so a skip cannot hide there.
     """
     if reason is None:

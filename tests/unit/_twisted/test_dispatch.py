@@ -1,5 +1,6 @@
 """
-L{udptunnel._twisted.dispatch}: the epoll reactor's lean event dispatch, installed explicitly and checked once.
+L{udptunnel._twisted.dispatch}: the epoll reactor's lean event dispatch,
+installed explicitly and checked once.
 """
 
 from __future__ import annotations
@@ -46,6 +47,10 @@ class LeanDispatchTests(SynchronousTestCase):
         self.assertEqual(dispatchProblems(), [])
 
     def test_changedTwistedRefused(self) -> None:
+        """
+        An epoll reactor whose C{_selectables} was renamed fails the check,
+        which names the attribute.
+        """
         from twisted.internet.epollreactor import EPollReactor
 
         class Renamed(EPollReactor):
@@ -56,6 +61,10 @@ class LeanDispatchTests(SynchronousTestCase):
         self.assertIn("EPollReactor._selectables is not a dict", dispatchProblems(Renamed))
 
     def test_otherReactorsUntouched(self) -> None:
+        """
+        Any reactor but the epoll reactor (or none) is left as it is: nothing
+        installed, no C{doIteration} of its own set.
+        """
         from twisted.internet.task import Clock
         from twisted.internet.testing import MemoryReactor
 

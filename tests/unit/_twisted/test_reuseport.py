@@ -1,5 +1,6 @@
 """
-L{udptunnel._twisted.reuseport} and the ports that use it: members of a C{SO_REUSEPORT} group share a port, nobody else does.
+L{udptunnel._twisted.reuseport} and the ports that use it: members of a
+C{SO_REUSEPORT} group share a port, nobody else does.
 """
 
 from __future__ import annotations

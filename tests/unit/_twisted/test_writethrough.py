@@ -1,5 +1,7 @@
 """
-L{udptunnel._twisted.writethrough}: frames straight to the socket when nothing is queued, the check of Twisted's private attributes it relies on, and the fallback when they changed.
+L{udptunnel._twisted.writethrough}: frames straight to the socket when
+nothing is queued, the check of Twisted's private attributes it relies on,
+and the fallback when they changed.
 """
 
 from __future__ import annotations
@@ -43,6 +45,10 @@ class InstalledTwistedTests(SynchronousTestCase):
     """
 
     def test_connectionCheckPasses(self) -> None:
+        """
+        L{connectionProblems} finds nothing wrong with the installed Twisted's
+        C{tcp.Connection}.
+        """
         self.assertEqual(connectionProblems(), [])
 
 
@@ -116,17 +122,28 @@ class ConnectionCheckTests(SynchronousTestCase):
     """
 
     def test_renamedAttribute(self) -> None:
+        """
+        A renamed C{_tempDataBuffer} is reported as missing, and its new name
+        as another send buffer.
+        """
         problems = connectionProblems(Renamed)
         self.assertIn("test_writethrough.Renamed has no _tempDataBuffer", problems)
         self.assertIn("test_writethrough.Renamed._pendingWrites looks like another send buffer", problems)
 
     def test_extraBuffer(self) -> None:
+        """
+        An instance attribute that looks like a send buffer is reported, and
+        nothing else.
+        """
         self.assertEqual(
             connectionProblems(ExtraBuffer),
             ["test_writethrough.ExtraBuffer._sendQueue looks like another send buffer"],
         )
 
     def test_extraClassLevelBuffer(self) -> None:
+        """
+        A class attribute that looks like a send buffer is reported too.
+        """
         class ClassBuffer(tcp.Connection):
             _outgoing = b""
 
@@ -136,24 +153,40 @@ class ConnectionCheckTests(SynchronousTestCase):
         )
 
     def test_writeQueuesElsewhere(self) -> None:
+        """
+        A C{write} that queues anywhere but C{_tempDataBuffer} is reported, by
+        trying it, though no attribute looks like a buffer.
+        """
         self.assertEqual(
             connectionProblems(HiddenBuffer),
             ["test_writethrough.HiddenBuffer.write does not queue into _tempDataBuffer"],
         )
 
     def test_drainedBufferNotEmpty(self) -> None:
+        """
+        A C{doWrite} that leaves bytes in C{dataBuffer} once all is sent is
+        reported.
+        """
         self.assertEqual(
             connectionProblems(LazyDrain),
             ["test_writethrough.LazyDrain.doWrite leaves its buffers non-empty once all is sent"],
         )
 
     def test_checkRaising(self) -> None:
+        """
+        A connection class that cannot be built is reported with the exception,
+        which the check does not raise.
+        """
         self.assertEqual(
             connectionProblems(Broken),
             ["checking test_writethrough.Broken raised TypeError('new signature')"],
         )
 
     def test_wrongType(self) -> None:
+        """
+        A required attribute of another type is reported with the type it has
+        and the one expected.
+        """
         class TextBuffer(tcp.Connection):
             dataBuffer = ""  # type: ignore[assignment]
 
@@ -175,6 +208,10 @@ class WriterChoiceTests(SynchronousTestCase):
         return connection
 
     def test_checkedOnceAndWarnedOnce(self) -> None:
+        """
+        A check that fails runs once for any number of connections, one warning
+        names the problem, and each connection gets its C{transport.write}.
+        """
         calls = []
 
         def failing() -> list[str]:
@@ -192,6 +229,11 @@ class WriterChoiceTests(SynchronousTestCase):
         self.assertIn("tcp.Connection has no dataBuffer (simulated)", warning["problems"])
 
     def test_passingCheckWritesThrough(self) -> None:
+        """
+        When the check passes, L{writerFor} gives a writer of its own, which
+        sends to the socket at once: nothing is left in Twisted's buffers, and
+        nothing is warned.
+        """
         self.patch(writethrough, "_connectionVerdict", None)
         events = captureLogEvents(self)
         connection = self.connection()
@@ -202,6 +244,9 @@ class WriterChoiceTests(SynchronousTestCase):
         self.assertEqual(warningsOf(events), [])
 
     def test_tlsNeverWritesThrough(self) -> None:
+        """
+        A connection with TLS started on it gets its C{transport.write}.
+        """
         connection = self.connection()
         connection.TLS = True
         self.assertEqual(writerFor(connection), connection.write)
@@ -290,6 +335,11 @@ class WriteThroughTests(TestCase):
         return factory
 
     def test_orderKeptWhenTheSocketFills(self) -> Any:
+        """
+        Written through, the first frame leaves at once; once the kernel's
+        buffer is full, frames queue in Twisted's, and those that follow wait
+        behind them: the reader receives every frame, in order.
+        """
         return self.checkOrderWhenTheSocketFills(writeThrough=True)
 
     @inlineCallbacks

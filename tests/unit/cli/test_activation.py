@@ -1,5 +1,6 @@
 """
-L{udptunnel.cli.activation}: which of the sockets systemd passed an option takes, and the adopted listener that a restarted tunnel adopts again.
+L{udptunnel.cli.activation}: which of the sockets systemd passed an option
+takes, and the adopted listener that a restarted tunnel adopts again.
 """
 
 from __future__ import annotations
@@ -25,15 +26,32 @@ INHERITED = [(3, "udptunnel.socket"), (4, "udptunnel.socket"), (5, "metrics.sock
 
 
 class StreamLookupTests(SynchronousTestCase):
+    """
+    L{systemdStreamSocket}: which of the sockets systemd passed a C{systemd:}
+    stream endpoint description names.
+    """
+
     def test_byIndex(self) -> None:
+        """
+        C{index=N} picks the Nth socket passed (from 0), whatever its name, with
+        the address family C{domain} names.
+        """
         self.assertEqual(systemdStreamSocket("systemd:domain=INET6:index=1", INHERITED),
                          (4, socket.AF_INET6))
 
     def test_byName(self) -> None:
+        """
+        C{name=NAME} picks the socket that C{LISTEN_FDNAMES} gives that name.
+        """
         self.assertEqual(systemdStreamSocket("systemd:domain=INET:name=metrics.socket",
                                              INHERITED), (5, socket.AF_INET))
 
     def test_errorsSayWhy(self) -> None:
+        """
+        A description that names no usable socket (none passed, an index out of
+        range, an unknown name or domain, neither or both of C{index} and
+        C{name}) is a L{ValueError} that starts with the description and says why.
+        """
         for description, inherited, why in [
             ("systemd:domain=INET:index=0", [], "systemd passed no sockets"),
             ("systemd:domain=INET:index=3", INHERITED, "passed 3 socket(s), numbered from 0"),
@@ -56,6 +74,11 @@ class ReadoptionTests(TestCase):
 
     @inlineCallbacks
     def test_listenAgainAfterStop(self) -> object:
+        """
+        Each listen adopts a duplicate: once it stops, the descriptor systemd
+        passed is still open and still that socket, so the endpoint listens on
+        the same port again, and that listener accepts connections.
+        """
         passed = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         self.addCleanup(passed.close)
         passed.bind(("127.0.0.1", 0))
@@ -89,6 +112,10 @@ class DatagramLookupTests(SynchronousTestCase):
             (self.tcp.fileno(), "tun.socket"), (self.udp.fileno(), "tun.socket")]
 
     def test_byIndex(self) -> None:
+        """
+        C{systemd:N} gives the Nth passed socket's descriptor and the address it
+        is bound to, and leaves the descriptor open.
+        """
         fd, host, port = systemdDatagramSocket(1, self.inherited)
         self.assertEqual((fd, host, port),
                          (self.udp.fileno(), "127.0.0.1", self.udp.getsockname()[1]))
@@ -96,26 +123,43 @@ class DatagramLookupTests(SynchronousTestCase):
         self.assertEqual(self.udp.getsockname()[1], port)
 
     def test_byNamePicksTheDatagramSocket(self) -> None:
+        """
+        Of the stream and the datagram socket that one C{.socket} unit passes
+        under one name, C{systemd:NAME} picks the datagram one.
+        """
         self.assertEqual(systemdDatagramSocket("tun.socket", self.inherited)[0],
                          self.udp.fileno())
 
     def test_streamRefused(self) -> None:
+        """
+        An index that names a stream socket is refused: not a UDP socket.
+        """
         with self.assertRaises(ValueError) as caught:
             systemdDatagramSocket(0, self.inherited)
         self.assertIn("not a UDP socket", str(caught.exception))
 
     def test_outOfRange(self) -> None:
+        """
+        An index past the sockets passed is refused, saying how many were.
+        """
         with self.assertRaises(ValueError) as caught:
             systemdDatagramSocket(2, self.inherited)
         self.assertIn("passed 2 socket(s)", str(caught.exception))
 
     def test_unknownName(self) -> None:
+        """
+        A name that no passed socket has is refused, listing the names passed.
+        """
         with self.assertRaises(ValueError) as caught:
             systemdDatagramSocket("other", self.inherited)
         self.assertIn("no socket of that name; systemd passed tun.socket",
                       str(caught.exception))
 
     def test_twoOfOneName(self) -> None:
+        """
+        A name that two UDP sockets share is refused as ambiguous, asking for the
+        socket's index instead.
+        """
         other = udpSocket(self)
         with self.assertRaises(ValueError) as caught:
             systemdDatagramSocket("tun.socket", [*self.inherited, (other.fileno(), "tun.socket")])

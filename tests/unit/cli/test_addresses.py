@@ -1,5 +1,6 @@
 """
-L{udptunnel.cli.addresses}: C{--udp systemd:...}, and C{--udp} and C{--peer} resolved together.
+L{udptunnel.cli.addresses}: C{--udp systemd:...}, and C{--udp} and C{--peer}
+resolved together.
 """
 
 from __future__ import annotations
@@ -19,12 +20,20 @@ class ParseTests(SynchronousTestCase):
     """
 
     def test_forms(self) -> None:
+        """
+        C{systemd:N} gives the index C{N}, C{systemd:NAME} the name C{NAME}; an
+        address or a bare port is not a C{systemd:} form (C{None}).
+        """
         self.assertEqual(parseSystemdUDP("systemd:1"), 1)
         self.assertEqual(parseSystemdUDP("systemd:udptunnel.socket"), "udptunnel.socket")
         self.assertIsNone(parseSystemdUDP("127.0.0.1:5073"))
         self.assertIsNone(parseSystemdUDP("5073"))
 
     def test_bad(self) -> None:
+        """
+        C{systemd:} with nothing after it, or with a stream endpoint's
+        arguments, is refused with the forms it takes (C{systemd:N}).
+        """
         for bad in ("systemd:", "systemd:domain=INET:index=1"):
             with self.assertRaises(ValueError) as caught:
                 parseSystemdUDP(bad)
@@ -42,9 +51,17 @@ class AddressFamilyTests(SynchronousTestCase):
         self.assertIn(fragment, str(error))
 
     def test_udpUnresolvable(self) -> None:
+        """
+        A C{--udp} host that cannot be resolved is a usage error that blames
+        C{--udp}.
+        """
         self.assertUsageError("--udp: cannot resolve", "--udp", "nosuchhost.invalid:17073")
 
     def test_literalsOfTwoFamilies(self) -> None:
+        """
+        An IPv6 C{--udp} with an IPv4 C{--peer}, or the reverse, is a usage
+        error that names each option's family.
+        """
         self.assertUsageError("--udp is IPv6 and --peer IPv4",
                               "--udp", "[::1]:1", "--peer", "127.0.0.1:2")
         self.assertUsageError("--udp is IPv4 and --peer IPv6",

@@ -1,5 +1,6 @@
 """
-L{udptunnel.cli.build}: configuration into services: what each option wires, the lean dispatch or plain Twisted, the sessions server's backlog.
+L{udptunnel.cli.build}: configuration into services: what each option wires,
+the lean dispatch or plain Twisted, the sessions server's backlog.
 """
 
 from __future__ import annotations
@@ -25,7 +26,16 @@ from udptunnel.udp.service import UDPService
 
 
 class MakeServiceTests(SynchronousTestCase):
+    """
+    What L{makeService} builds of a command line, and how a busy port fails
+    its start.
+    """
+
     def test_server(self) -> None:
+        """
+        A server is a L{Relay} whose children are its UDP socket's service and
+        its TCP listener's.
+        """
         relay = makeService(parse("server", "--tcp", "9999", "--udp", "5073"), reactor)
         self.assertIsInstance(relay, Relay)
         udp, tcp = list(relay)
@@ -33,6 +43,11 @@ class MakeServiceTests(SynchronousTestCase):
         self.assertIsInstance(tcp, StreamServerEndpointService)
 
     def test_client(self) -> None:
+        """
+        A client is a L{Relay} whose children are its UDP socket's service and a
+        L{Reconnector}, which the relay tells when a link ends; datagrams out of
+        the tunnel go to C{--peer}.
+        """
         relay = makeService(
             parse("client", "--tcp", "127.0.0.1:9999", "--peer", "127.0.0.1:5072"), reactor
         )
@@ -43,6 +58,10 @@ class MakeServiceTests(SynchronousTestCase):
         self.assertEqual(relay.udpPeer, ("127.0.0.1", 5072))
 
     def test_busyPortIsOneLineError(self) -> None:
+        """
+        A UDP port that is taken fails the start with a L{StartupError} of one
+        line, which names the address.
+        """
         busy = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         self.addCleanup(busy.close)
         busy.bind(("127.0.0.1", 0))
@@ -68,7 +87,14 @@ class MakeServiceTests(SynchronousTestCase):
 
 
 class HardeningWiringTests(SynchronousTestCase):
+    """
+    What the hardening options add to a tunnel's services.
+    """
+
     def test_metricsServiceAdded(self) -> None:
+        """
+        C{--metrics} gives the relay a third child: the metrics listener.
+        """
         relay = makeService(
             parse("server", "--tcp", "9999", "--udp", "1", "--metrics", "tcp:0"), reactor
         )
@@ -107,11 +133,19 @@ class PlainTwistedTests(SynchronousTestCase):
         return list(top), listener.factory  # type: ignore[attr-defined]
 
     def test_speedupsByDefault(self) -> None:
+        """
+        By default, under a runner, the lean event dispatch is installed and the
+        links write through to the socket.
+        """
         services, factory = self.services()
         self.assertTrue(any(isinstance(s, LeanDispatch) for s in services))
         self.assertTrue(factory.writeThrough)
 
     def test_plain(self) -> None:
+        """
+        With C{--plain-twisted}, neither: no L{LeanDispatch}, and the links
+        write with C{transport.write}.
+        """
         services, factory = self.services("--plain-twisted")
         self.assertFalse(any(isinstance(s, LeanDispatch) for s in services))
         self.assertFalse(factory.writeThrough)
@@ -128,6 +162,10 @@ class SessionsBacklogTests(SynchronousTestCase):
         return options.subOptions.config.tcp
 
     def test_barePort(self) -> None:
+        """
+        A bare port listens with a backlog of L{SESSIONS_BACKLOG}: on C{::} where
+        the host has IPv6, on IPv4 where not.
+        """
         from udptunnel.link import listening
 
         self.patch(listening, "hasIPv6", lambda: False)
@@ -137,7 +175,13 @@ class SessionsBacklogTests(SynchronousTestCase):
                          f"tcp6:9999:interface=\\:\\::backlog={SESSIONS_BACKLOG}")
 
     def test_ownBacklogKept(self) -> None:
+        """
+        A description that gives a backlog of its own keeps it.
+        """
         self.assertEqual(self.parse("tcp:9999:backlog=10"), "tcp:9999:backlog=10")
 
     def test_unixUntouched(self) -> None:
+        """
+        A Unix socket's description is left as given: no backlog added.
+        """
         self.assertEqual(self.parse("unix:/tmp/u.sock"), "unix:/tmp/u.sock")

@@ -1,5 +1,6 @@
 """
-L{udptunnel.cli.configfile}: a config file read table by table with the command line's own checks, its errors, and the example files.
+L{udptunnel.cli.configfile}: a config file read table by table with the
+command line's own checks, its errors, and the example files.
 """
 
 from __future__ import annotations
@@ -75,6 +76,9 @@ class ParseTests(SynchronousTestCase):
         self.assertTrue(load(self, "plain-twisted = true\n" + GOOD).process().plainTwisted)
 
     def test_falseFlag(self) -> None:
+        """
+        A flag set to C{false} is off, as if left out.
+        """
         config = load(self, """\
             [tunnel.a]
             role = "server"
@@ -165,6 +169,10 @@ class BadFileTests(SynchronousTestCase):
     """
 
     def test_badFiles(self) -> None:
+        """
+        Each file of L{BAD} is a L{ConfigError} of one line that starts with the
+        file's path and says all that its entry expects.
+        """
         for what, text, expected in BAD:
             path = writeFile(self, text)
             with self.assertRaises(ConfigError, msg=what) as caught:
@@ -192,6 +200,9 @@ class BadFileTests(SynchronousTestCase):
         self.assertEqual(list(loadConfig(path).tunnels), ["a", "b", "c", "d"])
 
     def test_missingFile(self) -> None:
+        """
+        A file that cannot be read is a L{ConfigError} of its path and why.
+        """
         path = os.path.join(os.path.dirname(writeFile(self, "")), "missing.toml")
         with self.assertRaises(ConfigError) as caught:
             loadConfig(path)
@@ -246,6 +257,9 @@ class ExampleTests(SynchronousTestCase):
         return text, local
 
     def test_inReadme(self) -> None:
+        """
+        README.rst shows both example files verbatim, each as an indented block.
+        """
         with open(os.path.join(os.path.dirname(CONTRIB), "README.rst")) as file:
             readme = file.read()
         for name in ("natbox.toml", "relay.toml"):
@@ -269,6 +283,10 @@ class ExampleTests(SynchronousTestCase):
             self.assertEqual(len(said), 2)
 
     def test_unitReloads(self) -> None:
+        """
+        The C{udptunnel-run.service} unit runs the example file, is
+        C{Type=notify}, and reloads it with SIGUSR2.
+        """
         with open(os.path.join(CONTRIB, "systemd", "udptunnel-run.service")) as file:
             unit = file.read().replace("\\\n", " ")
         values = dict(line.split("=", 1) for line in unit.splitlines()

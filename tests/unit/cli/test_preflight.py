@@ -28,6 +28,11 @@ class PreflightTests(SynchronousTestCase):
         return int(busy.getsockname()[1])
 
     def test_busyPortBeforeTheFork(self) -> None:
+        """
+        Under a twistd that will fork (no C{--nodaemon}), a UDP port that is
+        taken ends L{makeService} with a L{SystemExit} of one line, which names
+        the address and why it cannot be bound.
+        """
         port = self.busyUDP()
         options = parse("server", "--tcp", "tcp:0:interface=127.0.0.1",
                         "--udp", f"127.0.0.1:{port}")

@@ -1,5 +1,7 @@
 """
-L{udptunnel.cli.settings}: the checks of a whole tunnel's configuration: combinations refused, values the kernel takes, endpoint descriptions in the user's terms.
+L{udptunnel.cli.settings}: the checks of a whole tunnel's configuration:
+combinations refused, values the kernel takes, endpoint descriptions in the
+user's terms.
 """
 
 from __future__ import annotations
@@ -29,6 +31,11 @@ from udptunnel.udp.service import UDPService
 
 
 class HardeningOptionsTests(SynchronousTestCase):
+    """
+    The hardening options as parsed: socket tuning, C{--allow} and
+    C{--udp-allow}, C{--metrics}, TLS.
+    """
+
     BASE = ("server", "--tcp", "9999", "--udp", "5073")
 
     def assertUsageError(self, fragment: str, *argv: str) -> None:
@@ -36,6 +43,11 @@ class HardeningOptionsTests(SynchronousTestCase):
         self.assertIn(fragment, str(error))
 
     def test_defaults(self) -> None:
+        """
+        Left out, they take their defaults: the default L{SocketSettings}, no
+        C{--allow} or C{--udp-allow}, no idle timeout, statistics every 300
+        seconds, no metrics endpoint, no TLS.
+        """
         end = parse(*self.BASE).subOptions
         self.assertEqual(end.config.settings, SocketSettings())
         self.assertEqual(end.config.allow, ())
@@ -46,6 +58,10 @@ class HardeningOptionsTests(SynchronousTestCase):
         self.assertIsNone(end.config.credentials)
 
     def test_socketSettings(self) -> None:
+        """
+        The buffer, keepalive and user timeout options reach the tunnel's
+        L{SocketSettings}, each as given.
+        """
         end = parse(
             *self.BASE,
             "--udp-rcvbuf", "4194304", "--udp-sndbuf", "0",
@@ -59,28 +75,50 @@ class HardeningOptionsTests(SynchronousTestCase):
         )
 
     def test_badNumbers(self) -> None:
+        """
+        A negative or non-numeric count is refused as not a whole number; a
+        negative or non-numeric duration as not a number of seconds.
+        """
         self.assertUsageError("whole number", *self.BASE, "--udp-rcvbuf", "-1")
         self.assertUsageError("whole number", *self.BASE, "--keepalive-count", "many")
         self.assertUsageError("seconds", *self.BASE, "--idle-timeout", "-5")
         self.assertUsageError("seconds", *self.BASE, "--stats-interval", "soon")
 
     def test_allowRepeatable(self) -> None:
+        """
+        C{--allow} may be given more than once, each value kept, in order; a
+        single address is the block of that address alone.
+        """
         end = parse(*self.BASE, "--allow", "192.0.2.0/24", "--allow", "2001:db8::1").subOptions
         self.assertEqual([str(n) for n in end.config.allow], ["192.0.2.0/24", "2001:db8::1/128"])
 
     def test_badCIDR(self) -> None:
+        """
+        A bad network in C{--allow} or C{--udp-allow} is a usage error that
+        names the option and the value.
+        """
         self.assertUsageError("--allow: '10.0.0.0/33'", *self.BASE, "--allow", "10.0.0.0/33")
         self.assertUsageError("--udp-allow: 'nope'", *self.BASE, "--udp-allow", "nope")
 
     def test_allowIsServerOnly(self) -> None:
+        """
+        A client has no C{--allow}: a usage error that names it.
+        """
         self.assertUsageError("--allow", "client", "--tcp", "h:1", "--udp", "1", "--allow", "::/0")
 
     def test_udpAllowOnlyInPhantomMode(self) -> None:
+        """
+        C{--udp-allow} with C{--peer} is refused: it is for phantom mode.
+        """
         self.assertUsageError(
             "phantom", *self.BASE, "--peer", "127.0.0.1:1", "--udp-allow", "127.0.0.0/8"
         )
 
     def test_metricsEndpoint(self) -> None:
+        """
+        A bare C{--metrics} port listens on 127.0.0.1 only; a bad endpoint
+        description, or a name as C{HOST}, is a usage error naming C{--metrics}.
+        """
         end = parse(*self.BASE, "--metrics", "9100").subOptions
         self.assertEqual(end.config.metrics, "tcp:9100:interface=127.0.0.1")
         self.assertUsageError("--metrics: bad server endpoint", *self.BASE, "--metrics",
@@ -89,9 +127,18 @@ class HardeningOptionsTests(SynchronousTestCase):
                               "--metrics", "x:1")
 
     def test_tlsNeedsAllThree(self) -> None:
+        """
+        One of C{--tls-cert}, C{--tls-key} and C{--tls-ca} without the others is
+        refused: TLS needs all three.
+        """
         self.assertUsageError("all three", *self.BASE, "--tls-cert", "a.pem")
 
     def test_tlsFilesChecked(self) -> None:
+        """
+        The TLS files are read at parse time: a certificate that cannot be read,
+        or files that are no certificate and key, are usage errors; good files
+        give the tunnel its credentials.
+        """
         directory = tempfile.mkdtemp()
         self.addCleanup(shutil.rmtree, directory)
         authority = Authority(directory)
@@ -112,6 +159,10 @@ class HardeningOptionsTests(SynchronousTestCase):
         self.assertIsNotNone(end.config.credentials)
 
     def test_clientTLSName(self) -> None:
+        """
+        A client's TLS name is C{--tcp}'s host unless given; with an endpoint
+        description, which has no host to take, C{--tls-name} is required.
+        """
         directory = tempfile.mkdtemp()
         self.addCleanup(shutil.rmtree, directory)
         authority = Authority(directory)
@@ -141,6 +192,11 @@ class KernelLimitTests(SynchronousTestCase):
         self.assertTrue(str(error).startswith(f"{option}: "), str(error))
 
     def test_limits(self) -> None:
+        """
+        Each numeric socket option takes the lowest and the highest value the
+        kernel takes, and refuses -1 and ten times the highest, in an error
+        that starts with the option's name.
+        """
         for option, lowest, highest in [
             ("--keepalive-idle", "0", "32767"),
             ("--keepalive-interval", "1", "32767"),
@@ -192,19 +248,34 @@ class UserTimeoutTests(SynchronousTestCase):
     """
 
     def test_derivedFromKeepalive(self) -> None:
+        """
+        Unless given, the user timeout is C{idle + interval x count} of the
+        keepalive: 55 seconds with the defaults.
+        """
         self.assertEqual(SocketSettings().effectiveUserTimeout(), 15 + 10 * 4)
         settings = SocketSettings(keepaliveIdle=7, keepaliveInterval=3, keepaliveCount=2)
         self.assertEqual(settings.effectiveUserTimeout(), 7 + 3 * 2)
 
     def test_given(self) -> None:
+        """
+        A user timeout given is the one set, 0 (none) included.
+        """
         self.assertEqual(SocketSettings(userTimeout=4).effectiveUserTimeout(), 4)
         self.assertEqual(SocketSettings(userTimeout=0).effectiveUserTimeout(), 0)
 
     def test_withoutKeepalive(self) -> None:
+        """
+        With keepalive off and none given, the user timeout is
+        L{sockopts.FALLBACK_USER_TIMEOUT}.
+        """
         self.assertEqual(SocketSettings(keepaliveIdle=0).effectiveUserTimeout(),
                          sockopts.FALLBACK_USER_TIMEOUT)
 
     def test_parsed(self) -> None:
+        """
+        Without C{--user-timeout} the settings have none, and the user timeout
+        is derived from the keepalive options given: 2 + 1 x 2 seconds.
+        """
         base = ("server", "--tcp", "9999", "--udp", "5073")
         self.assertIsNone(parse(*base).subOptions.config.settings.userTimeout)
         end = parse(*base, "--keepalive-idle", "2", "--keepalive-interval", "1",
@@ -223,16 +294,28 @@ class EndpointCheckTests(SynchronousTestCase):
         self.assertIn(fragment, str(error))
 
     def test_serverPort(self) -> None:
+        """
+        A server's C{--tcp} port past 65535, bare or in a C{tcp:} or C{tcp6:}
+        description (positional or C{port=}), is a usage error naming C{--tcp};
+        the ports from 0 to 65535 are taken.
+        """
         for tcp in ("70000", "tcp:70000", "tcp:port=70000", "tcp6:70000:interface=\\:\\:"):
             self.assertUsageError("--tcp: port must be", "server", "--tcp", tcp, "--udp", "1")
         for tcp in ("0", "65535", "tcp:0:interface=127.0.0.1", "tcp6:port=9999"):
             parse("server", "--tcp", tcp, "--udp", "1")
 
     def test_metricsPort(self) -> None:
+        """
+        A C{--metrics} port past 65535 is a usage error naming C{--metrics}.
+        """
         self.assertUsageError("--metrics: port must be",
                               "server", "--tcp", "9999", "--udp", "1", "--metrics", "70000")
 
     def test_unixSocketDirectory(self) -> None:
+        """
+        A Unix socket in a directory that does not exist is refused, naming the
+        socket; in one that exists it is taken, as a path or as C{address=}.
+        """
         self.assertUsageError("--tcp: cannot make the socket /nonexistent/dir/s.sock",
                               "server", "--tcp", "unix:/nonexistent/dir/s.sock", "--udp", "1")
         directory = tempfile.mkdtemp()
@@ -259,12 +342,21 @@ class EndpointCheckTests(SynchronousTestCase):
             sys.modules[name] = module  # type: ignore[assignment]
 
     def test_splitDescription(self) -> None:
+        """
+        A description splits at the colons that no backslash escapes, into its
+        type, positional and keyword arguments, the backslashes removed.
+        """
         self.assertEqual(
             splitDescription("tcp6:9999:interface=\\:\\:1:backlog=5"),
             ("tcp6", ["9999"], {"interface": "::1", "backlog": "5"}),
         )
 
     def test_connectTimeout(self) -> None:
+        """
+        How long one connection attempt may take: 30 seconds to C{HOST:PORT};
+        a description's C{timeout=}, else Twisted's default for its own endpoint
+        types; C{None} (unknown) for a type we do not know.
+        """
         self.assertEqual(_connectTimeout(HostPort("natbox", 9999)), 30)
         self.assertEqual(_connectTimeout("tcp:host=natbox:port=9999:timeout=5"), 5)
         self.assertEqual(_connectTimeout("tls:natbox:9999"), 30)
@@ -272,9 +364,16 @@ class EndpointCheckTests(SynchronousTestCase):
 
 
 class ProxyProtocolOptionsTests(SynchronousTestCase):
+    """
+    C{--proxy-protocol}: a server's flag, and not with TLS.
+    """
+
     BASE = ("server", "--tcp", "tcp:9999:interface=127.0.0.1", "--peer", "127.0.0.1:53")
 
     def test_flag(self) -> None:
+        """
+        C{--proxy-protocol} is off unless given.
+        """
         self.assertTrue(parse(*self.BASE, "--proxy-protocol").subOptions.config.proxyProtocol)
         self.assertFalse(parse(*self.BASE).subOptions.config.proxyProtocol)
 
@@ -293,6 +392,9 @@ class ProxyProtocolOptionsTests(SynchronousTestCase):
         self.assertIn("--proxy-protocol is not for --tls-cert", str(error))
 
     def test_clientHasNone(self) -> None:
+        """
+        A client has no C{--proxy-protocol}: a usage error.
+        """
         self.assertRaises(usage.UsageError, parse, "client", "--tcp", "127.0.0.1:9999",
                           "--udp", "1", "--proxy-protocol")
 

@@ -1,5 +1,6 @@
 """
-L{udptunnel.cli.statuscmd}: C{python -m udptunnel status}, its command line and what it prints.
+L{udptunnel.cli.statuscmd}: C{python -m udptunnel status}, its command line
+and what it prints.
 """
 
 from __future__ import annotations
@@ -16,7 +17,16 @@ from udptunnel.ops.status import statusDocument
 
 
 class RenderTests(SynchronousTestCase):
+    """
+    L{render}: a status document as text, and the units it reads in.
+    """
+
     def test_table(self) -> None:
+        """
+        A single-link tunnel is a block headed by its name: its role, its link
+        (the remote address and for how long), its transfer both ways, and its
+        drops last; every value starts in the same column.
+        """
         relay, _, _ = phantomRelay()
         text = render(statusDocument([("seed", relay)]))
         lines = text.splitlines()
@@ -31,6 +41,11 @@ class RenderTests(SynchronousTestCase):
                           len(line.split(":", 1)[1].lstrip()) for line in lines[1:]}, {12})
 
     def test_sessionsTable(self) -> None:
+        """
+        A tunnel with sessions shows how many are open, a session per source,
+        only the drops that happened, then a table of its sessions, a row each,
+        columns aligned, C{(connecting)} for a session with no link yet.
+        """
         document = {"tunnels": [{
             "name": "dns", "role": "client", "kind": "sessions",
             "udp": {"local": "127.0.0.1:53", "peer": None, "peerMode": "per-session"},
@@ -61,6 +76,11 @@ class RenderTests(SynchronousTestCase):
             table, ("link", "192.0.2.1", "(connecting)"))}), 1)
 
     def test_units(self) -> None:
+        """
+        Sizes read in binary units, with two decimals past bytes; durations to
+        the second in days, hours and minutes, or to a tenth under a minute; an
+        endpoint's root, C{/metrics} or C{/status} URL gives its C{/status} URL.
+        """
         self.assertEqual([size(n) for n in (0, 1023, 1024, 1536, 5 << 20, 3 << 30)],
                          ["0 B", "1023 B", "1.00 KiB", "1.50 KiB", "5.00 MiB", "3.00 GiB"])
         self.assertEqual([duration(s) for s in (0.25, 59.9, 60, 3725, 90061)],
@@ -93,6 +113,10 @@ class CommandLineTests(SynchronousTestCase):
         return status, out.getvalue(), err.getvalue()
 
     def test_helpAndVersion(self) -> None:
+        """
+        C{--help} and C{--version}, alone or after C{status}, print the usage or
+        the version, and exit with status 0.
+        """
         from udptunnel import __version__
 
         for argv in (["--help"], ["status", "--help"]):
@@ -105,6 +129,10 @@ class CommandLineTests(SynchronousTestCase):
             self.assertEqual(out, f"udptunnel {__version__}\n", argv)
 
     def test_noCommand(self) -> None:
+        """
+        No command, or one that does not exist, prints the usage to standard
+        error, and exits with status 1.
+        """
         for argv in ([], ["frobnicate"]):
             status, _, err = self.udptunnel(*argv)
             self.assertEqual(status, 1)
@@ -126,6 +154,9 @@ class CommandLineTests(SynchronousTestCase):
             self.assertEqual(out, "")
 
     def test_exactOptionNames(self) -> None:
+        """
+        A prefix of an option is refused, offering its whole name, with status 1.
+        """
         status, _, err = self.udptunnel("status", "--jso", "9100")
         self.assertEqual(status, 1)
         self.assertIn("did you mean --json?", err)

@@ -1,5 +1,6 @@
 """
-L{udptunnel.cli.tunnelset}: a config file's tunnels in one process, on real loopback sockets, and their reload.
+L{udptunnel.cli.tunnelset}: a config file's tunnels in one process, on real
+loopback sockets, and their reload.
 """
 
 from __future__ import annotations
@@ -91,6 +92,15 @@ class ReloadTests(TestCase):
         self.addCleanup(top.stopService)
         return top
 
+    def bindUDP(self, port: int) -> None:
+        """
+        Bind a UDP socket to C{port} on 127.0.0.1 (and close it): raises
+        L{OSError} while a tunnel has the port.
+        """
+        probe = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        with probe:
+            probe.bind(("127.0.0.1", port))
+
     def messages(self) -> list[str]:
         return [formatEvent(e) or "" for e in self.events]
 
@@ -156,16 +166,25 @@ class ReloadTests(TestCase):
         self.assertIsNot(dict(top.tunnels())["natbox"], natbox)
         yield self.roundTrip(top)
 
-        # Removed: the server's UDP port is free again.
+        # Removed: the client (relay) is stopped, and its UDP port is free
+        # again (taken while it runs).
+        [relayUDP] = dict(top.tunnels())["relay"].udpSockets()
+        relayPort = relayUDP.getHost().port
+        self.assertRaises(OSError, self.bindUDP, relayPort)
         self.rewrite(self.seedText().split("[tunnel.relay]")[0])
         yield top.reload()
         self.assertEqual([name for name, _ in top.tunnels()], ["natbox"])
+        self.bindUDP(relayPort)
         self.rewrite("")
         yield top.reload()  # an empty file is an error: nothing changes
         self.assertEqual([name for name, _ in top.tunnels()], ["natbox"])
 
     @inlineCallbacks
     def test_badFileChangesNothing(self) -> Any:
+        """
+        A reload of a file with an error logs one line, the file's error, and
+        changes nothing: the same tunnels run on and carry datagrams.
+        """
         top = self.start()
         yield self.roundTrip(top)
         before = dict(top.tunnels())
@@ -246,6 +265,10 @@ class ReloadTests(TestCase):
 
     @inlineCallbacks
     def test_metricsChangeWaitsForRestart(self) -> Any:
+        """
+        A reload that changes C{metrics} alone changes no tunnel, nor the
+        endpoint, and says the endpoint stays as it was until a restart.
+        """
         top = self.start()
         self.rewrite('metrics = "tcp:0:interface=127.0.0.1"\n' + self.seedText())
         yield top.reload()
@@ -279,6 +302,10 @@ class ReloadTests(TestCase):
 
     @inlineCallbacks
     def test_stateNamesTunnels(self) -> Any:
+        """
+        The set's state is each tunnel's state after its name, in the file's
+        order.
+        """
         top = self.start()
         yield self.roundTrip(top)
         yield waitUntil(lambda: "natbox: link up" in top.state(), "the state", TIMEOUT)

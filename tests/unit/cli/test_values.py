@@ -1,5 +1,6 @@
 """
-L{udptunnel.cli.values}: the parsers of option values alone: numbers, C{--proxy} URLs.
+L{udptunnel.cli.values}: the parsers of option values alone: numbers,
+C{--proxy} URLs.
 """
 
 from __future__ import annotations
@@ -28,6 +29,11 @@ class ValidatorTests(SynchronousTestCase):
     """
 
     def test_wholeFrom(self) -> None:
+        """
+        L{wholeFrom} takes the whole numbers of its range, the bounds included;
+        anything else (out of range, negative, a fraction, empty, a word) is
+        refused, with the range and the value.
+        """
         coerce = wholeFrom(1, 127)
         self.assertEqual([coerce("1"), coerce("127")], [1, 127])
         for bad in ("0", "128", "-1", "1.5", "", "many", "99999999999"):
@@ -36,6 +42,11 @@ class ValidatorTests(SynchronousTestCase):
             self.assertIn(repr(bad), str(error))
 
     def test_secondsUpTo(self) -> None:
+        """
+        L{secondsUpTo} takes durations from 0 to its bound, fractions included;
+        a negative, one past the bound, C{nan}, C{inf} or a word is refused,
+        with the bound.
+        """
         coerce = secondsUpTo(MAX_USER_TIMEOUT)
         self.assertEqual([coerce("0"), coerce("11.5"), coerce("2147483.647")],
                          [0, 11.5, 2147483.647])
@@ -71,6 +82,9 @@ class ParseTests(SynchronousTestCase):
     """
 
     def test_http(self) -> None:
+        """
+        C{http://HOST:PORT} is an HTTP proxy, without credentials.
+        """
         self.assertEqual(parseProxy("http://proxy.example:3128"),
                          Proxy("http", "proxy.example", 3128))
 
@@ -84,11 +98,18 @@ class ParseTests(SynchronousTestCase):
         self.assertNotIn("word", repr(proxy))
 
     def test_bad(self) -> None:
+        """
+        A URL of another scheme or without one, without a port or with one out
+        of range, with a path, or with a user but no password is refused.
+        """
         for text in ("ftp://h:1", "h:1", "http://h", "http://h:99999", "http://h:1/path",
                      "http://user@h:1", "https://h:1"):
             self.assertRaises(ValueError, parseProxy, text)
 
     def test_errorHidesPassword(self) -> None:
+        """
+        The error of a bad proxy URL does not repeat its password.
+        """
         with self.assertRaises(ValueError) as caught:
             parseProxy("http://me:secret@h")
         self.assertNotIn("secret", str(caught.exception))

@@ -1,5 +1,6 @@
 """
-L{udptunnel.link.preamble}: rfc1036's handshake, required, sent, refused and counted.
+L{udptunnel.link.preamble}: rfc1036's handshake, required, sent, refused
+and counted, and recognised by a listening end that does not use it.
 """
 
 from __future__ import annotations
@@ -65,6 +66,12 @@ class PreambleTests(SynchronousTestCase):
                          "00 00 00 01 03 06 10 15 21 28 36 45 55 66 78 91")
 
     def test_profiles(self) -> None:
+        """
+        In C{rfc1036} the connecting end sends the preamble and expects nothing,
+        the listening end expects it and sends nothing; C{none} connecting is
+        L{NO_HANDSHAKE}, and C{none} listening watches for rfc1036's preamble,
+        which an C{rfc1036} listening end does not.
+        """
         self.assertEqual((CLIENT.send, CLIENT.expect), (RFC1036_PREAMBLE, b""))
         self.assertEqual((SERVER.send, SERVER.expect), (b"", RFC1036_PREAMBLE))
         self.assertEqual(handshakeFor("none", True), NO_HANDSHAKE)
@@ -74,6 +81,11 @@ class PreambleTests(SynchronousTestCase):
         self.assertEqual(SERVER.foreign, ())
 
     def test_check(self) -> None:
+        """
+        L{checkPreamble} is C{None} while the bytes so far match but are too
+        few, true once the whole preamble arrived (whatever follows it), and
+        false from the first byte that differs.
+        """
         self.assertIsNone(checkPreamble(b"abc", b""))
         self.assertIsNone(checkPreamble(b"abc", b"ab"))
         self.assertTrue(checkPreamble(b"abc", b"abc"))
@@ -89,6 +101,11 @@ class ServerProtocolTests(SynchronousTestCase):
     """
 
     def test_preambleThenFramesInOneRead(self) -> None:
+        """
+        The preamble and frames in one read: the connection becomes the link,
+        the frames after the preamble reach the relay, the server sends nothing
+        back, and the connection stays open.
+        """
         relay = RecordingRelay()
         protocol, transport = connect(relay, SERVER)
         self.assertEqual(relay.links, [])
@@ -99,6 +116,11 @@ class ServerProtocolTests(SynchronousTestCase):
         self.assertFalse(transport.disconnecting)
 
     def test_oneByteAtATime(self) -> None:
+        """
+        Fed one byte at a time, the connection becomes the link at the
+        preamble's 32nd byte and not before; the frames after it, an empty one
+        included, reach the relay.
+        """
         relay = RecordingRelay()
         protocol, _ = connect(relay, SERVER)
         stream = RFC1036_PREAMBLE + frame(b"") + frame(b"x" * 300)
@@ -108,6 +130,10 @@ class ServerProtocolTests(SynchronousTestCase):
         self.assertEqual(relay.frames, [b"", b"x" * 300])
 
     def test_preambleAloneThenFrames(self) -> None:
+        """
+        A read of the preamble alone makes the link and delivers no frame; the
+        next read's frames are delivered.
+        """
         relay = RecordingRelay()
         protocol, _ = connect(relay, SERVER)
         protocol.dataReceived(RFC1036_PREAMBLE)
@@ -185,6 +211,11 @@ class ForeignPreambleTests(SynchronousTestCase):
     """
 
     def test_preambleRefusedWithTheHint(self) -> None:
+        """
+        rfc1036's preamble then a frame, sent to a listening end of C{none}: the
+        connection (the link at once) is closed with no frame delivered, and the
+        relay is told by a L{HandshakeMismatch} that names C{--handshake rfc1036}.
+        """
         relay = ReasonRecordingRelay()
         protocol, transport = connect(relay, NONE_SERVER)
         self.assertEqual(relay.links, [protocol])  # the link at once, as before
@@ -198,6 +229,10 @@ class ForeignPreambleTests(SynchronousTestCase):
                       reason.getErrorMessage())
 
     def test_oneByteAtATime(self) -> None:
+        """
+        Fed one byte at a time, rfc1036's preamble is recognised at its last
+        byte: the connection stays open until then, and is closed after it.
+        """
         relay = ReasonRecordingRelay()
         protocol, transport = connect(relay, NONE_SERVER)
         for i, byte in enumerate(RFC1036_PREAMBLE):
@@ -272,6 +307,10 @@ class ClientProtocolTests(SynchronousTestCase):
     """
 
     def test_preambleFirst(self) -> None:
+        """
+        A connecting end writes the preamble as soon as it is the link, before
+        the relay's first frame; what it receives is frames, with no preamble.
+        """
         relay = RecordingRelay()
         protocol, transport = connect(relay, CLIENT)
         self.assertEqual(transport.value(), RFC1036_PREAMBLE)
@@ -282,6 +321,10 @@ class ClientProtocolTests(SynchronousTestCase):
         self.assertEqual(relay.frames, [b"reply"])
 
     def test_afterTLS(self) -> None:
+        """
+        Over TLS, a connecting end writes the preamble only once the TLS
+        handshake completed, and nothing before.
+        """
         relay = RecordingRelay()
         protocol, transport = connect(relay, CLIENT, tls=True)
         self.assertEqual(transport.value(), b"")
@@ -289,12 +332,19 @@ class ClientProtocolTests(SynchronousTestCase):
         self.assertEqual(transport.value(), RFC1036_PREAMBLE)
 
     def test_refusedSendsNothing(self) -> None:
+        """
+        A connecting end writes no preamble on a connection its relay refuses.
+        """
         relay = RecordingRelay()
         relay.allowed = False
         _, transport = connect(relay, CLIENT)
         self.assertEqual(transport.value(), b"")
 
     def test_defaultSendsNothing(self) -> None:
+        """
+        Without a profile (C{none}), a connecting end writes nothing before its
+        first frame.
+        """
         _, transport = connect(RecordingRelay())
         self.assertEqual(transport.value(), b"")
 
@@ -323,16 +373,29 @@ class CountedTests(SynchronousTestCase):
         self.assertIn('udptunnel_pending_closed_total{reason="handshake"} 3.0', scrape(relay))
 
     def test_relay(self) -> None:
+        """
+        The single-link relay has the series at 0 from the start, counts each
+        wrong preamble as a pending connection closed for C{handshake}, and logs
+        that it never became the link.
+        """
         relay = Relay(Clock(), role="server")
         relay.udpStarted(FakeUDPTransport())
         self.assertIn('udptunnel_pending_closed_total{reason="handshake"} 0.0', scrape(relay))
         self.assertCounted(relay, "never became the link")
 
     def test_serverSessions(self) -> None:
+        """
+        The sessions server counts each wrong preamble the same, and logs that
+        it never became a session.
+        """
         relay = ServerSessions(Clock(), ("192.0.2.1", 53), lambda protocol: FakeUDPTransport())
         self.assertCounted(relay, "never became a session")
 
     def test_serverSessionsMatch(self) -> None:
+        """
+        On the sessions server, a connection becomes a session only once its
+        preamble arrived whole.
+        """
         relay = ServerSessions(Clock(), ("192.0.2.1", 53), lambda protocol: FakeUDPTransport())
         protocol, _ = connect(relay, SERVER)
         self.assertEqual(relay.sessionCount(), 0)

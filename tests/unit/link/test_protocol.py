@@ -1,43 +1,46 @@
 """
-L{udptunnel.link.protocol}: the TCP protocol: frames in and out, what it keeps of C{Int16StringReceiver}, and a bug in the core that must not stop it.
+L{udptunnel.link.protocol}: the TCP protocol: frames in and out, whatever
+the reads and whatever the bytes; what it keeps of C{Int16StringReceiver};
+and a bug in the relay that does not stop it (the UDP protocol's part is in
+L{tests.unit.udp.test_protocol}).
 """
 
 from __future__ import annotations
 
 import random
+import shutil
 import socket
 import struct
+import tempfile
 from typing import Any
 
 from hypothesis import given
 from hypothesis import strategies as st
 from twisted.internet.address import IPv4Address, IPv6Address
-from twisted.internet.error import ConnectionDone
+from twisted.internet.error import ConnectionDone, ConnectionLost
+from twisted.internet.protocol import Factory, Protocol
+from twisted.internet.ssl import optionsForClientTLS
 from twisted.internet.testing import StringTransport
 from twisted.protocols.basic import StringTooLongError
+from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 from zope.interface import implementer
 
+from tests.support.certs import Authority
 from tests.support.fakes import RecordingRelay
 from tests.support.net import frame
 from tests.support.properties import chunksOf, joined, properties
 from udptunnel.interfaces import ILinkRelay
 from udptunnel.link.protocol import TunnelFactory, TunnelStreamProtocol
+from udptunnel.link.tls import loadCredentials, serverFactory
 from udptunnel.sockopts import SocketSettings
-from udptunnel.udp.protocol import TunnelDatagramProtocol
 
 
 class BuggyRelay(RecordingRelay):
     """
-    A relay with a bug that shows on the first datagrams and frames only.
+    A relay with a bug that shows on the first frames only.
     """
-
-    def datagramsReceived(self, datagrams):
-        if not hasattr(self, "raisedUDP"):
-            self.raisedUDP = True
-            raise KeyError("a bug")
-        super().datagramsReceived(datagrams)
 
     def framesReceived(self, link, frames):
         if not hasattr(self, "raisedTCP"):
@@ -73,6 +76,10 @@ class StreamProtocolTests(SynchronousTestCase):
         return protocol
 
     def test_oneByteAtATime(self) -> None:
+        """
+        Frames fed one byte at a time, empty and 65535-byte ones included,
+        reach the relay whole and in order.
+        """
         protocol = self.connect()
         stream = b"".join(frame(s) for s in self.SAMPLES)
         for i in range(len(stream)):
@@ -89,6 +96,10 @@ class StreamProtocolTests(SynchronousTestCase):
         self.assertEqual(self.relay.reads, [len(self.SAMPLES)])
 
     def test_incompleteFrameWaits(self) -> None:
+        """
+        A frame cut across two reads is delivered once its last byte arrived,
+        in a read of its own, after the complete frame before it.
+        """
         protocol = self.connect()
         protocol.dataReceived(frame(b"whole") + frame(b"half")[:3])
         protocol.dataReceived(frame(b"half")[3:])
@@ -106,17 +117,29 @@ class StreamProtocolTests(SynchronousTestCase):
         self.assertFalse(self.transport.disconnecting)
 
     def test_sendFrames(self) -> None:
+        """
+        L{TunnelStreamProtocol.sendFrames} writes each datagram after its length,
+        back to back, in order across calls.
+        """
         protocol = self.connect()
         protocol.sendFrames(self.SAMPLES[:3])
         protocol.sendFrames(self.SAMPLES[3:])
         self.assertEqual(self.transport.value(), b"".join(frame(s) for s in self.SAMPLES))
 
     def test_wireIsBigEndian(self) -> None:
+        """
+        The 2-byte length is big-endian: a 258-byte datagram goes out after
+        C{01 02}.
+        """
         protocol = self.connect()
         protocol.sendFrames([b"\xab" * 258])
         self.assertEqual(self.transport.value()[:2], b"\x01\x02")
 
     def test_linkLifecycle(self) -> None:
+        """
+        Without TLS or preamble a connection is the link at once, named
+        C{host:port}; its loss is reported to the relay.
+        """
         protocol = self.connect()
         self.assertEqual(self.relay.links, [protocol])
         self.assertEqual(protocol.remote, "192.0.2.7:4321")
@@ -124,6 +147,9 @@ class StreamProtocolTests(SynchronousTestCase):
         self.assertEqual(self.relay.lost, [protocol])
 
     def test_ipv6PeerInBrackets(self) -> None:
+        """
+        An IPv6 peer is named with its host in brackets.
+        """
         protocol = self.connect(
             StringTransport(peerAddress=IPv6Address("TCP", "2001:db8::1", 9999))
         )
@@ -148,6 +174,11 @@ class StreamProtocolTests(SynchronousTestCase):
         self.assertEqual(sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT), 13000)
 
     def test_refusedConnectionAborted(self) -> None:
+        """
+        A connection the relay refuses is aborted at once; bytes that arrive
+        before the close took effect are no frames, and the relay hears of it
+        neither as a link nor as a loss.
+        """
         self.relay = RecordingRelay()
         self.relay.allowed = False
         protocol = TunnelFactory(self.relay).buildProtocol(None)
@@ -163,14 +194,83 @@ class StreamProtocolTests(SynchronousTestCase):
     def test_tlsLinkOnlyAfterHandshake(self) -> None:
         """
         Over TLS, a connection is no link until the handshake authenticated
-        its peer: one that fails the handshake never displaces the link.
+        its peer: it becomes the link at C{handshakeCompleted}, not before.
         """
         protocol = self.connect(tls=True)
         self.assertEqual(self.relay.links, [])
         protocol.handshakeCompleted()
         self.assertEqual(self.relay.links, [protocol])
 
+    def tlsHandshake(self, authority: Authority, clientAuthority: Authority
+                     ) -> tuple[Any, StringTransport]:
+        """
+        A real TLS handshake, in memory, between a server end whose CA is
+        C{authority} and a client presenting a certificate signed by
+        C{clientAuthority}, run until neither side has more to send.
+
+        @return: the server's TLS protocol, which wraps its tunnel protocol,
+            and its transport.
+        """
+        self.relay = RecordingRelay()
+        serverEnd = loadCredentials(*authority.issue("server"), authority.path)
+        clientEnd = loadCredentials(*clientAuthority.issue("client"), clientAuthority.path)
+        server = serverFactory(serverEnd, TunnelFactory(self.relay, tls=True))
+        client = TLSMemoryBIOFactory(
+            optionsForClientTLS("localhost", trustRoot=serverEnd.authority,
+                                clientCertificate=clientEnd.own),
+            True, Factory.forProtocol(Protocol))
+        serverTLS = server.buildProtocol(IPv4Address("TCP", "192.0.2.7", 4321))
+        clientTLS = client.buildProtocol(IPv4Address("TCP", "192.0.2.1", 9999))
+        serverTransport = StringTransport(peerAddress=IPv4Address("TCP", "192.0.2.7", 4321))
+        clientTransport = StringTransport()
+        serverTLS.makeConnection(serverTransport)
+        clientTLS.makeConnection(clientTransport)
+
+        def pump() -> None:
+            moved = True
+            while moved:
+                moved = False
+                for source, destination in ((clientTransport, serverTLS),
+                                            (serverTransport, clientTLS)):
+                    data = source.value()
+                    if data:
+                        source.clear()
+                        destination.dataReceived(data)
+                        moved = True
+
+        pump()
+        #: Moves what either side wrote to the other until neither has more.
+        self.pump = pump
+        return serverTLS, serverTransport
+
+    def test_tlsFailedHandshakeNoLink(self) -> None:
+        """
+        Over TLS, a client whose certificate the CA did not sign fails the
+        handshake: its connection is closed and never becomes the link (the
+        relay hears of its loss only), so it never displaces the link; a
+        client whose certificate the CA signed becomes the link.
+        """
+        directory = tempfile.mkdtemp()
+        self.addCleanup(shutil.rmtree, directory)
+        authority = Authority(directory)
+        stranger = Authority(directory, "stranger-ca")
+
+        tls, transport = self.tlsHandshake(authority, authority)
+        self.assertEqual(self.relay.links, [tls.wrappedProtocol])
+        self.assertFalse(transport.disconnecting)
+
+        tls, transport = self.tlsHandshake(authority, stranger)
+        protocol = tls.wrappedProtocol
+        self.assertTrue(transport.disconnecting)  # closed by the TLS layer
+        self.assertEqual(self.relay.links, [])
+        tls.connectionLost(Failure(ConnectionLost()))  # as the reactor reports it
+        self.assertEqual(self.relay.links, [])
+        self.assertEqual(self.relay.lost, [protocol])
+
     def test_abort(self) -> None:
+        """
+        L{TunnelStreamProtocol.abort} closes the connection.
+        """
         protocol = self.connect()
         protocol.abort()
         self.assertTrue(self.transport.disconnecting)
@@ -320,6 +420,11 @@ class InheritedSurfaceTests(SynchronousTestCase):
         self.assertEqual(self.relay.frames, [])
 
     def test_defaultLimitAcceptsEveryLength(self) -> None:
+        """
+        The default C{MAX_LENGTH} is 65535: a frame of the largest length, fed
+        one byte at a time or in one chunk, is delivered and never calls
+        C{lengthLimitExceeded}.
+        """
         protocol = self.connect()
         self.assertEqual(protocol.MAX_LENGTH, 65535)
         protocol.lengthLimitExceeded = lambda length: self.fail(f"limit hit at {length}")
@@ -328,12 +433,20 @@ class InheritedSurfaceTests(SynchronousTestCase):
         self.assertEqual(self.relay.frames, [b"z" * 65535] * 2)
 
     def test_stringReceivedDeliversOneFrame(self) -> None:
+        """
+        C{stringReceived} hands the relay its one frame, as a read of one frame.
+        """
         protocol = self.connect()
         protocol.stringReceived(b"one frame")
         self.assertEqual(self.relay.frames, [b"one frame"])
         self.assertEqual(self.relay.reads, [1])
 
     def test_sendStringInOrderWithSendFrames(self) -> None:
+        """
+        C{sendString} writes one frame, in order with those of
+        L{TunnelStreamProtocol.sendFrames}; a string too long for a 2-byte
+        length raises L{StringTooLongError}.
+        """
         protocol = self.connect()
         protocol.sendFrames([b"one"])
         protocol.sendString(b"two")
@@ -357,16 +470,12 @@ class GuardTests(SynchronousTestCase):
     An exception of the relay's is reported to it, and traffic goes on.
     """
 
-    def test_datagramsGoOn(self) -> None:
-        relay = BuggyRelay()
-        protocol = TunnelDatagramProtocol(relay)
-        protocol.datagramsReceived([(b"one", ("127.0.0.1", 1))])
-        protocol.datagramsReceived([(b"two", ("127.0.0.1", 1))])
-        self.assertEqual(relay.datagrams, [(b"two", ("127.0.0.1", 1))])
-        self.assertEqual([where for where, _ in relay.errors], ["datagrams"])
-        self.assertTrue(relay.errors[0][1].check(KeyError))
-
     def test_linkSurvives(self) -> None:
+        """
+        An exception of the relay's while it handles a read's frames costs only
+        that read's frames: it is reported to the relay (C{frames}), the
+        connection stays open, and the next read's frames are delivered.
+        """
         relay = BuggyRelay()
         protocol = TunnelFactory(relay).buildProtocol(IPv4Address("TCP", "127.0.0.1", 1))
         assert protocol is not None

@@ -1,5 +1,6 @@
 """
-L{udptunnel.link.proxyheader}: the PROXY protocol header, parsed, applied and counted.
+L{udptunnel.link.proxyheader}: the PROXY protocol header, parsed, applied
+and counted.
 """
 
 from __future__ import annotations
@@ -78,19 +79,37 @@ class ParserTests(SynchronousTestCase):
             self.assertIsNone(parseProxyHeader(header[:end]), header[:end])
 
     def test_v1IPv4(self) -> None:
+        """
+        A version 1 C{TCP4} line names its source address and port.
+        """
         self.assertParsesTo(V1, ("198.51.100.7", 40001))
 
     def test_v1IPv6(self) -> None:
+        """
+        A version 1 C{TCP6} line names its source address and port.
+        """
         self.assertParsesTo(V1_6, ("2001:db8::7", 40001))
 
     def test_v1Unknown(self) -> None:
+        """
+        A version 1 C{UNKNOWN} line, with or without addresses after it, names
+        no client.
+        """
         self.assertParsesTo(b"PROXY UNKNOWN\r\n", None)
         self.assertParsesTo(b"PROXY UNKNOWN ffff:: 1.2.3.4 1 2\r\n", None)
 
     def test_v2IPv4(self) -> None:
+        """
+        A version 2 PROXY header of the IPv4 family names its source address
+        and port.
+        """
         self.assertParsesTo(v2(), ("198.51.100.7", 40001))
 
     def test_v2IPv6(self) -> None:
+        """
+        A version 2 PROXY header of the IPv6 family names its source address
+        and port.
+        """
         self.assertParsesTo(v2(family=2), ("2001:db8::7", 40001))
 
     def test_v2WithTLVs(self) -> None:
@@ -108,6 +127,10 @@ class ParserTests(SynchronousTestCase):
         self.assertParsesTo(v2(command=0, family=0, body=b""), None)
 
     def test_v2Unix(self) -> None:
+        """
+        A version 2 header of the Unix family names no client: the connection's
+        own address is kept.
+        """
         self.assertParsesTo(v2(family=3, body=b"\x00" * 216), None)
 
     def assertRefused(self, data: bytes) -> None:
@@ -125,6 +148,11 @@ class ParserTests(SynchronousTestCase):
         self.assertRefused(RFC1036_PREAMBLE)
 
     def test_v1Malformed(self) -> None:
+        """
+        A version 1 line is refused with a field missing, an unknown protocol,
+        an address of the other family or out of range, a port out of range or
+        signed, a doubled space, a bare LF for its end, or a CR inside.
+        """
         for line in (b"PROXY TCP4 198.51.100.7 192.0.2.1 40001\r\n",
                      b"PROXY TCP5 198.51.100.7 192.0.2.1 40001 9999\r\n",
                      b"PROXY TCP4 2001:db8::7 192.0.2.1 40001 9999\r\n",
@@ -155,6 +183,11 @@ class ParserTests(SynchronousTestCase):
         self.assertRefused(long[:V1_MAX])
 
     def test_v2Malformed(self) -> None:
+        """
+        A version 2 header is refused for another version (as soon as its
+        version byte arrived), an unknown command, or addresses shorter than
+        its family's.
+        """
         header = v2()
         self.assertRefused(header[:12] + b"\x11" + header[13:])  # version 1
         self.assertRefused(header[:12] + b"\x22" + header[13:])  # command 2
@@ -188,6 +221,10 @@ def connect(relay, handshake=None):
 
 
 class ProtocolTests(SynchronousTestCase):
+    """
+    A server with C{--proxy-protocol}: the header comes first, and names
+    the client the relay judges.
+    """
     def test_admittedWithTheClientsAddress(self) -> None:
         """
         The relay hears of the connection as soon as it is accepted, with
@@ -206,6 +243,10 @@ class ProtocolTests(SynchronousTestCase):
         self.assertEqual(relay.frames, [b"one"])
 
     def test_byteByByte(self) -> None:
+        """
+        Fed one byte at a time, a version 2 IPv6 header names its client (in
+        brackets in C{remote}), and the frame after it is delivered.
+        """
         relay = PrefixRelay()
         protocol, _ = connect(relay)
         for byte in v2(family=2) + frame(b"one"):
@@ -214,6 +255,10 @@ class ProtocolTests(SynchronousTestCase):
         self.assertEqual(relay.frames, [b"one"])
 
     def test_localKeepsTheBalancer(self) -> None:
+        """
+        After a LOCAL header (the balancer's own health check) the connection
+        is judged with the balancer's address.
+        """
         relay = PrefixRelay()
         protocol, _ = connect(relay)
         protocol.dataReceived(v2(command=0))
@@ -260,6 +305,10 @@ class ProtocolTests(SynchronousTestCase):
         self.assertEqual(relay.stats.linksRefused, 1)
 
     def test_noFramesBeforeTheHeader(self) -> None:
+        """
+        A connection that begins with a frame instead of a header is closed:
+        no frame is delivered, and it never becomes the link.
+        """
         relay = PrefixRelay()
         protocol, transport = connect(relay)
         protocol.dataReceived(frame(b"classic"))
@@ -292,6 +341,12 @@ class CountedTests(SynchronousTestCase):
         self.assertIn('udptunnel_pending_closed_total{reason="proxy-header"} 3.0', scrape(relay))
 
     def test_relay(self) -> None:
+        """
+        The single-link relay has the series at 0 from the start; it counts
+        each connection without a header as pending closed for
+        C{proxy-header}, neither failed nor refused, and logs, with the
+        balancer's address, that it never became the link.
+        """
         relay = Relay(Clock(), role="server",
                       allow=AddressFilter([parseNetwork("198.51.100.0/24")]))
         relay.udpStarted(FakeUDPTransport())
@@ -299,6 +354,10 @@ class CountedTests(SynchronousTestCase):
         self.assertCounted(relay, "never became the link")
 
     def test_serverSessions(self) -> None:
+        """
+        The sessions server counts and logs them the same, saying that the
+        connection never became a session.
+        """
         relay = ServerSessions(Clock(), ("192.0.2.1", 53), lambda protocol: FakeUDPTransport(),
                                allow=AddressFilter([parseNetwork("198.51.100.0/24")]))
         self.assertCounted(relay, "never became a session")

@@ -1,5 +1,6 @@
 """
-L{udptunnel.link.viaproxy}: the client's way through an HTTP or SOCKS5 proxy.
+L{udptunnel.link.viaproxy}: the client's way through an HTTP or SOCKS5
+proxy.
 """
 
 from __future__ import annotations
@@ -106,6 +107,11 @@ class ConnectTests(HandshakeTestCase):
         self.assertIs(built[0].transport, fake.transport)
 
     def test_ipv6AndCredentials(self) -> None:
+        """
+        CONNECT names an IPv6 host in brackets, in the request line and in
+        C{Host}, and sends the user name and password as Basic
+        C{Proxy-Authorization}.
+        """
         fake, _, _ = self.connect("http://me:pw@127.0.0.1:3128", host="::1")
         token = base64.b64encode(b"me:pw")
         self.assertEqual(fake.transport.value(),
@@ -113,30 +119,50 @@ class ConnectTests(HandshakeTestCase):
                          b"Proxy-Authorization: Basic " + token + b"\r\n\r\n")
 
     def test_refused(self) -> None:
+        """
+        An answer other than 2xx fails the attempt with the proxy's status
+        line; the connection is aborted, and the tunnel's protocol never built.
+        """
         fake, d, built = self.connect("http://127.0.0.1:3128")
         fake.protocol.dataReceived(b"HTTP/1.1 403 Forbidden\r\n\r\n")
         self.assertEqual(self.failure(d), "proxy refused: HTTP/1.1 403 Forbidden")
-        self.assertTrue(fake.transport.disconnecting or fake.transport.aborted)
+        # Aborted: StringTransport.abortConnection sets disconnected (and
+        # disconnecting); loseConnection sets disconnecting only.
+        self.assertTrue(fake.transport.disconnected)
         self.assertEqual(built, [])
 
     def test_needsAuthentication(self) -> None:
+        """
+        A 407 when no credentials were given: the proxy needs authentication.
+        """
         fake, d, _ = self.connect("http://127.0.0.1:3128")
         fake.protocol.dataReceived(b"HTTP/1.0 407 Proxy Authentication Required\r\n\r\n")
         self.assertEqual(self.failure(d),
                          "proxy needs authentication: HTTP/1.0 407 Proxy Authentication Required")
 
     def test_wrongCredentials(self) -> None:
+        """
+        A 407 when credentials were given: the proxy refused them.
+        """
         fake, d, _ = self.connect("http://me:secret@127.0.0.1:3128")
         fake.protocol.dataReceived(b"HTTP/1.1 407 Denied\r\n\r\n")
         why = self.failure(d)
         self.assertEqual(why, "proxy refused the credentials: HTTP/1.1 407 Denied")
 
     def test_notHTTP(self) -> None:
+        """
+        An answer that cannot begin C{HTTP/} fails the attempt at once: the
+        proxy does not speak HTTP.
+        """
         fake, d, _ = self.connect("http://127.0.0.1:3128")
         fake.protocol.dataReceived(b"\x05\x00")
         self.assertIn("does not speak HTTP", self.failure(d))
 
     def test_closedBeforeAnswer(self) -> None:
+        """
+        A proxy that closes the connection before it answered fails the
+        attempt, saying so.
+        """
         fake, d, _ = self.connect("http://127.0.0.1:3128")
         fake.protocol.connectionLost(Failure(ConnectionError()))
         self.assertIn("closed the connection", self.failure(d))
@@ -152,16 +178,20 @@ class ConnectTests(HandshakeTestCase):
 
     def test_silentProxy(self) -> None:
         """
-        A proxy that accepts and never answers fails the attempt, so that
-        the client retries.
+        A proxy that accepts and never answers fails the attempt at
+        L{HANDSHAKE_TIMEOUT}, so that the client retries; the connection is
+        aborted.
         """
         fake, d, _ = self.connect("http://127.0.0.1:3128")
         self.clock.advance(HANDSHAKE_TIMEOUT)
         self.assertIn("did not answer", self.failure(d))
-        self.assertTrue(fake.transport.aborted if hasattr(fake.transport, "aborted")
-                        else fake.transport.disconnecting)
+        self.assertTrue(fake.transport.disconnected)  # aborted
 
     def test_cancel(self) -> None:
+        """
+        A cancelled attempt (the client stops) fails with L{CancelledError},
+        not as a refusal, and leaves no timer.
+        """
         _, d, _ = self.connect("http://127.0.0.1:3128")
         d.cancel()
         self.failureResultOf(d, CancelledError)
@@ -192,6 +222,12 @@ class Socks5Tests(HandshakeTestCase):
         self.assertEqual(built[0].received, b"data")
 
     def test_password(self) -> None:
+        """
+        With credentials, the greeting offers user name and password and no
+        authentication; the proxy choosing the first gets them (RFC 1929), then
+        the request for an IPv4 address; a reply with an IPv6 bound address
+        connects.
+        """
         fake, d, built = self.connect("socks5://me:pw@127.0.0.1:1080", host="127.0.0.2")
         self.assertEqual(fake.transport.value(), b"\x05\x02\x02\x00")
         fake.transport.clear()
@@ -204,21 +240,37 @@ class Socks5Tests(HandshakeTestCase):
         self.assertIs(self.successResultOf(d), built[0])
 
     def test_authenticationFailed(self) -> None:
+        """
+        A proxy that rejects the user name and password fails the attempt:
+        authentication failed.
+        """
         fake, d, _ = self.connect("socks5://me:secret@127.0.0.1:1080")
         fake.protocol.dataReceived(b"\x05\x02\x01\x01")
         self.assertEqual(self.failure(d), "SOCKS5: authentication failed")
 
     def test_needsAuthentication(self) -> None:
+        """
+        A proxy that accepts no method offered, when no credentials were given,
+        needs authentication.
+        """
         fake, d, _ = self.connect("socks5://127.0.0.1:1080")
         fake.protocol.dataReceived(b"\x05\xff")
         self.assertIn("SOCKS5: the proxy needs authentication", self.failure(d))
 
     def test_destinationRefused(self) -> None:
+        """
+        A connect reply with an error code fails the attempt in RFC 1928's
+        words for that code.
+        """
         fake, d, _ = self.connect("socks5://127.0.0.1:1080")
         fake.protocol.dataReceived(b"\x05\x00\x05\x05\x00\x01" + bytes(6))
         self.assertEqual(self.failure(d), "SOCKS5: connection refused by the destination")
 
     def test_notSocks(self) -> None:
+        """
+        An answer that is not SOCKS version 5 fails the attempt: the proxy does
+        not speak SOCKS5.
+        """
         fake, d, _ = self.connect("socks5://127.0.0.1:1080")
         fake.protocol.dataReceived(b"HTTP/1.1 400 Bad Request\r\n\r\n")
         self.assertIn("does not speak SOCKS5", self.failure(d))

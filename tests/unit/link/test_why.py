@@ -25,6 +25,10 @@ def tlsError(reason: str) -> Failure:
 
 class LossTests(SynchronousTestCase):
     def test_whoClosed(self) -> None:
+        """
+        A connection closed cleanly was closed by the peer, one lost was reset or
+        aborted; when we closed it, the reason we give is said instead.
+        """
         self.assertEqual(describeLoss(Failure(ConnectionDone())), "closed by the peer")
         self.assertEqual(describeLoss(Failure(ConnectionLost())),
                          "connection lost (reset or aborted)")
@@ -46,6 +50,11 @@ class TLSTests(SynchronousTestCase):
     """
 
     def test_nameMismatch(self) -> None:
+        """
+        A server certificate without the name the client checks is one line that
+        names each missing name (DNS or IP) and says to give C{--tls-name}; no
+        exception class is named.
+        """
         error = VerificationError(errors=[
             DNSMismatch(mismatched_id=DNS_ID("other.example")),
             IPAddressMismatch(mismatched_id=IPAddress_ID("127.0.0.1"))])
@@ -55,6 +64,10 @@ class TLSTests(SynchronousTestCase):
         self.assertNotIn("VerificationError", why)
 
     def test_knownReasons(self) -> None:
+        """
+        Each OpenSSL reason an operator can act on is said in words after
+        C{TLS: }, with what to change, and the reason itself in parentheses.
+        """
         for reason, words in (
                 ("certificate verify failed", "not signed by --tls-ca"),
                 ("tlsv1 alert unknown ca", "does not accept our --tls-cert"),
@@ -66,10 +79,18 @@ class TLSTests(SynchronousTestCase):
             self.assertIn(f"({reason})", why)
 
     def test_otherReasons(self) -> None:
+        """
+        An OpenSSL reason without words of ours is given as it is after
+        C{TLS failed: }, escaped.
+        """
         self.assertEqual(describeLoss(tlsError("some new \x1b reason")),
                          "TLS failed: some new \\x1b reason")
 
     def test_attemptFailures(self) -> None:
+        """
+        A connect attempt that timed out says so, with the endpoint's timeout; a
+        TLS failure of an attempt is in the same words as one of a connection.
+        """
         self.assertEqual(describeFailure(Failure(TimeoutError()), 30), "connect timed out after 30 s")
         self.assertIn("not signed by --tls-ca",
                       describeFailure(tlsError("certificate verify failed")))

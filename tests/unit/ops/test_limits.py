@@ -54,6 +54,10 @@ class BoundsTests(SynchronousTestCase):
         return protocol, transport
 
     def test_capInAll(self) -> None:
+        """
+        Beyond L{MAX_CONNECTIONS} open at once, from any hosts, a new connection
+        is refused; once one of them closes, a new one is taken again.
+        """
         hosts = [f"192.0.2.{i}" for i in range(MAX_CONNECTIONS)]
         opened = [self.connect(host) for host in hosts]
         self.assertNotIn(None, [protocol for protocol, _ in opened])
@@ -62,6 +66,10 @@ class BoundsTests(SynchronousTestCase):
         self.assertIsNotNone(self.connect("198.51.100.1")[0])
 
     def test_capPerHost(self) -> None:
+        """
+        Beyond L{MAX_PER_HOST} connections open from one host, that host's next
+        one is refused; another host's is still taken.
+        """
         for _ in range(MAX_PER_HOST):
             self.assertIsNotNone(self.connect()[0])
         self.assertIsNone(self.connect()[0])
@@ -78,6 +86,10 @@ class BoundsTests(SynchronousTestCase):
         self.assertIsNotNone(self.connect()[0])
 
     def test_dripDoesNotExtendTheDeadline(self) -> None:
+        """
+        A connection is closed L{DEADLINE} seconds after its accept, however
+        often it sends a byte meanwhile; nothing stays scheduled after.
+        """
         protocol, transport = self.connect()
         assert protocol is not None
         for _ in range(int(DEADLINE) - 1):
@@ -89,11 +101,19 @@ class BoundsTests(SynchronousTestCase):
         self.assertEqual(self.clock.getDelayedCalls(), [])  # no flush due: the first line
 
     def test_closedConnectionCancelsItsDeadline(self) -> None:
+        """
+        A connection that closes before its deadline leaves no delayed call
+        behind.
+        """
         _, transport = self.connect()
         transport.loseConnection()
         self.assertEqual(self.clock.getDelayedCalls(), [])
 
     def test_byteCap(self) -> None:
+        """
+        A connection may send L{MAX_BYTES} bytes; the byte beyond closes it, and
+        is not passed to the wrapped protocol.
+        """
         protocol, transport = self.connect()
         assert protocol is not None
         recorder = protocol.wrappedProtocol  # type: ignore[attr-defined]
@@ -104,6 +124,11 @@ class BoundsTests(SynchronousTestCase):
         self.assertEqual(len(recorder.data), MAX_BYTES)
 
     def test_refusalsLoggedRateLimited(self) -> None:
+        """
+        Refusals are logged rate-limited: the first one at once, with the peer
+        and why; those held back are counted in one line written when the
+        factory stops, which leaves no delayed call.
+        """
         events = captureLogEvents(self)
         transports = [self.connect()[1] for _ in range(MAX_PER_HOST + 50)]
         lines = [formatEvent(e) for e in events if "closed the connection" in formatEvent(e)]

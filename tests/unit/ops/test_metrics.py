@@ -19,11 +19,19 @@ from udptunnel.tunnel.stats import DROP_REASONS
 
 class SeriesTests(SynchronousTestCase):
     def test_everyDropReasonFromTheStart(self) -> None:
+        """
+        Every reason of L{DROP_REASONS} has its series of dropped datagrams,
+        at 0, before any drop.
+        """
         text = scrape(makeRelay())
         for reason in DROP_REASONS:
             self.assertIn(f'udptunnel_dropped_datagrams_total{{reason="{reason}"}} 0.0', text)
 
     def test_serverHasNoClientCounters(self) -> None:
+        """
+        A server exposes the refused links, takeovers and closed pending links,
+        at 0, and no C{udptunnel_connect_attempts}.
+        """
         text = scrape(makeRelay(role="server"))
         self.assertNotIn("udptunnel_connect_attempts", text)
         self.assertIn('udptunnel_links_total{event="refused"} 0.0', text)
@@ -31,6 +39,10 @@ class SeriesTests(SynchronousTestCase):
         self.assertIn('udptunnel_pending_closed_total{reason="evicted"} 0.0', text)
 
     def test_clientHasNoServerCounters(self) -> None:
+        """
+        A client exposes its connect attempts, and none of a server's series:
+        refused or replaced links, takeovers, phantom changes.
+        """
         text = scrape(makeRelay(role="client", udpPeer=("192.0.2.1", 5072)))
         self.assertIn("udptunnel_connect_attempts_total 0.0", text)
         self.assertNotIn('event="refused"', text)
@@ -39,6 +51,10 @@ class SeriesTests(SynchronousTestCase):
         self.assertNotIn("udptunnel_phantom_changes", text)
 
     def test_fixedPeerInfo(self) -> None:
+        """
+        A fixed UDP peer is labelled C{mode="fixed"} with its address and port,
+        an IPv6 host in brackets.
+        """
         text = scrape(makeRelay(udpPeer=("2001:db8::1", 5072)))
         self.assertIn('udptunnel_peer_info{address="[2001:db8::1]:5072",mode="fixed"} 1.0', text)
 
@@ -57,6 +73,10 @@ class SeriesTests(SynchronousTestCase):
         self.assertIn("udptunnel_phantom_changes_total 1.0", text)
 
     def test_pendingGauge(self) -> None:
+        """
+        A link connected while another is up counts in
+        C{udptunnel_pending_links}.
+        """
         relay = makeRelay()
         relay.linkMade(FakeLink())
         relay.linkConnected(FakeLink())
@@ -65,6 +85,11 @@ class SeriesTests(SynchronousTestCase):
 
 class SessionSeriesTests(SynchronousTestCase):
     def test_clientSessions(self) -> None:
+        """
+        A client with sessions exposes the sessions open, opened and evicted,
+        and the session links up, instead of the single link's C{udptunnel_link_up};
+        the datagram of the session whose link is up counts as sent to the tunnel.
+        """
         from udptunnel.tunnel.clientsessions import ClientSessions
 
 
@@ -83,6 +108,10 @@ class SessionSeriesTests(SynchronousTestCase):
         self.assertIn("udptunnel_to_tunnel_datagrams_total 1.0", text)
 
     def test_serverSessions(self) -> None:
+        """
+        A server with sessions counts a session per link made, exposes its
+        refused sessions and the fixed peer it relays to.
+        """
         from udptunnel.tunnel.serversessions import ServerSessions
 
         server = ServerSessions(Clock(), ("192.0.2.1", 53), lambda protocol: FakeUDPTransport())

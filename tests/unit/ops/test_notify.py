@@ -79,6 +79,11 @@ class NotifyTests(SynchronousTestCase):
         return service
 
     def test_addresses(self) -> None:
+        """
+        C{NOTIFY_SOCKET} starting with C{@} is an abstract name (bytes with a
+        leading NUL), with C{/} a path; unset or another kind of address
+        (C{vsock:}) means no address, and no L{NotifyService}.
+        """
         self.assertEqual(notifyAddress({"NOTIFY_SOCKET": "@x"}), b"\0x")
         self.assertEqual(notifyAddress({"NOTIFY_SOCKET": "/run/n"}), "/run/n")
         self.assertIsNone(notifyAddress({}))
@@ -86,6 +91,10 @@ class NotifyTests(SynchronousTestCase):
         self.assertIsNone(notifyService(self.relay, self.clock, {}))
 
     def test_watchdogInterval(self) -> None:
+        """
+        The watchdog pings at half of C{WATCHDOG_USEC}; not at all when it is
+        unset or 0, or when C{WATCHDOG_PID} names another process.
+        """
         self.assertEqual(watchdogInterval({"WATCHDOG_USEC": "10000000"}, 5), 5.0)
         self.assertEqual(watchdogInterval({"WATCHDOG_USEC": "10000000",
                                            "WATCHDOG_PID": "5"}, 5), 5.0)
@@ -133,6 +142,11 @@ class NotifyTests(SynchronousTestCase):
         self.assertEqual(self.received(), [])
 
     def test_watchdogAndStopping(self) -> None:
+        """
+        C{WATCHDOG=1} is sent at start, after C{READY=1}, then every half of
+        C{WATCHDOG_USEC}; at stop, C{STOPPING=1} is sent, the pings end and the
+        service no longer observes the relay's state.
+        """
         self.service({"NOTIFY_SOCKET": self.address,
                       "WATCHDOG_USEC": "4000000"}).setServiceParent(self.relay)
         self.relay.startService()

@@ -18,6 +18,11 @@ from udptunnel.tunnel.single import Relay
 
 class DocumentTests(SynchronousTestCase):
     def test_singleLink(self) -> None:
+        """
+        A single-link tunnel's status has its name, role and kind, the link up
+        with its remote and age, the phantom peer last seen, the traffic both
+        ways, and the link and drop counts.
+        """
         relay, _clock, _link = phantomRelay()
         relay.datagramsReceived([(b"x", ("127.0.0.1", 40002))])  # a flip of the phantom
         (tunnel,) = statusDocument([(None, relay)])["tunnels"]
@@ -32,6 +37,10 @@ class DocumentTests(SynchronousTestCase):
         self.assertEqual(tunnel["drops"]["no-link"], 0)
 
     def test_linkDownAndDrops(self) -> None:
+        """
+        With the link lost, the status says it is down, counts the lost link
+        and the datagram dropped for want of a link, and is plain JSON.
+        """
         relay, _clock, link = phantomRelay()
         relay.linkLost(link, Failure(ConnectionDone()))
         relay.datagramsReceived([(b"lost", APP)])
@@ -43,6 +52,10 @@ class DocumentTests(SynchronousTestCase):
         self.assertEqual(json.loads(json.dumps(tunnel)), tunnel)
 
     def test_fixedPeer(self) -> None:
+        """
+        A fixed UDP peer is shown with C{peerMode} C{fixed}; a client's link
+        counts have no C{refused}.
+        """
         relay = Relay(Clock(), udpPeer=("192.0.2.53", 5072), role="client")
         relay.udpStarted(FakeUDPTransport())
         (tunnel,) = statusDocument([(None, relay)])["tunnels"]

@@ -20,7 +20,7 @@ from tests.support.fakes import (
 )
 from udptunnel.interfaces import IRelay
 from udptunnel.tunnel.clientsessions import ClientSessions
-from udptunnel.tunnel.sessions import QUEUE_DATAGRAMS
+from udptunnel.tunnel.sessions import QUEUE_BYTES, QUEUE_DATAGRAMS, QUEUE_TOTAL_BYTES
 
 ONE, TWO, THREE = ("127.0.0.1", 40001), ("127.0.0.1", 40002), ("127.0.0.1", 40003)
 
@@ -38,6 +38,10 @@ class ClientTestMixin:
 
 class ClientRoutingTests(ClientTestMixin, SynchronousTestCase):
     def test_connectionPerSource(self) -> None:
+        """
+        Each UDP source opens a session with a connection of its own, which
+        carries that source's datagrams only, in order.
+        """
         client = self.makeClient()
         client.datagramsReceived([(b"one", ONE), (b"two", TWO), (b"one again", ONE)])
         self.assertEqual(len(self.connections.attempts), 2)
@@ -47,6 +51,10 @@ class ClientRoutingTests(ClientTestMixin, SynchronousTestCase):
         self.assertEqual(client.sessionCount(), 2)
 
     def test_repliesGoToTheirSource(self) -> None:
+        """
+        Frames on a session's connection go out of the shared socket to that
+        session's source.
+        """
         client = self.makeClient()
         client.datagramsReceived([(b"q1", ONE), (b"q2", TWO)])
         first, second = self.connections.succeed(0), self.connections.succeed(1)
@@ -56,6 +64,10 @@ class ClientRoutingTests(ClientTestMixin, SynchronousTestCase):
         self.assertEqual(self.udp.written, [(b"a2", TWO), (b"a1", ONE)])
 
     def test_upSessionCarriesAtOnce(self) -> None:
+        """
+        Once its connection is up, a session carries a new datagram of its
+        source at once, with no new connection or session.
+        """
         client = self.makeClient()
         client.datagramsReceived([(b"first", ONE)])
         link = self.connections.succeed()
@@ -65,6 +77,10 @@ class ClientRoutingTests(ClientTestMixin, SynchronousTestCase):
         self.assertEqual(client.stats.sessionsOpened, 1)
 
     def test_udpAllow(self) -> None:
+        """
+        A source outside C{udpAllow} opens no session: its datagram is dropped
+        as C{udp-not-allowed}.
+        """
         from udptunnel.tunnel.access import AddressFilter, parseNetwork
 
         client = self.makeClient(udpAllow=AddressFilter([parseNetwork("127.0.0.0/8")]))
@@ -94,6 +110,10 @@ class ClientRoutingTests(ClientTestMixin, SynchronousTestCase):
 
 class ConnectQueueTests(ClientTestMixin, SynchronousTestCase):
     def test_queuedInOrder(self) -> None:
+        """
+        Datagrams that arrive while the session's connection is being made wait,
+        and go out in order once it is up.
+        """
         client = self.makeClient()
         for i in range(5):
             client.datagramsReceived([(b"%d" % i, ONE)])
@@ -101,6 +121,10 @@ class ConnectQueueTests(ClientTestMixin, SynchronousTestCase):
         self.assertEqual(link.frames, [b"0", b"1", b"2", b"3", b"4"])
 
     def test_queueBounded(self) -> None:
+        """
+        At most L{QUEUE_DATAGRAMS} datagrams wait for a connection: the first
+        ones are kept, the later ones dropped as C{queue-full}.
+        """
         client = self.makeClient()
         for i in range(QUEUE_DATAGRAMS + 10):
             client.datagramsReceived([(b"%d" % i, ONE)])
@@ -110,6 +134,10 @@ class ConnectQueueTests(ClientTestMixin, SynchronousTestCase):
         self.assertEqual(client.stats.drops["queue-full"], 10)
 
     def test_queueBytesBounded(self) -> None:
+        """
+        The datagrams waiting for a session's connection are bounded in bytes
+        too (256 KiB): those beyond are dropped as C{queue-full}.
+        """
         client = self.makeClient()
         for _ in range(10):
             client.datagramsReceived([(b"x" * 60000, ONE)])
@@ -120,6 +148,10 @@ class ConnectQueueTests(ClientTestMixin, SynchronousTestCase):
 
 class FailedConnectionTests(ClientTestMixin, SynchronousTestCase):
     def test_retriedWhileTrafficFlows(self) -> None:
+        """
+        A failed connection attempt with a datagram waiting is logged, counted,
+        and retried after the first delay; the retry carries the datagram.
+        """
         events = captureLogEvents(self)
         client = self.makeClient()
         client.datagramsReceived([(b"query", ONE)])
@@ -133,6 +165,10 @@ class FailedConnectionTests(ClientTestMixin, SynchronousTestCase):
         self.assertTrue([e for e in events if "cannot connect" in e.get("log_format", "")])
 
     def test_backsOff(self) -> None:
+        """
+        A session's failed attempts are retried after doubling delays: 0.5, 1,
+        2, 4 s.
+        """
         client = self.makeClient()
         client.datagramsReceived([(b"query", ONE)])
         times = []
@@ -145,10 +181,52 @@ class FailedConnectionTests(ClientTestMixin, SynchronousTestCase):
             times.append(self.clock.seconds() - before)
         self.assertEqual(times, [0.5, 1.0, 2.0, 4.0])
 
+    def fillQueues(self, client: ClientSessions) -> None:
+        """
+        Fill what all sessions may queue together (L{QUEUE_TOTAL_BYTES}):
+        sessions of other sources, each with L{QUEUE_BYTES} waiting for its
+        connection, so that the next session's datagrams are dropped as
+        C{queue-full} and nothing of it is queued.
+        """
+        datagram = b"x" * (QUEUE_BYTES // 4)
+        for port in range(QUEUE_TOTAL_BYTES // QUEUE_BYTES):
+            client.datagramsReceived([(datagram, ("127.0.0.2", 30000 + port))] * 4)
+        self.assertEqual(client.stats.drops["queue-full"], 0)
+
     def test_endsWithoutTraffic(self) -> None:
         """
-        A failed attempt with nothing queued and nothing new ends the session;
-        the source's next datagram opens a new one.
+        A failed connection attempt with no datagram queued (the one that
+        opened the session was dropped as C{queue-full}) and none arrived
+        since ends the session at once, with no retry: it counts as a connect
+        failure and a closed session (not an expired one), drops nothing
+        more, and is logged as C{cannot connect}; the other sessions go on.
+        """
+        events = captureLogEvents(self)
+        client = self.makeClient()
+        self.fillQueues(client)
+        client.datagramsReceived([(b"query", ONE)])
+        self.assertEqual(client.stats.drops["queue-full"], 1)  # nothing of ONE queued
+        self.assertIn(ONE, client.sessions)
+        others = client.sessionCount() - 1
+        attempts = len(self.connections.attempts)
+        self.connections.fail()
+        self.assertNotIn(ONE, client.sessions)
+        self.assertEqual(client.sessionCount(), others)
+        self.assertEqual(client.stats.connectFailures, 1)
+        self.assertEqual(client.stats.sessionsClosed, 1)
+        self.assertEqual(client.stats.sessionsExpired, 0)
+        self.assertEqual(client.stats.drops["connect-failed"], 0)
+        self.assertEqual([e["why"] for e in events
+                          if e.get("log_format", "").startswith("session closed")],
+                         ["cannot connect"])
+        self.clock.advance(600)
+        self.assertEqual(len(self.connections.attempts), attempts)
+
+    def test_lostLinkThenRetriedWhileDatagramWaits(self) -> None:
+        """
+        A session whose link is lost ends; the source's next datagram opens a
+        new one, whose failed attempts are retried, with backoff, while that
+        datagram waits in its queue (even with no datagram arrived since).
         """
         client = self.makeClient()
         client.datagramsReceived([(b"query", ONE)])
@@ -165,7 +243,10 @@ class FailedConnectionTests(ClientTestMixin, SynchronousTestCase):
         # Still queued ("again" waits): it keeps trying, with backoff.
         self.assertGreater(len(self.connections.attempts), 3)
 
-    def test_givesUpOnceQuiet(self) -> None:
+    def test_lostLinkEndsSession(self) -> None:
+        """
+        A session whose link is lost ends, and counts as closed.
+        """
         client = self.makeClient()
         client.datagramsReceived([(b"query", ONE)])
         link = self.connections.succeed()
@@ -174,9 +255,43 @@ class FailedConnectionTests(ClientTestMixin, SynchronousTestCase):
         self.assertEqual(client.sessionCount(), 0)
         self.assertEqual(client.stats.sessionsClosed, 1)
 
+    def test_givesUpOnceQuiet(self) -> None:
+        """
+        With nothing queued (its datagrams dropped as C{queue-full}), a
+        session retries each failed attempt, after the backoff delay, as long
+        as a datagram of its source arrived since that attempt; once the
+        source is quiet for a whole attempt, that attempt's failure ends the
+        session and no attempt follows.
+        """
+        client = self.makeClient()
+        self.fillQueues(client)
+        client.datagramsReceived([(b"query", ONE)])
+        attempts = len(self.connections.attempts)
+        for delay in (0.5, 1.0, 2.0):
+            client.datagramsReceived([(b"still there", ONE)])
+            self.connections.fail()
+            self.clock.advance(delay - 0.25)
+            self.assertEqual(len(self.connections.attempts), attempts)
+            self.clock.advance(0.25)
+            attempts += 1
+            self.assertEqual(len(self.connections.attempts), attempts)
+            self.assertIn(ONE, client.sessions)
+        self.assertEqual(client.stats.drops["queue-full"], 4)  # nothing ever queued
+        # Quiet from now on: the attempt under way is the last one.
+        self.connections.fail()
+        self.assertNotIn(ONE, client.sessions)
+        self.clock.advance(600)
+        self.assertEqual(len(self.connections.attempts), attempts)
+        self.assertEqual(client.stats.connectFailures, 4)
+        self.assertEqual(client.stats.sessionsClosed, 1)
+
 
 class EvictionTests(ClientTestMixin, SynchronousTestCase):
     def test_leastRecentlyActiveEvicted(self) -> None:
+        """
+        At C{maxSessions}, a new source evicts the session least recently
+        active, not the oldest; the session kept keeps its link.
+        """
         client = self.makeClient(maxSessions=2)
         client.datagramsReceived([(b"1", ONE)])
         one = self.connections.succeed()
@@ -189,6 +304,10 @@ class EvictionTests(ClientTestMixin, SynchronousTestCase):
         self.assertFalse(one.closed)
 
     def test_evictedLinkClosed(self) -> None:
+        """
+        The link of an evicted session is closed, and the newcomer's session
+        takes its place.
+        """
         client = self.makeClient(maxSessions=1)
         client.datagramsReceived([(b"1", ONE)])
         one = self.connections.succeed()
@@ -197,6 +316,11 @@ class EvictionTests(ClientTestMixin, SynchronousTestCase):
         self.assertEqual(list(client.sessions), [TWO])
 
     def test_evictedWhileConnectingCancels(self) -> None:
+        """
+        A session evicted while its connection is being made cancels the
+        attempt, which counts as no connect failure; its waiting datagram is
+        dropped as C{connect-failed}.
+        """
         client = self.makeClient(maxSessions=1)
         client.datagramsReceived([(b"1", ONE)])
         first = self.connections.attempts[0][1]
@@ -210,6 +334,10 @@ class EvictionTests(ClientTestMixin, SynchronousTestCase):
 
 class IdleTests(ClientTestMixin, SynchronousTestCase):
     def test_idleSessionEnds(self) -> None:
+        """
+        A session with no traffic for C{sessionIdle} seconds ends, closes its
+        link, and counts as expired; not before.
+        """
         client = self.makeClient(sessionIdle=20)
         client.startService()
         self.addCleanup(client.stopService)
@@ -223,6 +351,10 @@ class IdleTests(ClientTestMixin, SynchronousTestCase):
         self.assertEqual(client.stats.sessionsExpired, 1)
 
     def test_trafficKeepsItOpen(self) -> None:
+        """
+        Replies from the tunnel keep a session active: it outlives
+        C{sessionIdle} many times over.
+        """
         client = self.makeClient(sessionIdle=20)
         client.startService()
         self.addCleanup(client.stopService)
@@ -294,6 +426,10 @@ class ImmediateFailureTests(SynchronousTestCase):
     """
 
     def test_openingDatagramKept(self) -> None:
+        """
+        A connection that fails at once keeps the session and its opening
+        datagram, which is not dropped, and is retried after the first delay.
+        """
         from twisted.internet.defer import fail
 
         from udptunnel.tunnel.clientsessions import ClientSessions

@@ -1,6 +1,6 @@
 """
-The client's reconnection (L{udptunnel.tunnel.reconnect}), with a fake endpoint and
-a fake clock: no sleeps.
+The client's reconnection (L{udptunnel.tunnel.reconnect}), with a fake
+endpoint and a fake clock: no sleeps.
 """
 
 from __future__ import annotations
@@ -69,25 +69,43 @@ class TimingOut:
 
 class RetryDelayTests(SynchronousTestCase):
     def test_firstRetryWithinASecond(self) -> None:
+        """
+        The first retry comes after 0.5 s, give or take 20%, whatever the
+        jitter drawn.
+        """
         for jitter in (0.0, 0.5, 1.0):
             delay = retryDelay(1, lambda jitter=jitter: jitter)
             self.assertLessEqual(delay, 0.6)
             self.assertGreaterEqual(delay, 0.4)
 
     def test_doublesThenCaps(self) -> None:
+        """
+        Without jitter, the delay doubles from 0.5 s at each attempt up to
+        L{MAX_DELAY}, and stays there.
+        """
         delays = [retryDelay(n, lambda: 0.5) for n in range(1, 10)]
         self.assertEqual(delays, [0.5, 1, 2, 4, 8, 16, 30, 30, 30])
 
     def test_jitterBounds(self) -> None:
+        """
+        The jitter scales the delay by 0.8 at least and 1.2 at most.
+        """
         self.assertAlmostEqual(retryDelay(100, lambda: 0.0), MAX_DELAY * 0.8)
         self.assertAlmostEqual(retryDelay(100, lambda: 1.0), MAX_DELAY * 1.2)
 
     def test_policyRoundsForTheLog(self) -> None:
+        """
+        L{Backoff} gives L{retryDelay} rounded to the hundredth, as the log
+        says it.
+        """
         delay = Backoff(lambda: 0.123456789).failed()
         self.assertEqual(delay, round(delay, 2))
         self.assertAlmostEqual(delay, retryDelay(1, lambda: 0.123456789), places=2)
 
     def test_hugeAttemptDoesNotOverflow(self) -> None:
+        """
+        A huge attempt number gives L{MAX_DELAY}, not an overflow.
+        """
         self.assertAlmostEqual(retryDelay(10**6, lambda: 0.5), MAX_DELAY)
 
 
@@ -108,6 +126,11 @@ class ReconnectorTestMixin:
 
 class ReconnectTests(ReconnectorTestMixin, SynchronousTestCase):
     def test_retriesForeverWithBackoff(self) -> None:
+        """
+        While the server cannot be reached, attempts follow at the backoff's
+        delays, each counted as an attempt and a failure, and the service keeps
+        running.
+        """
         service = self.makeClient()
         service.startService()
         self.assertEqual(self.endpoint.attempts, 1)
@@ -121,6 +144,10 @@ class ReconnectTests(ReconnectorTestMixin, SynchronousTestCase):
         self.assertTrue(service.running)
 
     def test_serverComesBack(self) -> None:
+        """
+        Once the server is reachable, the next scheduled attempt connects, and
+        the connection becomes the relay's link.
+        """
         service = self.makeClient()
         service.startService()
         self.clock.advance(0.5 + 1 + 2)
@@ -272,6 +299,10 @@ class ReconnectTests(ReconnectorTestMixin, SynchronousTestCase):
         self.assertEqual(self.clock.getDelayedCalls(), [])
 
     def test_stopCancelsTheNextAttempt(self) -> None:
+        """
+        Stopping cancels the attempt scheduled after a failure: nothing is left
+        scheduled, and no attempt follows.
+        """
         service = self.makeClient()
         service.startService()
         self.assertEqual(len(self.clock.getDelayedCalls()), 1)
@@ -283,10 +314,17 @@ class ReconnectTests(ReconnectorTestMixin, SynchronousTestCase):
 
 class BackoffTests(SynchronousTestCase):
     def test_failuresDouble(self) -> None:
+        """
+        Each failure in a row doubles the delay from 0.5 s, up to 30 s.
+        """
         backoff = Backoff(lambda: 0.5)
         self.assertEqual([backoff.failed() for _ in range(8)], [0.5, 1, 2, 4, 8, 16, 30, 30])
 
     def test_aLinkResets(self) -> None:
+        """
+        A link that came up resets the count of failures: the next delay is the
+        first one again, and so is the delay after the next failure.
+        """
         backoff = Backoff(lambda: 0.5)
         for _ in range(5):
             backoff.failed()
@@ -295,6 +333,10 @@ class BackoffTests(SynchronousTestCase):
         self.assertEqual(backoff.failed(), 0.5)
 
     def test_attemptsCounted(self) -> None:
+        """
+        Every connection attempt counts in C{connectAttempts}, and every failed
+        one in C{connectFailures}.
+        """
         stats = TunnelStats()
         clock = Clock()
         relay = Relay(clock, role="client")

@@ -59,6 +59,11 @@ class ServerTests(ServerTestMixin, SynchronousTestCase):
                                  f"127.0.0.1:40001 <-> {PEER[0]}:{PEER[1]}"])
 
     def test_socketPerConnection(self) -> None:
+        """
+        Each connection gets a UDP socket of its own: frames of a connection go
+        out of its socket to the peer, a reply on a socket goes back on its
+        connection only, and no connection replaces another.
+        """
         server = self.makeServer()
         one, two = self.connect(server, "192.0.2.1:1"), self.connect(server, "192.0.2.2:1")
         self.assertEqual(len(self.sockets), 2)
@@ -72,6 +77,10 @@ class ServerTests(ServerTestMixin, SynchronousTestCase):
         self.assertEqual(server.stats.linksReplaced, 0)
 
     def test_lossClosesItsSocketOnly(self) -> None:
+        """
+        A lost connection closes its own session's socket and ends its session;
+        the other sessions go on.
+        """
         server = self.makeServer()
         one, two = self.connect(server), self.connect(server)
         closed = []
@@ -82,6 +91,10 @@ class ServerTests(ServerTestMixin, SynchronousTestCase):
         self.assertEqual(server.stats.sessionsClosed, 1)
 
     def test_capRefuses(self) -> None:
+        """
+        At C{maxSessions} sessions open, a new connection is refused and
+        counted.
+        """
         server = self.makeServer(maxSessions=2)
         self.connect(server)
         self.connect(server)
@@ -89,6 +102,10 @@ class ServerTests(ServerTestMixin, SynchronousTestCase):
         self.assertEqual(server.stats.sessionsRefused, 1)
 
     def test_noSocketAborts(self) -> None:
+        """
+        A connection whose session cannot bind a UDP socket is aborted, opens no
+        session, and counts as a failed session.
+        """
         server = self.makeServer()
         self.bindError = OSError(24, "Too many open files")
         link = self.connect(server)
@@ -97,6 +114,10 @@ class ServerTests(ServerTestMixin, SynchronousTestCase):
         self.assertEqual(server.stats.sessionsFailed, 1)
 
     def test_congestionPausesItsSocketOnly(self) -> None:
+        """
+        A congested connection pauses reading on its own session's socket only,
+        and resumes it when the congestion ends.
+        """
         server = self.makeServer()
         one, _ = self.connect(server), self.connect(server)
         assert one.producer is not None
@@ -106,6 +127,10 @@ class ServerTests(ServerTestMixin, SynchronousTestCase):
         self.assertTrue(self.sockets[0].reading)
 
     def test_idleSessionEnds(self) -> None:
+        """
+        A session with no traffic for C{sessionIdle} seconds closes its
+        connection, and counts as expired.
+        """
         server = self.makeServer(sessionIdle=10)
         server.startService()
         self.addCleanup(server.stopService)
@@ -115,12 +140,30 @@ class ServerTests(ServerTestMixin, SynchronousTestCase):
         self.assertEqual(server.stats.sessionsExpired, 1)
 
     def test_silentConnectionTimesOutOnlyBeforeHandshake(self) -> None:
+        """
+        A connection whose handshake never completes is aborted at the pending
+        timeout and counted as a pending link closed for C{timeout}; one that
+        connected at the same time and completed its handshake (a session
+        made) is neither aborted nor closed at that deadline, nor counted, and
+        its session goes on carrying datagrams.
+        """
         server = self.makeServer()
-        waiting = FakeLink()
+        waiting = FakeLink("192.0.2.1:1")
         server.linkConnected(waiting)  # TLS handshake never done
-        self.clock.advance(10)
+        done = FakeLink("192.0.2.2:1")
+        self.assertTrue(server.linkConnected(done))
+        self.clock.advance(5)
+        server.linkMade(done)  # its handshake completed, before the deadline
+        self.clock.advance(5)
         self.assertTrue(waiting.aborted)
         self.assertEqual(server.stats.pendingClosed["timeout"], 1)
+        self.assertFalse(done.aborted or done.closed)
+        self.assertEqual(server.sessionCount(), 1)
+        self.clock.advance(60)
+        self.assertFalse(done.aborted or done.closed)
+        self.assertEqual(server.stats.pendingClosed["timeout"], 1)
+        server.framesReceived(done, [b"still carried"])
+        self.assertEqual(self.sockets[0].written, [(b"still carried", PEER)])
 
 
 class DroppingSocket(FakeUDPTransport):

@@ -55,6 +55,10 @@ class PhantomTests(RelayTestMixin, SynchronousTestCase):
     """
 
     def test_learnsSourceAndReplies(self) -> None:
+        """
+        A datagram goes into the tunnel and its source becomes the phantom
+        peer, to which frames out of the tunnel are sent.
+        """
         relay = self.makeRelay()
         link = FakeLink()
         relay.linkMade(link)
@@ -79,6 +83,9 @@ class PhantomTests(RelayTestMixin, SynchronousTestCase):
         self.assertEqual(link.frames, [b"a", b"b"])
 
     def test_changeIsLogged(self) -> None:
+        """
+        The first source learned and each change of it are logged.
+        """
         events = captureLogEvents(self)
         relay = self.makeRelay()
         relay.datagramsReceived([(b"a", APP)])
@@ -110,6 +117,9 @@ class PhantomTests(RelayTestMixin, SynchronousTestCase):
 
 class FixedPeerTests(RelayTestMixin, SynchronousTestCase):
     def test_repliesGoToPeer(self) -> None:
+        """
+        With a fixed peer, frames out of the tunnel are sent to it.
+        """
         relay = self.makeRelay(peer=POP)
         link = FakeLink()
         relay.linkMade(link)
@@ -117,6 +127,9 @@ class FixedPeerTests(RelayTestMixin, SynchronousTestCase):
         self.assertEqual(self.udp.written, [(b"to pop", POP)])
 
     def test_peerDatagramsForwarded(self) -> None:
+        """
+        Datagrams from the fixed peer go into the tunnel.
+        """
         relay = self.makeRelay(peer=POP)
         link = FakeLink()
         relay.linkMade(link)
@@ -124,6 +137,11 @@ class FixedPeerTests(RelayTestMixin, SynchronousTestCase):
         self.assertEqual(link.frames, [b"from pop"])
 
     def test_foreignSourceDropped(self) -> None:
+        """
+        With a fixed peer, datagrams from any other source, another port of the
+        peer's host included, are dropped as C{foreign-source}, and none is
+        learned as a peer.
+        """
         relay = self.makeRelay(peer=POP)
         link = FakeLink()
         relay.linkMade(link)
@@ -136,6 +154,10 @@ class FixedPeerTests(RelayTestMixin, SynchronousTestCase):
 
 class DropTests(RelayTestMixin, SynchronousTestCase):
     def test_noLinkDropsAndCounts(self) -> None:
+        """
+        Without a link, each datagram is dropped as C{no-link}, and none counts
+        as sent into the tunnel.
+        """
         relay = self.makeRelay()
         for i in range(3):
             relay.datagramsReceived([(b"x" * i, APP)])
@@ -143,6 +165,10 @@ class DropTests(RelayTestMixin, SynchronousTestCase):
         self.assertEqual(relay.stats.toTunnelDatagrams, 0)
 
     def test_oversizeDropped(self) -> None:
+        """
+        A frame the UDP socket refuses with C{EMSGSIZE} is dropped as
+        C{oversize}.
+        """
         relay = self.makeRelay(peer=POP)
         link = FakeLink()
         relay.linkMade(link)
@@ -208,6 +234,10 @@ class DropTests(RelayTestMixin, SynchronousTestCase):
         self.assertEqual(self.clock.getDelayedCalls(), [])
 
     def test_countsCarriedTraffic(self) -> None:
+        """
+        Datagrams and bytes are counted both ways, and the stats line says
+        them.
+        """
         relay = self.makeRelay()
         link = FakeLink()
         relay.linkMade(link)
@@ -229,6 +259,10 @@ class AnnouncementTests(SynchronousTestCase):
     """
 
     def test_allowListsLogged(self) -> None:
+        """
+        At start, C{--allow} and C{--udp-allow} are logged with the networks
+        they let in.
+        """
         events = captureLogEvents(self)
         relay = Relay(Clock(), allow=AddressFilter([parseNetwork("10.0.0.0/8"),
                                                     parseNetwork("2001:db8::/32")]),
@@ -239,6 +273,10 @@ class AnnouncementTests(SynchronousTestCase):
         self.assertIn("UDP datagrams only from 127.0.0.1/32 (--udp-allow)", lines)
 
     def test_nothingWithoutThem(self) -> None:
+        """
+        Without C{--allow} or C{--udp-allow}, no line says who may use the
+        tunnel.
+        """
         events = captureLogEvents(self)
         Relay(Clock()).privilegedStartService()
         self.assertFalse(any("only from" in formatEvent(event) for event in events))
@@ -251,6 +289,11 @@ class BatchTests(RelayTestMixin, SynchronousTestCase):
     """
 
     def test_datagramsOfOneReadInOneWrite(self) -> None:
+        """
+        The datagrams of one read that may go into the tunnel, empty ones
+        included, are one write on the link, in order; a foreign one among
+        them is dropped alone.
+        """
         relay = self.makeRelay(peer=POP)
         writes: list[list[bytes]] = []
         link = FakeLink()
@@ -264,11 +307,19 @@ class BatchTests(RelayTestMixin, SynchronousTestCase):
         self.assertEqual((relay.stats.toTunnelDatagrams, relay.stats.toTunnelBytes), (3, 4))
 
     def test_noLinkCountsEachDatagram(self) -> None:
+        """
+        Without a link, every datagram of one read counts as one C{no-link}
+        drop.
+        """
         relay = self.makeRelay()
         relay.datagramsReceived([(b"a", APP), (b"b", APP), (b"c", APP)])
         self.assertEqual(relay.stats.drops["no-link"], 3)
 
     def test_failedSendSpoilsNoOther(self) -> None:
+        """
+        A frame of a read that the UDP socket refuses is dropped alone; the
+        others are sent, and counted.
+        """
         relay = self.makeRelay(peer=POP)
         link = FakeLink()
         relay.linkMade(link)
@@ -295,6 +346,10 @@ class LinkTests(RelayTestMixin, SynchronousTestCase):
     """
 
     def test_firstLinkAtOnce(self) -> None:
+        """
+        With no link yet, the first connection admitted becomes the link as
+        soon as it is made, and waits in no pending list.
+        """
         relay = self.makeRelay()
         link = FakeLink()
         self.assertTrue(relay.linkConnected(link))
@@ -367,6 +422,10 @@ class LinkTests(RelayTestMixin, SynchronousTestCase):
         self.assertEqual(relay.stats.takeovers["link-silent"], 1)
 
     def test_silentLinkTakenAtOnce(self) -> None:
+        """
+        A newcomer whose link has already been silent for L{LINK_SILENT}
+        seconds takes over at once.
+        """
         relay = self.makeRelay()
         old, new = FakeLink(), FakeLink()
         relay.linkMade(old)
@@ -375,6 +434,10 @@ class LinkTests(RelayTestMixin, SynchronousTestCase):
         self.assertIs(relay.link, new)
 
     def test_framesPostponeSilentTakeover(self) -> None:
+        """
+        A frame on the link restarts its silence: a silent newcomer takes over
+        only L{LINK_SILENT} seconds after the link's last frame.
+        """
         relay = self.makeRelay(peer=POP)
         old, new = FakeLink(), FakeLink()
         relay.linkMade(old)
@@ -421,6 +484,10 @@ class LinkTests(RelayTestMixin, SynchronousTestCase):
         self.assertEqual((relay.stats.linksUp, relay.stats.linksReplaced), (1, 0))
 
     def test_lossPromotesWaitingNewcomer(self) -> None:
+        """
+        When the link is lost, the newcomer waiting beside it becomes the link
+        at once; the loss counts as a lost link.
+        """
         relay = self.makeRelay()
         old, new = FakeLink(), FakeLink()
         relay.linkMade(old)
@@ -445,6 +512,10 @@ class LinkTests(RelayTestMixin, SynchronousTestCase):
         self.assertEqual(relay.stats.pendingClosed["timeout"], 1)
 
     def test_failedHandshakeCountsAsFailed(self) -> None:
+        """
+        A connection lost before its handshake was done counts as a failed
+        link, and leaves the pending list.
+        """
         relay = self.makeRelay()
         link = FakeLink()
         relay.linkConnected(link)
@@ -467,6 +538,10 @@ class LinkTests(RelayTestMixin, SynchronousTestCase):
         self.assertEqual(relay.pendingCount(), 0)
 
     def test_capClosesOldest(self) -> None:
+        """
+        Beyond C{maxPending} connections waiting, the oldest ones are aborted
+        and counted as evicted.
+        """
         self.clock = Clock()
         self.udp = FakeUDPTransport()
         relay = Relay(self.clock, maxPending=3)
@@ -479,6 +554,9 @@ class LinkTests(RelayTestMixin, SynchronousTestCase):
         self.assertEqual(relay.pendingCount(), 3)
 
     def test_replacedLinkLossKeepsActive(self) -> None:
+        """
+        The loss of a link already replaced leaves the link that replaced it.
+        """
         relay = self.makeRelay()
         old, new = FakeLink(), FakeLink()
         self.replace(relay, old, new)
@@ -486,6 +564,10 @@ class LinkTests(RelayTestMixin, SynchronousTestCase):
         self.assertIs(relay.link, new)
 
     def test_framesFromReplacedLinkDropped(self) -> None:
+        """
+        Frames still arriving on a replaced link are dropped as
+        C{replaced-link}, not sent.
+        """
         relay = self.makeRelay(peer=POP)
         old, new = FakeLink(), FakeLink()
         self.replace(relay, old, new)
@@ -494,6 +576,10 @@ class LinkTests(RelayTestMixin, SynchronousTestCase):
         self.assertEqual(relay.stats.drops["replaced-link"], 1)
 
     def test_lossThenDrops(self) -> None:
+        """
+        Once the only link is lost there is none, and datagrams are dropped as
+        C{no-link}.
+        """
         relay = self.makeRelay()
         link = FakeLink()
         relay.linkMade(link)
@@ -503,6 +589,11 @@ class LinkTests(RelayTestMixin, SynchronousTestCase):
         self.assertEqual(relay.stats.drops["no-link"], 1)
 
     def test_stopClosesCleanlyAndWaits(self) -> None:
+        """
+        Stopping closes the link and the waiting connections cleanly, not
+        aborted, and is done only once all of them are gone; their ends then
+        count as no lost link.
+        """
         relay = self.makeRelay()
         relay.startService()
         link, waiting = FakeLink(), FakeLink()
@@ -518,6 +609,10 @@ class LinkTests(RelayTestMixin, SynchronousTestCase):
         self.assertEqual(relay.stats.linksLost, 0)
 
     def test_stopAbortsWhatDoesNotClose(self) -> None:
+        """
+        A link still open L{CLOSE_GRACE} seconds after the stop began is
+        aborted; the stop is done once it is gone.
+        """
         relay = self.makeRelay()
         relay.startService()
         link = FakeLink()
@@ -546,6 +641,11 @@ class ClientLinkTests(RelayTestMixin, SynchronousTestCase):
         return relay
 
     def test_closedAtOnceIsRefused(self) -> None:
+        """
+        A client's connection that the server closes before it carried a frame
+        from it, even after sending into it, is a failed attempt, reported as
+        such: no link up, no link lost, no C{link up} line.
+        """
         events = captureLogEvents(self)
         relay = self.makeClientRelay()
         link = FakeLink()
@@ -563,6 +663,10 @@ class ClientLinkTests(RelayTestMixin, SynchronousTestCase):
         self.assertNotIn("link up", text)
 
     def test_upOnFirstFrame(self) -> None:
+        """
+        A client's link is up when the server's first frame arrives, not
+        before; its loss then counts as a lost link, not a failed one.
+        """
         relay = self.makeClientRelay()
         link = FakeLink()
         relay.linkMade(link)
@@ -573,6 +677,10 @@ class ClientLinkTests(RelayTestMixin, SynchronousTestCase):
         self.assertEqual((relay.stats.linksLost, relay.stats.linksFailed), (1, 0))
 
     def test_upAfterAWhile(self) -> None:
+        """
+        A client's link that lasts L{CONFIRM_AFTER} seconds is up without any
+        frame; its loss counts as lost, and is reported as no failure.
+        """
         relay = self.makeClientRelay()
         link = FakeLink()
         relay.linkMade(link)
@@ -584,6 +692,10 @@ class ClientLinkTests(RelayTestMixin, SynchronousTestCase):
         self.assertEqual(self.ended, [None])
 
     def test_lossWordsSayWhoClosed(self) -> None:
+        """
+        The C{link down} line of a link closed cleanly by the server says
+        C{closed by the peer}.
+        """
         events = captureLogEvents(self)
         relay = self.makeClientRelay()
         link = FakeLink()
@@ -601,6 +713,10 @@ class FlowControlTests(RelayTestMixin, SynchronousTestCase):
     """
 
     def test_pauseAndResume(self) -> None:
+        """
+        When the link's transport pauses its producer, the UDP socket stops
+        reading; when it resumes, reading starts again.
+        """
         relay = self.makeRelay()
         link = FakeLink()
         relay.linkMade(link)
@@ -623,6 +739,10 @@ class FlowControlTests(RelayTestMixin, SynchronousTestCase):
         self.assertTrue(self.udp.reading)
 
     def test_replacedLinkCannotPause(self) -> None:
+        """
+        A replaced link's transport pausing its producer does not stop the UDP
+        socket's reading.
+        """
         relay = self.makeRelay()
         old, new = FakeLink(), FakeLink()
         self.replace(relay, old, new)
@@ -647,6 +767,10 @@ class FlowControlTests(RelayTestMixin, SynchronousTestCase):
         self.assertTrue(self.udp.reading)
 
     def test_newLinkResumes(self) -> None:
+        """
+        A newcomer taking over from a link that had paused the UDP socket
+        resumes its reading.
+        """
         relay = self.makeRelay()
         old, new = FakeLink(), FakeLink()
         relay.linkMade(old)
@@ -657,6 +781,9 @@ class FlowControlTests(RelayTestMixin, SynchronousTestCase):
         self.assertTrue(self.udp.reading)
 
     def test_lossResumes(self) -> None:
+        """
+        The loss of a link that had paused the UDP socket resumes its reading.
+        """
         relay = self.makeRelay()
         link = FakeLink()
         relay.linkMade(link)
@@ -668,6 +795,11 @@ class FlowControlTests(RelayTestMixin, SynchronousTestCase):
 
 class AccessTests(RelayTestMixin, SynchronousTestCase):
     def test_allowListRefusesOthers(self) -> None:
+        """
+        With C{allow}, connections from its networks are admitted (an
+        IPv4-mapped IPv6 address as its IPv4 one), and others refused and
+        counted.
+        """
         relay = self.makeRelay()
         relay.allow = AddressFilter([parseNetwork("192.0.2.0/24"), parseNetwork("2001:db8::/32")])
         self.assertTrue(relay.linkConnected(FakeLink("192.0.2.1:1")))
@@ -678,6 +810,9 @@ class AccessTests(RelayTestMixin, SynchronousTestCase):
         self.assertEqual(relay.stats.linksRefused, 2)
 
     def test_noAllowListAllowsAll(self) -> None:
+        """
+        Without C{allow}, any address is admitted, and none counted refused.
+        """
         relay = self.makeRelay()
         self.assertTrue(relay.linkConnected(FakeLink("198.51.100.1:1")))
         self.assertEqual(relay.stats.linksRefused, 0)
@@ -693,6 +828,11 @@ class AccessTests(RelayTestMixin, SynchronousTestCase):
         self.assertTrue(relay.linkConnected(link))
 
     def test_udpAllowFiltersPhantomSources(self) -> None:
+        """
+        With C{udpAllow}, a datagram from outside it is dropped as
+        C{udp-not-allowed} and does not become the phantom peer: replies still
+        go to the allowed source.
+        """
         relay = self.makeRelay()
         relay.udpAllow = AddressFilter([parseNetwork("127.0.0.0/8")])
         link = FakeLink()
@@ -724,6 +864,10 @@ class LinkEndedTests(RelayTestMixin, SynchronousTestCase):
         return relay
 
     def test_linkThatCarried(self) -> None:
+        """
+        A link that carried a frame from the server is reported ended with no
+        failure when lost, and counts as lost.
+        """
         relay = self.makeReportingRelay()
         link = FakeLink()
         relay.linkMade(link)
@@ -733,6 +877,10 @@ class LinkEndedTests(RelayTestMixin, SynchronousTestCase):
         self.assertEqual(relay.stats.linksLost, 1)
 
     def test_linkThatLasted(self) -> None:
+        """
+        A link that lasted L{CONFIRM_AFTER} seconds is reported ended with no
+        failure when lost.
+        """
         relay = self.makeReportingRelay()
         link = FakeLink()
         relay.linkMade(link)
@@ -797,6 +945,10 @@ class TimerTests(SynchronousTestCase):
         return relay
 
     def test_idleLinkClosed(self) -> None:
+        """
+        With C{idleTimeout}, the link is closed after that many seconds
+        without traffic; datagrams into the tunnel keep it open.
+        """
         relay = self.start(idleTimeout=10)
         link = FakeLink()
         relay.linkMade(link)
@@ -809,6 +961,10 @@ class TimerTests(SynchronousTestCase):
         self.assertTrue(link.closed)
 
     def test_trafficEitherWayKeepsLinkOpen(self) -> None:
+        """
+        Frames out of the tunnel keep the link open past C{idleTimeout}, as
+        datagrams into it do.
+        """
         relay = self.start(idleTimeout=10)
         link = FakeLink()
         relay.linkMade(link)
@@ -819,6 +975,9 @@ class TimerTests(SynchronousTestCase):
         self.assertFalse(link.closed)
 
     def test_noIdleTimeoutByDefault(self) -> None:
+        """
+        Without C{idleTimeout}, a link without traffic is never closed.
+        """
         relay = self.start()
         link = FakeLink()
         relay.linkMade(link)
@@ -826,6 +985,10 @@ class TimerTests(SynchronousTestCase):
         self.assertFalse(link.closed)
 
     def test_statsLoggedOnlyWhenChanged(self) -> None:
+        """
+        With C{statsInterval}, the stats line is logged at the interval only
+        when the figures changed since the last one.
+        """
         events = captureLogEvents(self)
         relay = self.start(statsInterval=60)
 
@@ -850,6 +1013,11 @@ class FlappingPhantomTests(RelayTestMixin, SynchronousTestCase):
     """
 
     def test_changesCountedLinesBounded(self) -> None:
+        """
+        Each change of the phantom peer is counted, and said in the stats
+        line; the lines saying so are the first at once, then at most one per
+        10 s with the count of those held back.
+        """
         events = captureLogEvents(self)
         relay = self.makeRelay()
         relay.linkMade(FakeLink())
@@ -869,6 +1037,11 @@ class FlappingPhantomTests(RelayTestMixin, SynchronousTestCase):
 
 class InternalErrorTests(RelayTestMixin, SynchronousTestCase):
     def test_tracebackOnceThenRateLimited(self) -> None:
+        """
+        Internal errors at one place are all counted, and said in the stats
+        line; the first is logged with its traceback, the others in
+        rate-limited lines without.
+        """
         events = captureLogEvents(self)
         relay = self.makeRelay()
         for _ in range(50):
@@ -892,6 +1065,10 @@ class AddressWordingTests(RelayTestMixin, SynchronousTestCase):
     """
 
     def test_ipv6BoundAddressInBrackets(self) -> None:
+        """
+        The C{UDP bound on} line writes an IPv6 address in brackets, before
+        its port.
+        """
         events = captureLogEvents(self)
         relay = Relay(Clock())
         udp = FakeUDPTransport()
@@ -901,6 +1078,10 @@ class AddressWordingTests(RelayTestMixin, SynchronousTestCase):
         self.assertEqual([e["address"] for e in bound], ["[::]:5073"])
 
     def test_mappedIPv4PeerAsIPv4(self) -> None:
+        """
+        A phantom peer with an IPv4-mapped IPv6 address is logged as its IPv4
+        address.
+        """
         events = captureLogEvents(self)
         relay = self.makeRelay()
         relay.datagramsReceived([(b"x", ("::ffff:127.0.0.1", 40000))])
@@ -942,6 +1123,10 @@ class RelayCountingTests(SynchronousTestCase):
         self.relay.linkMade(self.link)
 
     def test_countedPerDatagram(self) -> None:
+        """
+        Frames sent in runs, and those sent alone (an empty one), count one
+        datagram each, with their bytes.
+        """
         frames = [b"x" * 100] * 10 + [b""] + [b"y" * 7] * 2
         self.relay.framesReceived(self.link, frames)
         self.assertEqual(self.udp.runs, [[b"x" * 100] * 10, [b"y" * 7] * 2])
@@ -950,12 +1135,20 @@ class RelayCountingTests(SynchronousTestCase):
         self.assertEqual((stats.fromTunnelDatagrams, stats.fromTunnelBytes), (13, 1014))
 
     def test_errorsCountedPerDatagramByErrno(self) -> None:
+        """
+        A run refused for want of room (C{ENOBUFS}) counts one drop per
+        datagram, by its errno, and none sent.
+        """
         self.udp.segmentError = OSError(errno.ENOBUFS, "fake")
         self.relay.framesReceived(self.link, [b"x" * 10] * 5)
         self.assertEqual(dict(self.relay.stats.drops), {"ENOBUFS": 5})
         self.assertEqual(self.relay.stats.fromTunnelDatagrams, 0)
 
     def test_oversizeAloneCounted(self) -> None:
+        """
+        Datagrams of a run refused with C{EINVAL} that are refused alone with
+        C{EMSGSIZE} count as C{oversize} drops, one each.
+        """
         self.udp.segmentError = OSError(errno.EINVAL, "fake")
         self.udp.error = OSError(errno.EMSGSIZE, "Message too long")
         self.relay.framesReceived(self.link, [b"x" * 3000] * 2)

@@ -13,6 +13,11 @@ class StatsWordsTests(SynchronousTestCase):
     """
 
     def test_metricWords(self) -> None:
+        """
+        Both roles' stats lines name the traffic, drops, pending links closed
+        and sessions in the metrics' words, never the old ones; a server's
+        names its link takeovers, a client's its connect attempts and failures.
+        """
         from udptunnel.tunnel.stats import TunnelStats
 
         stats = TunnelStats()

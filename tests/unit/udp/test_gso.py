@@ -1,5 +1,6 @@
 """
-L{udptunnel.udp.gso}: segmented sends, which datagrams may leave in one, and that they arrive as sent.
+L{udptunnel.udp.gso}: segmented sends, which datagrams may leave in one, and
+that they arrive as sent.
 """
 
 from __future__ import annotations
@@ -46,12 +47,23 @@ class RunsTests(SynchronousTestCase):
                          list(range(len(lengths))))
 
     def test_sameSizeOneRun(self) -> None:
+        """
+        Datagrams of one size make one run.
+        """
         self.check([100] * 5, [[100] * 5])
 
     def test_shorterLastEndsRun(self) -> None:
+        """
+        A shorter datagram joins the run before it as its last segment; the
+        next datagram starts a new run.
+        """
         self.check([100, 100, 60, 100, 100], [[100, 100, 60], [100, 100]])
 
     def test_longerStartsNewRun(self) -> None:
+        """
+        A longer datagram cannot be a segment of the run before it: it starts
+        a new one.
+        """
         self.check([100, 100, 200, 200, 50], [[100, 100], [200, 200, 50]])
 
     def test_emptyAlone(self) -> None:
@@ -61,6 +73,10 @@ class RunsTests(SynchronousTestCase):
         self.check([0, 0, 64, 64, 0, 64], [[0], [0], [64, 64], [0], [64]])
 
     def test_atMostMaxSegments(self) -> None:
+        """
+        A run has at most L{MAX_SEGMENTS} datagrams; those beyond start the
+        next run.
+        """
         self.check([64] * (MAX_SEGMENTS * 2 + 3),
                    [[64] * MAX_SEGMENTS, [64] * MAX_SEGMENTS, [64] * 3])
 
@@ -72,15 +88,29 @@ class RunsTests(SynchronousTestCase):
         self.check([1400] * 50, [[1400] * 46, [1400] * 4])
 
     def test_shorterLastWithinPayload(self) -> None:
+        """
+        A run already holding as many datagrams of its size as
+        L{MAX_PAYLOAD} takes gets no shorter last: that one goes alone.
+        """
         self.check([1400] * 46 + [10], [[1400] * 46, [10]])
 
     def test_largeDatagramsAlone(self) -> None:
+        """
+        Datagrams of which two exceed L{MAX_PAYLOAD} go alone, one per run.
+        """
         self.check([40000, 40000], [[40000], [40000]])
 
     def test_aboveMaxSegmentAlone(self) -> None:
+        """
+        Datagrams longer than C{maxSegment} go alone; smaller ones still make
+        runs.
+        """
         self.check([1500, 1500, 1000, 1000], [[1500], [1500], [1000, 1000]], maxSegment=1472)
 
     def test_none(self) -> None:
+        """
+        No datagrams, no runs.
+        """
         self.check([], [])
 
 
@@ -131,6 +161,11 @@ class SegmentSenderTests(SynchronousTestCase):
         self.assertEqual(self.sock.calls, [("one", b"ping")])
 
     def test_runsInOrder(self) -> None:
+        """
+        Datagrams leave in order, each run in one segmented send and the
+        datagrams alone (an empty one, one between different sizes) in plain
+        sends; all count as sent, with their bytes.
+        """
         datagrams = [b"a" * 3, b"b" * 3, b"c", b"", b"dd", b"e" * 5, b"f" * 5]
         self.assertEqual(self.send(datagrams), (7, 19))
         self.assertEqual(self.sock.calls, [
@@ -141,9 +176,19 @@ class SegmentSenderTests(SynchronousTestCase):
         ])
 
     def test_disabled(self) -> None:
+        """
+        A sender made disabled sends every datagram alone, never in a run,
+        and counts those sent and their bytes; one the kernel refuses is
+        told to C{failed} and not counted.
+        """
         sender = SegmentSender(self.sock.sendTo, self.sock.sendSegments, enabled=False)
-        sender.sendMany([b"x", b"y"], POP, self.sock.failed)
+        self.assertEqual(sender.sendMany([b"x", b"y"], POP, self.sock.failed), (2, 2))
         self.assertEqual(self.sock.calls, [("one", b"x"), ("one", b"y")])
+        self.sock.sendErrors[b"bb"] = OSError(errno.EMSGSIZE, "fake")
+        self.assertEqual(sender.sendMany([b"aaa", b"bb", b"c" * 5], POP, self.sock.failed),
+                         (2, 8))
+        self.assertEqual(self.sock.calls[2:], [("one", b"aaa"), ("one", b"ccccc")])
+        self.assertEqual(self.sock.failures, [(errno.EMSGSIZE, 2)])
 
     def assertUnsupported(self, code: int) -> None:
         self.sock.segmentErrors.append(OSError(code, "fake"))
@@ -161,6 +206,10 @@ class SegmentSenderTests(SynchronousTestCase):
         self.assertUnsupported(errno.EIO)
 
     def test_ENOPROTOOPT(self) -> None:
+        """
+        ENOPROTOOPT: no segmentation on this socket: the run goes one by one,
+        and segmentation is off for good.
+        """
         self.assertUnsupported(errno.ENOPROTOOPT)
 
     def test_EINVALLowersSegmentSize(self) -> None:
@@ -263,6 +312,10 @@ class RealSocketTests(TestCase):
         return port
 
     def test_boundPort(self) -> None:
+        """
+        A port bound to an address sends frames in the expected runs, and they
+        arrive as sent, in order, from the port's address.
+        """
         port = self.port("127.0.0.1")
         self.assertTrue(port.segments.enabled)
         calls = self.spy(port.segments)
@@ -348,6 +401,11 @@ class OverMTUTests(SynchronousTestCase):
     """
 
     def test_overMTU(self) -> None:
+        """
+        Segments of 2000 bytes over an MTU of 1500 are refused in a run, all
+        sent alone, and that size is never tried in a run again; the run of
+        1400-byte datagrams leaves in one send; all arrive, in order.
+        """
         skipUnlessAble(whyNoNamespaces())
         spaces = Namespaces()
         self.addCleanup(spaces.remove)

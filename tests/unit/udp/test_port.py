@@ -1,5 +1,6 @@
 """
-L{udptunnel.udp.port}: the tunnel's UDP sockets and their one batched read loop, on loopback.
+L{udptunnel.udp.port}: the tunnel's UDP sockets and their one batched read
+loop, on loopback.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from tests.support.fakes import captureLogEvents
 from tests.support.net import Recorder, Sink, udpSocket
-from udptunnel.link.listening import hasIPv6
+from tests.support.system import skipUnlessAble, whyNoIPv6
 from udptunnel.udp.port import DatagramSocket, bindUDP, connectedUDP, waiting
 from udptunnel.udp.service import UDPService
 
@@ -57,6 +58,10 @@ class PortTests(TestCase):
         self.assertEqual({d for d, _ in protocol.received}, {b""})
 
     def test_largestDatagramIntact(self) -> None:
+        """
+        The largest UDP payload over IPv4, 65507 bytes, is read whole, with its
+        source.
+        """
         port, protocol = self.listen()
         sender = self.sender()
         sender.bind(("127.0.0.1", 0))
@@ -82,8 +87,7 @@ class PortTests(TestCase):
         """
         An IPv6 source is (host, port), without flow and scope ids.
         """
-        if not hasIPv6():
-            self.skipTest("this host has no IPv6")
+        skipUnlessAble(whyNoIPv6())
         port, protocol = self.listen("::1")
         sender = self.sender(socket.AF_INET6)
         sender.bind(("::1", 0))
@@ -119,6 +123,10 @@ class GuardTests(TestCase):
 
     @inlineCallbacks
     def test_socketStaysOpen(self) -> Any:
+        """
+        After the protocol raised on a read, logged once with its traceback,
+        the port still reads and hands over the next datagram.
+        """
         events = captureLogEvents(self)
         protocol = RaisingOnce()
         port = bindUDP("127.0.0.1", 0, protocol, reactor)
@@ -146,6 +154,11 @@ class SessionSocketTests(TestCase):
 
     @inlineCallbacks
     def test_onlyThePeerGetsThrough(self) -> Any:
+        """
+        A socket from L{connectedUDP} receives the peer's datagrams and not a
+        stranger's, and sends to the peer; stopped, it is closed and no longer
+        read.
+        """
         peer = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         self.addCleanup(peer.close)
         peer.bind(("127.0.0.1", 0))
@@ -177,6 +190,11 @@ class AdoptionTests(TestCase):
     """
 
     def test_adoptedReadsInBatches(self) -> None:
+        """
+        A descriptor passed blocking is adopted on its port as a
+        L{DatagramSocket}, made non-blocking, that reads at most
+        C{maxDatagramsPerRead} datagrams a turn, in order.
+        """
         passed = udpSocket(self)
         passed.setblocking(True)  # as systemd passes it
         protocol = Recorder()
@@ -223,6 +241,10 @@ class WaitingTests(TestCase):
     """
 
     def test_waiting(self) -> None:
+        """
+        L{waiting} says whether a datagram waits to be read, an empty one
+        included, and no longer once it was read.
+        """
         receiver = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         self.addCleanup(receiver.close)
         receiver.bind(("127.0.0.1", 0))
@@ -237,6 +259,10 @@ class WaitingTests(TestCase):
         self.assertFalse(readable())
 
     def test_oneDatagramOneRead(self) -> None:
+        """
+        A single datagram waiting is delivered with one receive call, without
+        another that would fail with EAGAIN.
+        """
         port = bindUDP("127.0.0.1", 0, Sink(), reactor)
         port.startListening()
         port.stopReading()

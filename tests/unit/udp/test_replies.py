@@ -1,5 +1,6 @@
 """
-L{udptunnel.udp.replies}: a wildcard-bound socket answers from the address it was asked on.
+L{udptunnel.udp.replies}: a wildcard-bound socket answers from the address
+it was asked on.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from twisted.internet import reactor
 from twisted.trial.unittest import TestCase
 
 from tests.support.net import Recorder
-from udptunnel.link.listening import hasIPv6
+from tests.support.system import skipUnlessAble, whyNoIPv6
 from udptunnel.udp.port import DatagramSocket, bindUDP
 from udptunnel.udp.replies import IN_PKTINFO, IP_PKTINFO, LocalAddresses
 
@@ -26,8 +27,8 @@ class AnswerFromDestinationTests(TestCase):
     """
 
     def listen(self, interface: str) -> tuple[DatagramSocket, Recorder]:
-        if ":" in interface and not hasIPv6():
-            self.skipTest("this host has no IPv6")
+        if ":" in interface:
+            skipUnlessAble(whyNoIPv6())
         protocol = Recorder()
         port = bindUDP(interface, 0, protocol, reactor)
         port.startListening()
@@ -59,6 +60,11 @@ class AnswerFromDestinationTests(TestCase):
         return source[:2]
 
     def test_ipv4(self) -> None:
+        """
+        On C{0.0.0.0}, each source is answered from the address it sent to,
+        from the port's number; the protocol gets the datagram and its source
+        as on any socket.
+        """
         port, protocol = self.listen("0.0.0.0")
         number = port.getHost().port
         one, two = self.sender(), self.sender()
@@ -165,6 +171,10 @@ class LocalAddressesTests(TestCase):
         self.assertIsNone(local.localFor(source))
 
     def test_otherAncillaryIgnored(self) -> None:
+        """
+        Ancillary data other than a pktinfo message teaches no local address
+        for the source.
+        """
         local = LocalAddresses(GoneSocket())  # type: ignore[arg-type]
         local.saw(("192.0.2.9", 4000), [(socket.SOL_SOCKET, 40, b"\0" * 4)])
         self.assertIsNone(local.localFor(("192.0.2.9", 4000)))

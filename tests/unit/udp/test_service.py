@@ -15,6 +15,10 @@ from udptunnel.udp.service import UDPService
 
 class ServiceTests(TestCase):
     def test_bindsOnceAndCloses(self) -> Any:
+        """
+        The socket is bound in C{privilegedStartService}, and C{startService}
+        keeps it rather than binding another; stopping closes it.
+        """
         protocol = Recorder()
         service = UDPService(0, protocol, "127.0.0.1", reactor)
         service.privilegedStartService()
