@@ -334,14 +334,29 @@ class TunnelStreamProtocol(Int16StringReceiver):
     def sendFrames(self, datagrams: list[bytes]) -> None:
         self._write(encodeFrames(datagrams))
 
+    #: The relay's flow control on this connection (L{attachProducer}).
+    _producer: IPushProducer | None = None
+
     def close(self) -> None:
+        """
+        Close the connection once what was written has been sent.  The
+        relay's producer is let go first, as the connection's loss would let
+        it go: Twisted's TLS layer holds its close alert, and so the close,
+        while a producer is registered, and a TLS link would stay open until
+        a stop's grace ran out and it was aborted.
+        """
         assert self.transport is not None
+        producer, self._producer = self._producer, None
+        if producer is not None:
+            cast(IConsumer, self.transport).unregisterProducer()
+            producer.stopProducing()
         self.transport.loseConnection()
 
     def abort(self) -> None:
         cast(ITCPTransport, self.transport).abortConnection()
 
     def attachProducer(self, producer: IPushProducer) -> None:
+        self._producer = producer
         cast(IConsumer, self.transport).registerProducer(producer, True)
 
 

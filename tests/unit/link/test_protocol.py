@@ -18,6 +18,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from twisted.internet.address import IPv4Address, IPv6Address
 from twisted.internet.error import ConnectionDone, ConnectionLost
+from twisted.internet.interfaces import IPushProducer
 from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.ssl import optionsForClientTLS
 from twisted.internet.testing import StringTransport
@@ -266,6 +267,45 @@ class StreamProtocolTests(SynchronousTestCase):
         tls.connectionLost(Failure(ConnectionLost()))  # as the reactor reports it
         self.assertEqual(self.relay.links, [])
         self.assertEqual(self.relay.lost, [protocol])
+
+    def test_tlsLinkClosesWithItsProducer(self) -> None:
+        """
+        L{TunnelStreamProtocol.close} of a TLS link with the relay's producer
+        attached lets the producer go (C{stopProducing}, as a loss would),
+        exchanges TLS close alerts with the peer and closes the connection:
+        it does not wait for an abort.
+        """
+        directory = tempfile.mkdtemp()
+        self.addCleanup(shutil.rmtree, directory)
+        authority = Authority(directory)
+        tls, transport = self.tlsHandshake(authority, authority)
+        protocol = tls.wrappedProtocol
+        producer = RecordingProducer()
+        protocol.attachProducer(producer)
+        self.assertIsNotNone(transport.producer)
+        protocol.close()
+        self.pump()
+        self.assertTrue(transport.disconnecting)
+        self.assertIsNone(transport.producer)
+        self.assertEqual(producer.calls, ["stopProducing"])
+
+    def test_closeLetsTheProducerGo(self) -> None:
+        """
+        Over plain TCP too, L{TunnelStreamProtocol.close} unregisters the
+        relay's producer and stops it before closing; with no producer it
+        only closes.
+        """
+        protocol = self.connect()
+        producer = RecordingProducer()
+        protocol.attachProducer(producer)
+        self.assertIs(self.transport.producer, producer)
+        protocol.close()
+        self.assertIsNone(self.transport.producer)
+        self.assertEqual(producer.calls, ["stopProducing"])
+        self.assertTrue(self.transport.disconnecting)
+        other = self.connect()
+        other.close()
+        self.assertTrue(self.transport.disconnecting)
 
     def test_abort(self) -> None:
         """
@@ -701,3 +741,22 @@ class FramingPropertyTests(SynchronousTestCase):
         self.assertEqual(set(protocol.exceeded), {(tooLong, len(before))})
         self.assertEqual(protocol.recvd, stream[len(head):])
         self.assertEqual(relay.errors, [])
+
+
+@implementer(IPushProducer)
+class RecordingProducer:
+    """
+    A producer that records which of its methods were called.
+    """
+
+    def __init__(self) -> None:
+        self.calls: list[str] = []
+
+    def pauseProducing(self) -> None:
+        self.calls.append("pauseProducing")
+
+    def resumeProducing(self) -> None:
+        self.calls.append("resumeProducing")
+
+    def stopProducing(self) -> None:
+        self.calls.append("stopProducing")
