@@ -77,6 +77,8 @@ class _Connecting:
         self.attempt: Deferred[Any] | None = None
         self.retry: IDelayedCall | None = None
         self.arrivedSinceAttempt = False
+        #: When the source last sent (clock seconds).
+        self.lastArrival = 0.0
 
 
 #: Opens the connection of a client session: C{connect(relay)} returns the
@@ -210,6 +212,7 @@ class ClientSessions(SessionsService):
                        peer=showAddress(session.peer))
             return
         connecting.arrivedSinceAttempt = True
+        connecting.lastArrival = self.clock.seconds()
         for data in datagrams:
             if (len(connecting.queue) >= QUEUE_DATAGRAMS
                     or connecting.queuedBytes + len(data) > QUEUE_BYTES
@@ -239,7 +242,7 @@ class ClientSessions(SessionsService):
         self.stats.connectFailures += 1
         self._warn.warn("connect-failed", "session of {peer}: cannot connect: {why}",
                         peer=showAddress(session.peer), why=describeFailure(reason))
-        if connecting.queue or connecting.arrivedSinceAttempt:
+        if self._worthRetrying(connecting):
             delay = retryDelay(connecting.attempts, *([self._random] if self._random else []))
             connecting.retry = self.clock.callLater(delay, self._retry, session)
         else:
@@ -251,10 +254,23 @@ class ClientSessions(SessionsService):
         if connecting is None:
             return
         connecting.retry = None
-        if connecting.queue or connecting.arrivedSinceAttempt:
+        if self._worthRetrying(connecting):
             self._attempt(session)
         else:
             self._end(session, "cannot connect, and no traffic since")
+
+    def _worthRetrying(self, connecting: _Connecting) -> bool:
+        """
+        Whether a session whose connection failed tries again: while its
+        source keeps sending, and while what it queued is younger than
+        C{--session-idle} (so a query is not lost to a server that is away
+        for a moment, nor retried for ever once its source went quiet).
+        """
+        if connecting.arrivedSinceAttempt:
+            return True
+        return bool(connecting.queue) and (
+            self.sessionIdle <= 0
+            or self.clock.seconds() - connecting.lastArrival < self.sessionIdle)
 
     # A session's connection
 

@@ -243,6 +243,43 @@ class FailedConnectionTests(ClientTestMixin, SynchronousTestCase):
         # Still queued ("again" waits): it keeps trying, with backoff.
         self.assertGreater(len(self.connections.attempts), 3)
 
+    def test_queuedDatagramRetriedForSessionIdleOnly(self) -> None:
+        """
+        With its opening datagram queued and its source quiet, a session's
+        failed connection is retried, with backoff, only while that datagram
+        is younger than C{--session-idle}: then the session ends ("cannot
+        connect, and no traffic since"), its datagram counted as a
+        C{connect-failed} drop, and nothing more is tried.  With
+        C{--session-idle 0} (sessions never idle out) it keeps trying.
+        """
+        events = captureLogEvents(self)
+        client = self.makeClient(sessionIdle=10)
+        client.datagramsReceived([(b"query", ONE)])
+        for _ in range(100):
+            if ONE not in client.sessions:
+                break
+            if self.connections.attempts[-1][1].called:
+                self.clock.advance(0.5)
+            else:
+                self.connections.fail()
+        self.assertNotIn(ONE, client.sessions)
+        self.assertEqual(len(self.connections.attempts), 5)  # at 0, 0.5, 1.5, 3.5, 7.5 s
+        self.assertLess(self.clock.seconds(), 20)
+        self.assertEqual(client.stats.drops["connect-failed"], 1)
+        self.assertEqual([e["why"] for e in events
+                          if e.get("log_format", "").startswith("session closed")],
+                         ["cannot connect, and no traffic since"])
+        self.clock.advance(600)
+        self.assertEqual(len(self.connections.attempts), 5)
+
+        never = self.makeClient(sessionIdle=0)
+        never.datagramsReceived([(b"query", ONE)])
+        for _ in range(20):
+            self.connections.fail()
+            self.clock.advance(60)
+        self.assertIn(ONE, never.sessions)
+        self.assertEqual(len(self.connections.attempts), 21)
+
     def test_lostLinkEndsSession(self) -> None:
         """
         A session whose link is lost ends, and counts as closed.
