@@ -117,8 +117,8 @@ def leanPoll(reactor: Any) -> Callable[[float | None], None]:
     labelled with the connection's name.  The tunnel logs through
     C{twisted.logger}, which does not read that context, and on the latency
     path (one datagram in flight, four wake-ups per round trip) the wrapper
-    was the largest cost of ours: ping-pong RTT p50 122-134 -> 106-110 us
-    all on one CPU, and -15% CPU per round trip, measured.  What changes: a
+    was the largest cost of ours (benchmarks/README.rst, "Design
+    measurements").  What changes: a
     legacy log line of Twisted's own emitted while handling an event says
     C{[-]} where it said the connection's name.
     """

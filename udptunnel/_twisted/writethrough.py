@@ -174,9 +174,9 @@ def _writeThroughTo(transport: Any) -> Callable[[bytes], None]:
     not take.
 
     Twisted's C{transport.write} always queues and sends on a later reactor
-    turn, which costs a turn and two C{epoll_ctl} calls per write: writing
-    through cut the CPU per round trip from 28 to 18 us and raised pipelined
-    round trips/s by 45%, measured.  It checks Twisted's buffers
+    turn, which costs a turn and two C{epoll_ctl} calls per write (what
+    writing through saves: benchmarks/README.rst, "Design measurements").
+    It checks Twisted's buffers
     (C{dataBuffer}, C{_tempDataBuffer}) and writes to its C{socket}: see
     L{connectionProblems} for what makes that safe.
     """
@@ -190,8 +190,7 @@ def _writeThroughTo(transport: Any) -> Callable[[bytes], None]:
         ):
             # The socket's own send, not writeSomeData: that sends at most
             # 128 KiB a call, so every batch of large datagrams would leave a
-            # remainder to copy and queue (-7% CPU per 1400-byte datagram,
-            # +10% pipelined round trips at 1400 bytes, measured).
+            # remainder to copy and queue.
             try:
                 sent = transport.socket.send(data)
             except OSError:

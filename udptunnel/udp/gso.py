@@ -5,29 +5,14 @@ C{sendmsg} with a C{UDP_SEGMENT} control message, and the kernel cuts them
 into datagrams.
 
 Why: on the UDP-sending end, the kernel's work per C{sendto} dominated the
-profile (64% of samples).  One C{sendmsg} of a run costs the kernel one trip
-through the UDP and IP layers for the whole run: measured on this machine
-class (loopback, same process), 3.3-3.6 us per datagram with one C{sendto}
-each against 0.6-0.8 us per datagram in runs of 32-46 (64 and 1400 bytes);
-in the tunnel, see README.rst, Performance.
+profile.  One C{sendmsg} of a run costs the kernel one trip through the UDP
+and IP layers for the whole run instead of one per datagram.  What it saves,
+and the alternatives measured and dropped (C{sendmmsg}, C{recvmmsg}, GRO,
+C{recvfrom_into}, a vectored TCP write), are in benchmarks/README.rst,
+"Design measurements".
 
-Pure (no Twisted): the socket classes of L{udptunnel._twisted} and
-L{udptunnel.udp.service} give a L{SegmentSender} their socket's send functions.
-
-What was measured and dropped (same machine, same process, loopback):
-
-  - C{sendmmsg} and C{recvmmsg} through C{ctypes}: building the message
-    arrays and copying each datagram out costs more than the system calls
-    they save (C{recvmmsg} 1.8-2.0 us per datagram against 1.3 us for
-    C{recvfrom}; C{sendmmsg} 1.6 us per datagram worse than C{send}).
-  - UDP GRO on the way in: it needs C{recvmsg} for every read (1.6 us per
-    datagram against 1.3 us for C{recvfrom}), and on loopback the kernel
-    coalesces nothing an application sends with one C{sendto} per datagram.
-  - The TCP write as C{sendmsg} of the frames' buffers instead of one
-    C{b"".join}: 10-35% slower per frame (the kernel's per-buffer cost is more
-    than the copy it saves).
-  - UDP reads with C{recvfrom_into} a reused buffer: 1.5-1.65 us per
-    datagram, the copy out included, against 1.3 us for C{recvfrom}.
+Pure (no Twisted): the UDP sockets of L{udptunnel.udp.port} give a
+L{SegmentSender} their socket's send functions.
 """
 
 from __future__ import annotations
