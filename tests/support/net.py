@@ -19,6 +19,8 @@ from twisted.internet.defer import Deferred, inlineCallbacks
 from twisted.internet.protocol import DatagramProtocol
 from twisted.internet.task import deferLater
 
+from udptunnel.udp.port import bindUDP
+
 
 def freePort(kind: socket.SocketKind = socket.SOCK_STREAM, host: str = "127.0.0.1") -> int:
     """
@@ -254,6 +256,19 @@ def udpSocket(testCase: Any, family: int = socket.AF_INET) -> socket.socket:
     testCase.addCleanup(sock.close)
     sock.bind(("::1" if family == socket.AF_INET6 else "127.0.0.1", 0))
     return sock
+
+
+def pausedUDPPort(testCase: Any, interface: str = "127.0.0.1") -> tuple[Any, Recorder]:
+    """
+    The tunnel's UDP port on C{interface}, recording into a L{Recorder}, not
+    reading by itself: the test calls C{doRead} when it has sent.
+    """
+    protocol = Recorder()
+    port = bindUDP(interface, 0, protocol, reactor)
+    port.startListening()
+    port.stopReading()
+    testCase.addCleanup(port.stopListening)
+    return port, protocol
 
 
 class Sink(DatagramProtocol):

@@ -21,9 +21,10 @@ from udptunnel.cli.addresses import (
     splitHostPort,
 )
 from udptunnel.cli.schema import CLIENT, SERVER, Option, optionsOf
-from udptunnel.cli.values import TLS_INSTALL, Network
+from udptunnel.cli.values import TLS_INSTALL
 from udptunnel.link.viaproxy import Proxy
 from udptunnel.sockopts import SocketSettings, checkSettings
+from udptunnel.tunnel.access import Network
 
 if TYPE_CHECKING:
     from udptunnel.link.tls import Credentials

@@ -27,6 +27,7 @@ from udptunnel.cli.addresses import (
 from udptunnel.link.listening import allInterfaces
 from udptunnel.link.preamble import PROFILES
 from udptunnel.link.viaproxy import SCHEMES, Proxy
+from udptunnel.tunnel.access import parseNetwork
 
 #: How to get TLS, in the README's words (it installs from a checkout).
 TLS_INSTALL = "install udptunnel with its tls extra (pip install '.[tls]' in its source tree)"
@@ -37,8 +38,6 @@ ENDPOINT_TYPES = frozenset({"tcp", "tcp6", "ssl", "tls", "unix", "systemd", "tor
 
 #: No duration is longer (a billion seconds is 31 years): what a timer takes.
 FOREVER = 1e9
-
-Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
 def wholeFrom(low: int, high: int) -> Callable[[str], int]:
@@ -90,23 +89,11 @@ def profile(text: str) -> str:
     return text
 
 
-def network(text: str) -> Network:
-    """
-    A CIDR block (C{10.0.0.0/8}, C{2001:db8::/32}) or a single address.
-    A block with host bits set (C{10.0.0.1/8}) is refused rather than
-    widened in silence: the user meant either the address or the block.
-    """
-    try:
-        return ipaddress.ip_network(text, strict=True)
-    except ValueError:
-        pass
-    try:
-        loose = ipaddress.ip_network(text, strict=False)
-    except ValueError:
-        raise ValueError(f"{text!r} is not an IPv4 or IPv6 address or CIDR block") from None
-    address = text.split("/", 1)[0]
-    raise ValueError(f"{text!r} has host bits set: give the block {loose} or the address "
-                     f"{address}") from None
+network = parseNetwork
+"""
+A CIDR block or a single address, host bits refused: the same parser the
+address filters are built from.
+"""
 
 
 def haveTLS() -> bool:

@@ -18,7 +18,7 @@ from twisted.internet.testing import MemoryReactor
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from tests.support.fakes import captureLogEvents
-from tests.support.net import Recorder, Sink, udpSocket
+from tests.support.net import Recorder, Sink, pausedUDPPort, udpSocket
 from tests.support.system import skipUnlessAble, whyNoIPv6
 from udptunnel.udp.port import DatagramSocket, bindUDP, connectedUDP, waiting
 from udptunnel.udp.service import UDPService
@@ -26,12 +26,7 @@ from udptunnel.udp.service import UDPService
 
 class PortTests(TestCase):
     def listen(self, interface: str = "127.0.0.1") -> tuple[DatagramSocket, Recorder]:
-        protocol = Recorder()
-        port = bindUDP(interface, 0, protocol, reactor)
-        port.startListening()
-        port.stopReading()  # the test calls doRead itself
-        self.addCleanup(port.stopListening)
-        return port, protocol
+        return pausedUDPPort(self, interface)
 
     def sender(self, family: int = socket.AF_INET) -> socket.socket:
         sock = socket.socket(family, socket.SOCK_DGRAM)

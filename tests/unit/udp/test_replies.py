@@ -9,12 +9,11 @@ import errno
 import socket
 from typing import Any
 
-from twisted.internet import reactor
 from twisted.trial.unittest import TestCase
 
-from tests.support.net import Recorder
+from tests.support.net import Recorder, pausedUDPPort
 from tests.support.system import skipUnlessAble, whyNoIPv6
-from udptunnel.udp.port import DatagramSocket, bindUDP
+from udptunnel.udp.port import DatagramSocket
 from udptunnel.udp.replies import IN_PKTINFO, IP_PKTINFO, LocalAddresses
 
 
@@ -29,12 +28,7 @@ class AnswerFromDestinationTests(TestCase):
     def listen(self, interface: str) -> tuple[DatagramSocket, Recorder]:
         if ":" in interface:
             skipUnlessAble(whyNoIPv6())
-        protocol = Recorder()
-        port = bindUDP(interface, 0, protocol, reactor)
-        port.startListening()
-        port.stopReading()  # the test calls doRead itself
-        self.addCleanup(port.stopListening)
-        return port, protocol
+        return pausedUDPPort(self, interface)
 
     def sender(self, family: int = socket.AF_INET) -> socket.socket:
         sock = socket.socket(family, socket.SOCK_DGRAM)
