@@ -40,6 +40,8 @@ class Option:
     @ivar repeatable: given any number of times (a list in a config file).
     @ivar process: the process has it once, not each tunnel (at the top of
         a config file).
+    @ivar value: what its value is, in the words of the synopsis
+        (C{SECONDS}, C{HOST:PORT}); empty for a flag.
     """
 
     name: str
@@ -49,6 +51,7 @@ class Option:
     roles: frozenset[str] = BOTH
     repeatable: bool = False
     process: bool = False
+    value: str = ""
 
     @property
     def flag(self) -> bool:
@@ -72,87 +75,93 @@ OPTIONS: tuple[Option, ...] = (
     Option("tcp", (
         "Required. Where to listen: a port (all interfaces) or a Twisted "
         "server endpoint (tcp:9999:interface=127.0.0.1, tcp6:9999, ssl:..., "
-        "unix:..., systemd:...)."), values.listeningEndpoint, roles=frozenset({SERVER})),
+        "unix:..., systemd:...)."), values.listeningEndpoint, roles=frozenset({SERVER}),
+        value="PORT|ENDPOINT"),
     Option("tcp", (
         "Required. Where to connect: HOST:PORT ([IPv6]:PORT; names resolve "
         "to IPv4 and IPv6) or a Twisted client endpoint (tcp:..., tls:..., "
-        "unix:...)."), values.clientEndpoint, roles=frozenset({CLIENT})),
+        "unix:...)."), values.clientEndpoint, roles=frozenset({CLIENT}),
+        value="HOST:PORT|ENDPOINT"),
     Option("udp", (
         "Local UDP address to bind, [HOST:]PORT ([::1]:5073 for IPv6; without HOST: "
         "all interfaces), or systemd:N / systemd:NAME for a datagram socket systemd "
         "passed (socket activation). Required unless --peer is given (then an "
-        "ephemeral port)."), _asIs),
+        "ephemeral port)."), _asIs, value="[HOST:]PORT|systemd:N"),
     Option("peer", (
         "HOST:PORT: fixed destination of datagrams coming out of the tunnel; only "
         "datagrams from it are accepted. Without it (phantom mode) replies go to the "
-        "source of the newest datagram received on --udp."), _asIs),
+        "source of the newest datagram received on --udp."), _asIs, value="HOST:PORT"),
     Option("udp-rcvbuf", (
         "UDP socket receive buffer, bytes (capped by net.core.rmem_max; 0: "
-        "the system's default)."), _BUFFER, _DEFAULTS.udpReceiveBuffer),
+        "the system's default)."), _BUFFER, _DEFAULTS.udpReceiveBuffer, value="BYTES"),
     Option("udp-sndbuf", "UDP socket send buffer, bytes (0: the system's default).",
-           _BUFFER, _DEFAULTS.udpSendBuffer),
+           _BUFFER, _DEFAULTS.udpSendBuffer, value="BYTES"),
     Option("tcp-rcvbuf", "TCP receive buffer, bytes (0: the kernel's autotuning).",
-           _BUFFER, 0),
+           _BUFFER, 0, value="BYTES"),
     Option("tcp-sndbuf", "TCP send buffer, bytes (0: the kernel's autotuning).",
-           _BUFFER, 0),
+           _BUFFER, 0, value="BYTES"),
     Option("keepalive-idle", (
         "Seconds of silence on the link before TCP keepalive probes start "
         "(0: no keepalive)."), values.wholeFrom(0, MAX_KEEPALIVE_SECONDS),
-        _DEFAULTS.keepaliveIdle),
+        _DEFAULTS.keepaliveIdle, value="SECONDS"),
     Option("keepalive-interval", "Seconds between TCP keepalive probes.",
-           values.wholeFrom(1, MAX_KEEPALIVE_SECONDS), _DEFAULTS.keepaliveInterval),
+           values.wholeFrom(1, MAX_KEEPALIVE_SECONDS), _DEFAULTS.keepaliveInterval,
+           value="SECONDS"),
     Option("keepalive-count", "Unanswered keepalive probes before the link is declared dead.",
-           values.wholeFrom(1, MAX_KEEPALIVE_COUNT), _DEFAULTS.keepaliveCount),
+           values.wholeFrom(1, MAX_KEEPALIVE_COUNT), _DEFAULTS.keepaliveCount, value="N"),
     Option("user-timeout", (
         "Seconds sent data may stay unacknowledged before the link is declared "
         "dead (TCP_USER_TIMEOUT; on Linux it also ends an idle link, at the "
         "first keepalive probe due after it; 0: the kernel's default). "
         "Default: idle + interval x count, 55 with the default keepalive."),
-        values.secondsUpTo(MAX_USER_TIMEOUT)),
+        values.secondsUpTo(MAX_USER_TIMEOUT), value="SECONDS"),
     Option("idle-timeout", (
         "Close the link after this many seconds without a datagram either way "
-        "(the client reconnects at once; 0: never)."), values.seconds, 0),
+        "(the client reconnects at once; 0: never)."), values.seconds, 0, value="SECONDS"),
     Option("stats-interval", (
         "Log the counters every this many seconds, when they changed (0: only "
-        "at shutdown)."), values.seconds, 300),
+        "at shutdown)."), values.seconds, 300, value="SECONDS"),
     Option("metrics", (
         "Serve the counters in Prometheus text format (/metrics) and the status "
         "as JSON (/status) over HTTP on [HOST:]PORT (a bare port: 127.0.0.1 "
         "only; 0.0.0.0:PORT or [::]:PORT for every host) or a server endpoint "
-        "(tcp:9100:interface=192.0.2.1)."), values.metricsEndpoint, process=True),
+        "(tcp:9100:interface=192.0.2.1)."), values.metricsEndpoint, process=True,
+        value="[HOST:]PORT|ENDPOINT"),
     Option("tls-cert", (
         "PEM certificate this end presents; with --tls-key and --tls-ca it turns "
-        "on mutual TLS on the link."), _asIs),
-    Option("tls-key", "PEM private key of --tls-cert.", _asIs),
+        "on mutual TLS on the link."), _asIs, value="FILE"),
+    Option("tls-key", "PEM private key of --tls-cert.", _asIs, value="FILE"),
     Option("tls-ca", "PEM certificate of the CA that must have signed the peer's certificate.",
-           _asIs),
+           _asIs, value="FILE"),
     Option("pending-timeout", (
         "Seconds a TCP connection may take to become the link (TLS handshake, "
         "first frame) before it is closed."), values.positiveSeconds,
-        DEFAULT_PENDING_TIMEOUT),
+        DEFAULT_PENDING_TIMEOUT, value="SECONDS"),
     Option("session-idle", (
         "With --sessions: end a session after this many seconds without a "
-        "datagram either way (0: never)."), values.seconds, DEFAULT_SESSION_IDLE),
+        "datagram either way (0: never)."), values.seconds, DEFAULT_SESSION_IDLE, value="SECONDS"),
     Option("max-sessions", (
         "With --sessions: sessions at once; at the cap a client closes its least "
         "recently active session for a new source, a server refuses the new "
-        "connection."), values.wholeFrom(1, 1_000_000), DEFAULT_MAX_SESSIONS),
+        "connection."), values.wholeFrom(1, 1_000_000), DEFAULT_MAX_SESSIONS, value="N"),
     Option("handshake", (
         "What the connection carries before the first frame: none (the classic "
         "wire: Debian's udptunnel 1.1, mullvad's udp-over-tcp) or rfc1036 (Marco "
         "d'Itri's udptunnel: the client sends a 32-byte preamble, the server "
-        "requires it)."), values.profile, "none"),
+        "requires it)."), values.profile, "none", value="none|rfc1036"),
     Option("max-pending", (
         "TCP connections that may wait to become the link at once; one more "
         "closes the oldest (0: no cap)."), values.wholeFrom(0, 1_000_000),
-        DEFAULT_MAX_PENDING),
+        DEFAULT_MAX_PENDING, value="N"),
     Option("tls-name", (
         "With TLS: the name (or IP address) the server's certificate must carry "
-        "(default: the host of --tcp HOST:PORT)."), _asIs, roles=frozenset({CLIENT})),
+        "(default: the host of --tcp HOST:PORT)."), _asIs, roles=frozenset({CLIENT}),
+        value="NAME"),
     Option("proxy", (
         "Connect through a proxy: http://[USER:PASSWORD@]HOST:PORT (HTTP CONNECT) "
         "or socks5://[USER:PASSWORD@]HOST:PORT; the proxy resolves --tcp's host. "
-        "TLS runs end to end, inside."), values.parseProxy, roles=frozenset({CLIENT})),
+        "TLS runs end to end, inside."), values.parseProxy, roles=frozenset({CLIENT}),
+        value="URL"),
     Option("plain-twisted", (
         "Use Twisted's public API only: no frames written straight to the socket, no "
         "lean event dispatch (slower; for a Twisted release whose checks fail, or to "
@@ -169,10 +178,10 @@ OPTIONS: tuple[Option, ...] = (
     Option("allow", (
         "CIDR (repeatable): only connections from these networks may become the link; "
         "others are closed at once."), values.network, roles=frozenset({SERVER}),
-        repeatable=True),
+        repeatable=True, value="CIDR"),
     Option("udp-allow", (
         "CIDR (repeatable): in phantom mode, only these sources may send into the tunnel "
-        "and be learned as the reply address."), values.network, repeatable=True),
+        "and be learned as the reply address."), values.network, repeatable=True, value="CIDR"),
 )
 
 

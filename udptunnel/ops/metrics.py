@@ -30,6 +30,79 @@ if TYPE_CHECKING:
     from udptunnel.tunnel.service import TunnelService
 
 
+#: What each label value of a labelled family means, by family: the manual's
+#: reference of the metrics is generated from these and from the collector
+#: (a test checks that every value the code can count is here).  A send
+#: error not listed is counted under its errno name.
+LABEL_VALUES: dict[str, dict[str, str]] = {
+    "udptunnel_dropped_datagrams": {
+        "no-link": "no TCP link was up (or the session had none)",
+        "no-address": "a phantom end had not learned where to send yet",
+        "no-socket": "the UDP socket was closed",
+        "foreign-source": "it came from another source than --peer",
+        "udp-not-allowed": "its source is outside --udp-allow",
+        "oversize": "it is larger than a UDP datagram to the peer can be",
+        "replaced-link": "it arrived on a link (or a session's connection) that was "
+                         "just replaced",
+        "kernel-overflow": "the kernel dropped it: the UDP socket's receive buffer was "
+                           "full (read from /proc/net/udp)",
+        "no-session": "it arrived on a server's connection whose session had ended",
+        "queue-full": "a client session's queue, while its connection is made, was full "
+                      "(64 datagrams, 256 KiB a session, 16 MiB in all)",
+        "congested": "a client session's link could not keep up (its sessions share "
+                     "one UDP socket, so this one's datagrams are dropped)",
+        "connect-failed": "it was queued for a client session whose connection never "
+                          "came up",
+        "EAGAIN": "sending it failed: the socket's send buffer was full",
+        "ENOBUFS": "sending it failed: the kernel had no buffer for it",
+        "ECONNREFUSED": "sending it failed: the peer's port was closed (an ICMP error)",
+        "EHOSTUNREACH": "sending it failed: no route to the peer's host",
+        "ENETUNREACH": "sending it failed: no route to the peer's network",
+        "EPERM": "sending it failed: a firewall rule refused it",
+    },
+    "udptunnel_links": {
+        "up": "a TCP connection became the link (a client's: once it proved itself)",
+        "lost": "the link ended: closed by either side, or the connection was lost",
+        "failed": "a connection never became the link: refused by the server, a failed "
+                  "TLS handshake, a client's failed attempt",
+        "replaced": "a live link was taken over by a newer connection",
+        "refused": "a connection from outside --allow was closed at once",
+    },
+    "udptunnel_link_takeovers": {
+        "first-frame": "the newcomer sent its first frame",
+        "link-silent": "no frame had come on the old link for 3 s",
+    },
+    "udptunnel_pending_closed": {
+        "timeout": "it did not become the link within --pending-timeout",
+        "evicted": "--max-pending was reached, and it was the oldest waiting",
+        "peer-closed": "its peer closed it before it became the link (a probe, a health "
+                       "check)",
+        "handshake": "its first bytes were not the --handshake preamble (or were "
+                     "rfc1036's, unasked)",
+        "proxy-header": "its PROXY protocol header was malformed",
+    },
+    "udptunnel_internal_errors": {
+        "datagrams": "an exception of ours while handling datagrams from the UDP socket",
+        "frames": "an exception of ours while handling frames from a link",
+    },
+    "udptunnel_peer": {
+        "fixed": "address is --peer, HOST:PORT",
+        "phantom": "address is the host of the phantom peer learned, without its port "
+                   "(an ephemeral port would make a new series at each restart of the "
+                   "application)",
+    },
+    "udptunnel_sessions": {
+        "opened": "a session began",
+        "closed": "a session ended with its connection",
+        "expired": "a session ended after --session-idle without a datagram",
+        "evicted": "a client closed its least recently active session, at "
+                   "--max-sessions, for a new source",
+        "refused": "a server refused a connection at --max-sessions",
+        "failed": "a server's session could not open its UDP socket",
+    },
+}
+
+
 class RelayCollector:
     """
     Reads the relay's counters at each scrape.
@@ -49,14 +122,16 @@ class RelayCollector:
         relay.summary()  # reads the kernel's drops on the socket
         stats = relay.stats
         server = relay.role == "server"
-        for direction, datagrams, size in (
-            ("to_tunnel", stats.toTunnelDatagrams, stats.toTunnelBytes),
-            ("from_tunnel", stats.fromTunnelDatagrams, stats.fromTunnelBytes),
+        for direction, way, datagrams, size in (
+            ("to_tunnel", "into the tunnel, from UDP to the TCP side",
+             stats.toTunnelDatagrams, stats.toTunnelBytes),
+            ("from_tunnel", "out of the tunnel, from the TCP side to UDP",
+             stats.fromTunnelDatagrams, stats.fromTunnelBytes),
         ):
-            yield _counter(f"udptunnel_{direction}_datagrams",
-                           f"Datagrams carried {direction.replace('_', ' ')}.", datagrams)
+            yield _counter(f"udptunnel_{direction}_datagrams", f"Datagrams carried {way}.",
+                           datagrams)
             yield _counter(f"udptunnel_{direction}_bytes",
-                           f"Bytes carried {direction.replace('_', ' ')}.", size)
+                           f"Bytes of datagrams carried {way} (without the framing).", size)
         yield _labelled("udptunnel_dropped_datagrams", "Datagrams dropped, by reason.",
                         "reason", stats.dropCounts(), ())
         yield _labelled("udptunnel_links", "TCP links, by event.", "event",

@@ -17,6 +17,58 @@ from udptunnel.show import showAddress
 from udptunnel.tunnel.service import TunnelService
 from udptunnel.tunnel.session import Session, Traffic, localAddress
 
+#: Every field of the document, by its path (C{[]}: each item of a list;
+#: C{*}: each key of an object), with what it says: the manual's reference
+#: is generated from this, and a test checks it against documents of every
+#: kind of tunnel.
+FIELDS: dict[str, str] = {
+    "version": "the version of udptunnel running",
+    "tunnels": "every tunnel of the process, in the order of the config file",
+    "tunnels[].name": "the tunnel's name in the config file; null for a command line's",
+    "tunnels[].role": "server or client",
+    "tunnels[].kind": "single-link, or sessions (--sessions)",
+    "tunnels[].link": "single link: the TCP link",
+    "tunnels[].link.up": "whether a link is up",
+    "tunnels[].link.remote": "while up: the peer's address (the client a PROXY header "
+                             "named, behind a balancer)",
+    "tunnels[].link.age": "while up: seconds since it became the link",
+    "tunnels[].udp": "the UDP side",
+    "tunnels[].udp.local": "the address the UDP socket is bound to (null before it is, "
+                           "and for a server's sessions, which have their own)",
+    "tunnels[].udp.peer": "where datagrams out of the tunnel go: --peer, or the "
+                          "phantom peer learned (null before one is)",
+    "tunnels[].udp.peerMode": "fixed (--peer), phantom (learned), or per-session "
+                              "(a client's sessions: each its own peer)",
+    "tunnels[].traffic": "what the tunnel carried",
+    "tunnels[].traffic.toTunnel": "from the UDP side into the TCP side",
+    "tunnels[].traffic.toTunnel.datagrams": "datagrams",
+    "tunnels[].traffic.toTunnel.bytes": "bytes of datagrams (without the framing)",
+    "tunnels[].traffic.fromTunnel": "from the TCP side out to UDP",
+    "tunnels[].traffic.fromTunnel.datagrams": "datagrams",
+    "tunnels[].traffic.fromTunnel.bytes": "bytes of datagrams (without the framing)",
+    "tunnels[].links": "the links' events, as udptunnel_links_total{event} counts them",
+    "tunnels[].links.*": "a count by event: up, lost, failed, and on a server replaced "
+                         "and refused",
+    "tunnels[].links.sessionsOpen": "with --sessions: sessions open now",
+    "tunnels[].pending": "TCP connections waiting to become the link",
+    "tunnels[].drops": "datagrams dropped, by reason, as "
+                       "udptunnel_dropped_datagrams_total{reason} counts them",
+    "tunnels[].drops.*": "a count by reason (every reason always there, at 0 until "
+                         "one is dropped)",
+    "tunnels[].sessions": "with --sessions: each session, the oldest first",
+    "tunnels[].sessions[].peer": "its UDP peer",
+    "tunnels[].sessions[].local": "its UDP socket's address (a server's session has "
+                                  "its own)",
+    "tunnels[].sessions[].link": "its TCP connection's peer (null while it connects)",
+    "tunnels[].sessions[].age": "seconds since it began",
+    "tunnels[].sessions[].toTunnel": "what it carried into the tunnel",
+    "tunnels[].sessions[].toTunnel.datagrams": "datagrams",
+    "tunnels[].sessions[].toTunnel.bytes": "bytes",
+    "tunnels[].sessions[].fromTunnel": "what it carried out of the tunnel",
+    "tunnels[].sessions[].fromTunnel.datagrams": "datagrams",
+    "tunnels[].sessions[].fromTunnel.bytes": "bytes",
+}
+
 
 def statusDocument(tunnels: list[tuple[str | None, TunnelService]]) -> dict[str, Any]:
     """

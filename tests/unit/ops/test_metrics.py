@@ -4,9 +4,13 @@ The Prometheus exposition: names, labels and which series exist.
 
 from __future__ import annotations
 
+import os
+import re
+
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
+from tests.support import REPOSITORY
 from tests.support.fakes import (
     Connections,
     FakeLink,
@@ -14,7 +18,15 @@ from tests.support.fakes import (
     makeRelay,
     scrape,
 )
+from udptunnel.ops.metrics import LABEL_VALUES, RelayCollector
 from udptunnel.tunnel.stats import DROP_REASONS
+
+#: Where the code names a label value that may first appear when it is
+#: counted: a drop's reason, a pending connection's.
+COUNTED = (
+    ("udptunnel_dropped_datagrams", re.compile(r'_drop\(\s*"([^"]+)"')),
+    ("udptunnel_pending_closed", re.compile(r'pendingClosed\(\s*\w+,\s*"([^"]+)"')),
+)
 
 
 class SeriesTests(SynchronousTestCase):
@@ -146,3 +158,47 @@ class OneRequestTests(SynchronousTestCase):
         self.assertIn(b"udptunnel_links_total", answer)
         self.assertIn(b"\r\nConnection: close\r\n", answer)
         self.assertTrue(transport.disconnecting)
+
+
+class LabelValuesTests(SynchronousTestCase):
+    """
+    L{LABEL_VALUES}, which the manual's reference of the metrics is made
+    from, says what every label value means.
+    """
+
+    def test_everySeriesFromTheStart(self) -> None:
+        """
+        Every label value a server or a client shows from the first scrape
+        has its meaning.
+        """
+        missing = []
+        for relay in (makeRelay(role="server"), makeRelay(role="client")):
+            for family in RelayCollector(relay).collect():
+                if family.name not in LABEL_VALUES:
+                    continue
+                for sample in family.samples:
+                    missing += [f"{family.name} {value}" for value in sample.labels.values()
+                                if value not in LABEL_VALUES[family.name]]
+        self.assertEqual(missing, [])
+
+    def test_everyValueTheCodeCounts(self) -> None:
+        """
+        Every reason the code passes when it drops a datagram or closes a
+        pending connection has its meaning: those that have no series until
+        they happen (C{queue-full}) too.
+        """
+        missing = []
+        found = 0
+        for directory, _subdirectories, names in os.walk(os.path.join(REPOSITORY, "udptunnel")):
+            for name in names:
+                if not name.endswith(".py"):
+                    continue
+                with open(os.path.join(directory, name)) as file:
+                    text = file.read()
+                for family, pattern in COUNTED:
+                    for value in pattern.findall(text):
+                        found += 1
+                        if value not in LABEL_VALUES[family]:
+                            missing.append(f"{name}: {family} {value}")
+        self.assertEqual(missing, [])
+        self.assertGreater(found, 15)  # the patterns still find the calls

@@ -5,14 +5,17 @@ L{udptunnel.ops.status}: the C{/status} document.
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
+from typing import Any
 
 from twisted.internet.error import ConnectionDone
 from twisted.internet.task import Clock
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 
-from tests.support.fakes import APP, FakeUDPTransport, phantomRelay
-from udptunnel.ops.status import statusDocument
+from tests.support.fakes import APP, Connections, FakeUDPTransport, phantomRelay
+from udptunnel.ops.status import FIELDS, statusDocument
+from udptunnel.tunnel.clientsessions import ClientSessions
 from udptunnel.tunnel.single import Relay
 
 
@@ -62,3 +65,39 @@ class DocumentTests(SynchronousTestCase):
         self.assertEqual(tunnel["udp"]["peer"], "192.0.2.53:5072")
         self.assertEqual(tunnel["udp"]["peerMode"], "fixed")
         self.assertNotIn("refused", tunnel["links"])  # a client refuses nobody
+
+
+def fieldPaths(value: Any, path: str = "") -> Iterator[str]:
+    """
+    The paths of L{FIELDS} that a document's C{value} at C{path} has: an
+    object's keys by name, or as C{*} where the list names none of them;
+    a list's items as C{[]}.
+    """
+    if isinstance(value, dict):
+        for key, item in value.items():
+            named = f"{path}.{key}" if path else key
+            inner = named if named in FIELDS or f"{path}.*" not in FIELDS else f"{path}.*"
+            yield inner
+            if inner == named:
+                yield from fieldPaths(item, named)
+    elif isinstance(value, list):
+        for item in value:
+            yield from fieldPaths(item, path + "[]")
+
+
+class FieldsTests(SynchronousTestCase):
+    def test_everyFieldListed(self) -> None:
+        """
+        L{FIELDS}, which the manual's reference is made from, names every
+        field of the documents of a single link (up and down), a fixed
+        peer's, and a client's sessions with one session, and nothing
+        else.
+        """
+        up, _clock, _link = phantomRelay()
+        down = Relay(Clock(), udpPeer=("192.0.2.53", 5072), role="client")
+        down.udpStarted(FakeUDPTransport())
+        sessions = ClientSessions(Clock(), Connections().connect, random=lambda: 0.5)
+        sessions.udpStarted(FakeUDPTransport())
+        sessions.datagramsReceived([(b"query", APP)])
+        document = statusDocument([("up", up), (None, down), ("sessions", sessions)])
+        self.assertEqual(sorted(set(fieldPaths(document))), sorted(FIELDS))
