@@ -1,6 +1,6 @@
 """
-README.rst's "An application that insists on talking to the POP itself",
-as written, with the installed daemons, in network namespaces this test
+The tutorial's "An application that insists on talking to the POP itself"
+(docs/tutorial/seed.rst), its rules as written there, with the installed daemons, in network namespaces this test
 makes: a NAT box that cannot reach the POP by UDP, a relay that can (UDP is
 dropped on the link between them, so only the tunnel's TCP crosses), the
 POP, and a LAN behind the NAT box (a switch, an application host and a
@@ -17,14 +17,18 @@ Every address here exists only inside the namespaces the test makes
 
 from __future__ import annotations
 
+import os
 import shutil
 import socket
 import subprocess
 
+from tests.support import REPOSITORY
 from tests.support.ends import FaultTestCase
 from tests.support.net import waitFor
 from tests.support.system import Namespaces, run, skipUnlessAble, whyNoNamespaces
 
+#: Where the rules come from.
+TUTORIAL = os.path.join("docs", "tutorial", "seed.rst")
 NATBOX_LAN = "10.13.1.1"
 LAN_HOST = "10.13.1.2"
 TUNNEL_HOST = "10.13.1.3"
@@ -47,7 +51,7 @@ CONNTRACK_TIMEOUT = 1
 class Topology(Namespaces):
     """
     L{Namespaces} joined by veth pairs whose ends are named, so the rules
-    can name them as README.rst does (C{lan0}).
+    can name them as the tutorial does (C{lan0}).
     """
 
     def execute(self, name: str, *argv: str) -> subprocess.CompletedProcess[str]:
@@ -101,7 +105,7 @@ def whyNoIptables() -> str | None:
 
 class NATTests(FaultTestCase):
     """
-    Each documented rule set, as README.rst gives it, addresses substituted.
+    Each documented rule set, as the tutorial gives it, addresses substituted.
     """
 
     def setUp(self) -> None:
@@ -148,13 +152,20 @@ class NATTests(FaultTestCase):
 
     def iptables(self, space: str, rule: str) -> None:
         """
-        Add C{rule}, a line of README.rst after C{iptables}, in C{space}.
+        Add C{rule} in C{space}: a rule of the tutorial as written there
+        after C{iptables} (checked), its names (C{POP_IP}, C{TUNNELHOST},
+        C{ROUTER_LAN_IP}) replaced by the addresses of this topology.
         """
+        with open(os.path.join(REPOSITORY, TUTORIAL)) as file:
+            self.assertIn(f"    iptables {rule}\n", file.read(), f"not in {TUTORIAL}")
+        for name, address in (("POP_IP", POP_IP), ("TUNNELHOST", TUNNEL_HOST),
+                              ("ROUTER_LAN_IP", NATBOX_LAN)):
+            rule = rule.replace(name, address)
         self.spaces.execute(space, "iptables", *rule.split())
 
     def tunnelEnds(self, serverSpace: str, serverAddress: str) -> None:
         """
-        The walkthrough's two ends, as README.rst starts them: the server
+        The walkthrough's two ends, as the tutorial starts them: the server
         (UDP 5073, TCP 9999) in C{serverSpace}, the client on the relay,
         sending to the POP from UDP 34559; once the link is up.
         """
@@ -234,7 +245,7 @@ class NATTests(FaultTestCase):
         """
         self.build()
         self.tunnelEnds(self.natbox, NATBOX_WAN)
-        self.iptables(self.natbox, f"-t nat -A OUTPUT -p udp -d {POP_IP} --dport 5072 "
+        self.iptables(self.natbox, "-t nat -A OUTPUT -p udp -d POP_IP --dport 5072 "
                                    "-j REDIRECT --to-ports 5073")
         app, pop = self.sockets(self.natbox)
         self.assertEqual(self.exchange(app, pop), [POP] * COUNT)
@@ -246,7 +257,7 @@ class NATTests(FaultTestCase):
         """
         self.build(lan=True)
         self.tunnelEnds(self.natbox, NATBOX_WAN)
-        self.iptables(self.natbox, f"-t nat -A PREROUTING -i lan0 -p udp -d {POP_IP} "
+        self.iptables(self.natbox, "-t nat -A PREROUTING -i lan0 -p udp -d POP_IP "
                                    "--dport 5072 -j REDIRECT --to-ports 5073")
         app, pop = self.sockets(self.lan)
         self.assertEqual(self.exchange(app, pop), [POP] * COUNT)
@@ -259,10 +270,10 @@ class NATTests(FaultTestCase):
         """
         self.build(lan=True)
         self.tunnelEnds(self.tunnel, TUNNEL_HOST)
-        self.iptables(self.natbox, f"-t nat -A PREROUTING -i lan0 -p udp -d {POP_IP} "
-                                   f"--dport 5072 -j DNAT --to-destination {TUNNEL_HOST}:5073")
-        self.iptables(self.natbox, f"-t nat -A POSTROUTING -o lan0 -p udp -d {TUNNEL_HOST} "
-                                   f"--dport 5073 -j SNAT --to-source {NATBOX_LAN}")
+        self.iptables(self.natbox, "-t nat -A PREROUTING -i lan0 -p udp -d POP_IP "
+                                   "--dport 5072 -j DNAT --to-destination TUNNELHOST:5073")
+        self.iptables(self.natbox, "-t nat -A POSTROUTING -o lan0 -p udp -d TUNNELHOST "
+                                   "--dport 5073 -j SNAT --to-source ROUTER_LAN_IP")
         app, pop = self.sockets(self.lan)
         self.assertEqual(self.exchange(app, pop), [POP] * COUNT)
 
@@ -271,14 +282,14 @@ class NATTests(FaultTestCase):
         Connection tracking forgets a quiet UDP exchange (here after 1 s, as
         after 30 s by default): what the POP then sends first reaches the
         application from 127.0.0.1:5073, and its connected socket drops it.
-        README.rst's explicit SNAT for the replies rewrites those too, on the
+        The tutorial's explicit SNAT for the replies rewrites those too, on the
         NAT box and towards the LAN, while the rest still works.
         """
         self.build(lan=True)
         self.tunnelEnds(self.natbox, NATBOX_WAN)
-        self.iptables(self.natbox, f"-t nat -A OUTPUT -p udp -d {POP_IP} --dport 5072 "
+        self.iptables(self.natbox, "-t nat -A OUTPUT -p udp -d POP_IP --dport 5072 "
                                    "-j REDIRECT --to-ports 5073")
-        self.iptables(self.natbox, f"-t nat -A PREROUTING -i lan0 -p udp -d {POP_IP} "
+        self.iptables(self.natbox, "-t nat -A PREROUTING -i lan0 -p udp -d POP_IP "
                                    "--dport 5072 -j REDIRECT --to-ports 5073")
         for timeout in ("nf_conntrack_udp_timeout", "nf_conntrack_udp_timeout_stream"):
             self.spaces.execute(self.natbox, "sysctl", "-q", "-w",
@@ -289,8 +300,8 @@ class NATTests(FaultTestCase):
         self.assertEqual(self.push(app, pop), [], "without the SNAT rule, the kernel "
                          "should drop what the POP sends after a quiet spell")
 
-        self.iptables(self.natbox, f"-t nat -A POSTROUTING -p udp --sport 5073 "
-                                   f"-j SNAT --to-source {POP_IP}:5072")
+        self.iptables(self.natbox, "-t nat -A POSTROUTING -p udp --sport 5073 "
+                                   "-j SNAT --to-source POP_IP:5072")
         self.forget()
         self.assertEqual(self.push(app, pop), [POP] * COUNT)
         self.assertEqual(self.exchange(app, pop), [POP] * COUNT)

@@ -321,8 +321,9 @@ class FaultTests(SessionsTestCase):
 
 class WorkersTests(SessionsTestCase):
     """
-    Two workers of each end, as README.rst shows: servers sharing the TCP
-    port, clients sharing the UDP port the applications send to.
+    Two workers of each end, as the manual shows (docs/howto/workers.rst):
+    servers sharing the TCP port, clients sharing the UDP port the
+    applications send to.
     """
 
     def worker(self, end: str, index: int, metricsPort: int) -> subprocess.Popen[bytes]:

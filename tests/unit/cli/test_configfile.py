@@ -245,7 +245,7 @@ HOSTS = {"natbox.example.net": "127.0.0.1", "relay.example.net": "127.0.0.1",
 
 class ExampleTests(SynchronousTestCase):
     """
-    The example files of C{contrib/config}, which README.rst shows.
+    The example files of C{contrib/config}, which the manual shows.
     """
 
     def example(self, name: str) -> tuple[str, str]:
@@ -256,16 +256,16 @@ class ExampleTests(SynchronousTestCase):
             local = local.replace(host, address)
         return text, local
 
-    def test_inReadme(self) -> None:
+    def test_inTheManual(self) -> None:
         """
-        README.rst shows both example files verbatim, each as an indented block.
+        The how-to of config files shows both example files, included from
+        C{contrib/config} (so verbatim) as TOML.
         """
-        with open(os.path.join(os.path.dirname(CONTRIB), "README.rst")) as file:
-            readme = file.read()
+        with open(os.path.join(REPOSITORY, "docs", "howto", "config-file.rst")) as file:
+            page = file.read()
         for name in ("natbox.toml", "relay.toml"):
-            text, _ = self.example(name)
-            indented = "\n".join("    " + line if line else "" for line in text.splitlines())
-            self.assertIn(indented, readme, name)
+            self.assertIn(f".. literalinclude:: ../../contrib/config/{name}\n"
+                          "   :language: toml\n", page)
 
     def test_commentsSayTheCommandLine(self) -> None:
         """
