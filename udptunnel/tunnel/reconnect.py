@@ -169,8 +169,12 @@ class Reconnector(Service):
     def linkEnded(self, failure: str | None) -> None:
         """
         The connection of the last attempt ended: C{None} when it had been
-        a link, else why it came to nothing.
+        a link, else why it came to nothing.  After a stop (which closes
+        the link, and whose close completes later) there is nothing to say
+        and nothing to try again.
         """
+        if not self.running:
+            return
         if failure is None:
             self._again(self.backoff.succeeded())
         else:

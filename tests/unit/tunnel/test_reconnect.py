@@ -298,6 +298,21 @@ class ReconnectTests(ReconnectorTestMixin, SynchronousTestCase):
         self.assertEqual([e for e in events if "cannot connect" in e.get("log_format", "")], [])
         self.assertEqual(self.clock.getDelayedCalls(), [])
 
+    def test_linkClosedByTheStop(self) -> None:
+        """
+        The link the stop closes ends after the stop: that is no failed
+        attempt, so no "cannot connect ...; next attempt" line, no failure
+        in a row, and nothing scheduled.
+        """
+        events = captureLogEvents(self)
+        service = self.makeClient(Hanging())
+        service.startService()
+        service.stopService()
+        service.linkEnded("closed here: stopping")
+        self.assertEqual([e for e in events if "cannot connect" in e.get("log_format", "")], [])
+        self.assertEqual(service.backoff.failures, 0)
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
     def test_stopCancelsTheNextAttempt(self) -> None:
         """
         Stopping cancels the attempt scheduled after a failure: nothing is left
