@@ -1,7 +1,9 @@
 """
 Socket tuning: buffer sizes, and the TCP keepalive and user timeout that let
 a link whose peer vanished without a FIN or RST (cable pulled, NAT state
-lost) be noticed without any keepalive frames in the stream.
+lost) be noticed without any keepalive frames in the stream; and the
+routing of the sockets that face the network (C{--fwmark},
+C{--bind-device}), set before they connect.
 
 Every option is named here by the command-line option that sets it, so that
 a value the kernel refuses is reported in the user's words: at parse time
@@ -12,6 +14,7 @@ it) once per option by L{tuneUDP} and L{tuneTCP}.
 from __future__ import annotations
 
 import socket
+import struct
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -32,6 +35,15 @@ MAX_KEEPALIVE_COUNT = 127
 MAX_USER_TIMEOUT = MAX_INT / 1000
 #: The user timeout when none is given and keepalive is off.
 FALLBACK_USER_TIMEOUT = 60.0
+#: The largest --fwmark: the kernel's marks are 32 bits.
+MAX_MARK = 2**32 - 1
+#: SO_MARK and SO_BINDTODEVICE, which Python names on Linux only.
+SO_MARK = getattr(socket, "SO_MARK", None)
+SO_BINDTODEVICE = getattr(socket, "SO_BINDTODEVICE", None)
+#: What a process needs to mark its sockets, as the error says it.
+MARK_CAPABILITY = ("it needs CAP_NET_ADMIN (or CAP_NET_RAW, on Linux 5.17 and later): run "
+                   "as root, or give the unit AmbientCapabilities=CAP_NET_ADMIN under "
+                   "systemd")
 
 
 @dataclass(frozen=True)
@@ -41,6 +53,10 @@ class SocketSettings:
 
     @ivar userTimeout: C{TCP_USER_TIMEOUT} in seconds, or C{None} to derive
         it from the keepalive figures (see L{effectiveUserTimeout}).
+    @ivar fwmark: C{SO_MARK} of the sockets that face the network (0:
+        none), so that policy routing (a WireGuard full tunnel's) can tell
+        the tunnel's own traffic from what it should route into the VPN.
+    @ivar bindDevice: C{SO_BINDTODEVICE} of the same sockets (empty: none).
     """
 
     udpReceiveBuffer: int = 1 << 20
@@ -51,6 +67,16 @@ class SocketSettings:
     keepaliveInterval: int = 10
     keepaliveCount: int = 4
     userTimeout: float | None = None
+    fwmark: int = 0
+    bindDevice: str = ""
+
+    @property
+    def routed(self) -> bool:
+        """
+        Whether the sockets that face the network are marked or bound to a
+        device.
+        """
+        return bool(self.fwmark or self.bindDevice)
 
     def keepaliveDetection(self) -> float:
         """
@@ -78,8 +104,9 @@ class SocketSettings:
 
 
 #: One socket option: the command-line option that sets it, the kernel's
-#: name for it, level, option (C{None} where the platform lacks it), value.
-_Option = tuple[str, str, int, int | None, int]
+#: name for it, level, option (C{None} where the platform lacks it), value
+#: (an int, or the bytes the kernel takes).
+_Option = tuple[str, str, int, int | None, int | bytes]
 
 
 def _udpOptions(settings: SocketSettings) -> Iterator[_Option]:
@@ -108,12 +135,21 @@ def _tcpOptions(settings: SocketSettings) -> Iterator[_Option]:
            round(settings.effectiveUserTimeout() * 1000))
 
 
+def _routeOptions(settings: SocketSettings) -> Iterator[_Option]:
+    if settings.fwmark:
+        yield ("--fwmark", "SO_MARK", socket.SOL_SOCKET, SO_MARK,
+               struct.pack("=I", settings.fwmark))
+    if settings.bindDevice:
+        yield ("--bind-device", "SO_BINDTODEVICE", socket.SOL_SOCKET, SO_BINDTODEVICE,
+               settings.bindDevice.encode())
+
+
 def _refusal(sock: socket.socket, option: _Option) -> str | None:
     """
     Set one option; why the kernel refused it, or C{None}.
     """
     _, _, level, number, value = option
-    if number is None or value <= 0:
+    if number is None or (isinstance(value, int) and value <= 0):
         return None
     try:
         sock.setsockopt(level, number, value)
@@ -128,7 +164,17 @@ def _refusal(sock: socket.socket, option: _Option) -> str | None:
 
 def _describe(option: _Option, reason: str) -> str:
     name, kernelName, _, _, value = option
-    return f"{name}: the kernel refuses {kernelName}={value}: {reason}"
+    if isinstance(value, bytes):
+        shown = str(struct.unpack("=I", value)[0]) if name == "--fwmark" else value.decode()
+    else:
+        shown = str(value)
+    hint = ""
+    if reason in ("Operation not permitted", "Permission denied"):
+        hint = f": {MARK_CAPABILITY}" if name == "--fwmark" else \
+            ": it needs CAP_NET_RAW on Linux before 5.7"
+    elif name == "--bind-device" and reason == "No such device":
+        hint = ": no network interface has that name"
+    return f"{name}: the kernel refuses {kernelName}={shown}: {reason}{hint}"
 
 
 #: The options whose failure was logged already: one line each per process,
@@ -163,6 +209,21 @@ def tuneTCP(sock: socket.socket, settings: SocketSettings) -> None:
     _set(sock, _tcpOptions(settings))
 
 
+def routeSocket(sock: socket.socket, settings: SocketSettings) -> None:
+    """
+    Mark C{sock} and bind it to the device, as C{settings} say, before it
+    binds or connects (the route of a connected socket is looked up at
+    connect).  Unlike the tuning, these must hold: a socket the kernel will
+    not mark would take the route the mark was to avoid.
+
+    @raise OSError: the kernel refused one, saying which and why.
+    """
+    for option in _routeOptions(settings):
+        reason = _refusal(sock, option)
+        if reason is not None:
+            raise OSError(_describe(option, reason))
+
+
 def checkSettings(settings: SocketSettings) -> None:
     """
     Try every setting on scratch sockets, so that a value this kernel
@@ -170,7 +231,10 @@ def checkSettings(settings: SocketSettings) -> None:
 
     @raise ValueError: naming the first option refused.
     """
-    for kind, options in ((socket.SOCK_DGRAM, _udpOptions), (socket.SOCK_STREAM, _tcpOptions)):
+    if settings.routed and (SO_MARK is None or SO_BINDTODEVICE is None):
+        raise ValueError("--fwmark and --bind-device are for Linux")
+    for kind, options in ((socket.SOCK_DGRAM, _udpOptions), (socket.SOCK_STREAM, _tcpOptions),
+                          (socket.SOCK_STREAM, _routeOptions)):
         with socket.socket(socket.AF_INET, kind) as scratch:
             for option in options(settings):
                 reason = _refusal(scratch, option)

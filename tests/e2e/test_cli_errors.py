@@ -13,6 +13,7 @@ port that is busy, the open-files limit.
 from __future__ import annotations
 
 import os
+import shutil
 import socket
 import subprocess
 
@@ -25,6 +26,7 @@ from tests.support.processes import (
     TwistdTestCase,
     lastLine,
 )
+from tests.support.system import skipUnlessAble, whyNoMarks
 
 #: A UDP address and a TCP endpoint that parse, for the cases about another
 #: option.  Parsing binds nothing.
@@ -58,6 +60,24 @@ class BadCommandLineTests(ShortUsageAssertions, TwistdTestCase):
         status, output = self.runCommand(
             [TWISTD, "-n", "--pidfile=", "udptunnel", "server", "--udp", UDP])
         self.assertShortUsageError(status, output, "server", ("--tcp", "required"))
+
+    def test_markWithoutTheCapability(self) -> None:
+        """
+        C{--fwmark} from a process that may not mark its sockets (root with
+        C{CAP_NET_ADMIN} and C{CAP_NET_RAW} dropped, as C{setpriv} runs it):
+        the usage error names the capability and what to give a systemd
+        unit, status 1, nothing started.
+        """
+        skipUnlessAble(whyNoMarks() or (None if shutil.which("setpriv") else
+                                        "setpriv (util-linux) is not installed"))
+        status, output = self.runCommand(
+            ["setpriv", "--bounding-set=-net_admin,-net_raw", "--inh-caps=-net_admin,-net_raw",
+             TWISTD, "-n", "--pidfile=", "udptunnel", "client", "--tcp", "127.0.0.1:9999",
+             "--udp", UDP, "--fwmark", "51820"])
+        self.assertShortUsageError(status, output, "client", (
+            "--fwmark: the kernel refuses SO_MARK=51820: Operation not permitted",
+            "CAP_NET_ADMIN", "AmbientCapabilities=CAP_NET_ADMIN"))
+        self.assertNotIn("starting", output)
 
     def test_daemonisingTwistd(self) -> None:
         """

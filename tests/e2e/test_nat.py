@@ -25,7 +25,7 @@ import subprocess
 from tests.support import REPOSITORY
 from tests.support.ends import FaultTestCase
 from tests.support.net import waitFor
-from tests.support.system import Namespaces, run, skipUnlessAble, whyNoNamespaces
+from tests.support.system import Topology, skipUnlessAble, whyNoNamespaces
 
 #: Where the rules come from.
 TUTORIAL = os.path.join("docs", "tutorial", "seed.rst")
@@ -46,33 +46,6 @@ REPLY_TIMEOUT = 2.0
 #: The NAT box's UDP connection tracking timeouts in the test that needs it
 #: to forget: as short as they go.
 CONNTRACK_TIMEOUT = 1
-
-
-class Topology(Namespaces):
-    """
-    L{Namespaces} joined by veth pairs whose ends are named, so the rules
-    can name them as the tutorial does (C{lan0}).
-    """
-
-    def execute(self, name: str, *argv: str) -> subprocess.CompletedProcess[str]:
-        """
-        Run C{argv} inside namespace C{name}.
-        """
-        return run("ip", "netns", "exec", name, *argv)
-
-    def link(self, one: str, oneEnd: str, oneAddress: str | None,
-             two: str, twoEnd: str, twoAddress: str | None) -> None:
-        """
-        A veth pair between C{one} (end C{oneEnd}) and C{two} (C{twoEnd}),
-        with these addresses (CIDR; C{None} for none), up.  End names live
-        in their namespaces, so they need not be unique across the host.
-        """
-        run("ip", "link", "add", oneEnd, "netns", one, "type", "veth",
-            "peer", "name", twoEnd, "netns", two)
-        for name, end, address in ((one, oneEnd, oneAddress), (two, twoEnd, twoAddress)):
-            if address is not None:
-                self.ip(name, "addr", "add", address, "dev", end)
-            self.ip(name, "link", "set", end, "up")
 
 
 _iptablesVerdict: list[str | None] = []

@@ -24,7 +24,8 @@ from tests.support.certs import Authority
 from tests.support.fakes import captureLogEvents
 from tests.support.inprocess import RawLink, TunnelTestCase, address, udpPort
 from tests.support.net import Echo, Recorder, freePort, pattern, waitUntil
-from tests.support.system import skipUnlessAble, whyNoIPv6
+from tests.support.system import skipUnlessAble, whyNoIPv6, whyNoMarks
+from udptunnel.sockopts import SO_BINDTODEVICE, SO_MARK
 
 
 class ServerPhantomTests(TunnelTestCase):
@@ -465,3 +466,58 @@ class MetricsTests(TunnelTestCase):
 
 
 
+
+
+def routeOf(sock: socket.socket) -> tuple[int, bytes]:
+    """
+    The mark and the device of C{sock}, as the kernel has them.
+    """
+    mark = sock.getsockopt(socket.SOL_SOCKET, SO_MARK)
+    device = sock.getsockopt(socket.SOL_SOCKET, SO_BINDTODEVICE, 16).rstrip(b"\0")
+    return mark, device
+
+
+class RoutedTests(TunnelTestCase):
+    """
+    C{--fwmark} and C{--bind-device}: the sockets that face the network
+    carry them, those that face the applications do not, and the tunnel
+    relays as before.
+    """
+
+    @inlineCallbacks
+    def test_device(self) -> Any:
+        """
+        A client with C{--bind-device lo} relays; its link's socket and its
+        UDP socket towards C{--peer} are bound to C{lo}; the server's
+        phantom UDP socket, which faces the application, is not.  The
+        start-up says so.
+        """
+        events = captureLogEvents(self)
+        tunnel = self.startTunnel(clientOptions=("--bind-device", "lo"))
+        replyFrom = yield tunnel.app.probe(tunnel.serverUDP)
+        self.assertEqual(replyFrom, tunnel.serverUDP)
+        assert tunnel.client.link is not None
+        self.assertEqual(routeOf(tunnel.client.link.transport.getHandle()), (0, b"lo"))
+        self.assertEqual(routeOf(tunnel.client.udp.getHandle()), (0, b"lo"))
+        self.assertEqual(routeOf(tunnel.server.udp.getHandle()), (0, b""))
+        self.assertIn("sockets towards the network bound to lo (--bind-device)",
+                      [formatEvent(event) for event in events])
+
+    @inlineCallbacks
+    def test_marks(self) -> Any:
+        """
+        With C{--fwmark} on both ends: the client's link socket and its UDP
+        socket towards C{--peer} carry the client's mark, the server's end
+        of the link (accepted on its marked listening socket) the server's;
+        the phantom UDP socket none.  Both relay.
+        """
+        skipUnlessAble(whyNoMarks())
+        tunnel = self.startTunnel(serverOptions=("--fwmark", "0x51"),
+                                  clientOptions=("--fwmark", "7"))
+        replyFrom = yield tunnel.app.probe(tunnel.serverUDP)
+        self.assertEqual(replyFrom, tunnel.serverUDP)
+        assert tunnel.client.link is not None and tunnel.server.link is not None
+        self.assertEqual(routeOf(tunnel.client.link.transport.getHandle()), (7, b""))
+        self.assertEqual(routeOf(tunnel.client.udp.getHandle()), (7, b""))
+        self.assertEqual(routeOf(tunnel.server.link.transport.getHandle()), (0x51, b""))
+        self.assertEqual(routeOf(tunnel.server.udp.getHandle()), (0, b""))

@@ -177,6 +177,34 @@ class Namespaces:
         return made[0]
 
 
+class Topology(Namespaces):
+    """
+    L{Namespaces} joined by veth pairs whose ends are named, so that commands
+    can name them (C{lan0}).
+    """
+
+    def execute(self, name: str, *argv: str,
+                check: bool = True) -> subprocess.CompletedProcess[str]:
+        """
+        Run C{argv} inside namespace C{name}.
+        """
+        return run("ip", "netns", "exec", name, *argv, check=check)
+
+    def link(self, one: str, oneEnd: str, oneAddress: str | None,
+             two: str, twoEnd: str, twoAddress: str | None) -> None:
+        """
+        A veth pair between C{one} (end C{oneEnd}) and C{two} (C{twoEnd}),
+        with these addresses (CIDR; C{None} for none), up.  End names live
+        in their namespaces, so they need not be unique across the host.
+        """
+        run("ip", "link", "add", oneEnd, "netns", one, "type", "veth",
+            "peer", "name", twoEnd, "netns", two)
+        for name, end, address in ((one, oneEnd, oneAddress), (two, twoEnd, twoAddress)):
+            if address is not None:
+                self.ip(name, "addr", "add", address, "dev", end)
+            self.ip(name, "link", "set", end, "up")
+
+
 def whyNoNamespaces() -> str | None:
     """
     Why this process cannot make network namespaces joined by a veth pair,
@@ -207,6 +235,19 @@ def whyNoGSO() -> str | None:
         return None if kernelSegments(sock) else "the kernel has no UDP_SEGMENT"
     finally:
         sock.close()
+
+
+def whyNoMarks() -> str | None:
+    """
+    Why this process cannot mark its sockets (C{SO_MARK} needs
+    C{CAP_NET_ADMIN}), or C{None} if it can (it tries).
+    """
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        try:
+            probe.setsockopt(socket.SOL_SOCKET, getattr(socket, "SO_MARK", 36), 1)
+        except OSError as e:
+            return f"cannot mark a socket (SO_MARK needs CAP_NET_ADMIN): {e}"
+    return None
 
 
 def whyNoIPv6() -> str | None:

@@ -641,6 +641,12 @@ CASES: list[tuple[str, tuple[str, ...], tuple[str, ...]]] = [
     ("a shared client port that is ephemeral",
      ("client", "--tcp", "127.0.0.1:9999", "--udp", "127.0.0.1:0", "--sessions",
       "--reuse-port"), ("--reuse-port", "--udp", "a port")),
+    ("a mark past 32 bits", (*SERVER, "--fwmark", "0x100000000"), ("--fwmark", "0xffffffff")),
+    ("a mark that is no number", (*SERVER, "--fwmark", "wg"), ("--fwmark", "'wg'")),
+    ("a device that does not exist", (*SERVER, "--bind-device", "nosuchif0"),
+     ("--bind-device", "nosuchif0", "no network interface has that name")),
+    ("a device name no interface can have", (*SERVER, "--bind-device", "eth0/1"),
+     ("--bind-device", "eth0/1")),
 ]
 
 

@@ -16,6 +16,7 @@ from twisted.application.service import IService
 from twisted.internet.endpoints import HostnameEndpoint, clientFromString
 from twisted.internet.interfaces import IProtocolFactory, IStreamClientEndpoint
 
+from udptunnel._twisted.prepared import PreparedReactor
 from udptunnel.cli.activation import SystemdStreamEndpoint, systemdStreamSocket
 from udptunnel.cli.addresses import HostPort, splitDescription
 from udptunnel.cli.settings import ProcessConfig, TunnelConfig
@@ -27,6 +28,7 @@ from udptunnel.link.protocol import TunnelFactory
 from udptunnel.link.viaproxy import ProxyEndpoint
 from udptunnel.ops.logreopen import LogReopener
 from udptunnel.ops.notify import notifyService
+from udptunnel.sockopts import routeSocket
 from udptunnel.tunnel.access import AddressFilter
 from udptunnel.tunnel.clientsessions import ClientSessions, connectFrom
 from udptunnel.tunnel.reconnect import CONNECT_TIMEOUT, Reconnector
@@ -122,9 +124,9 @@ def tunnelService(config: TunnelConfig, reactor: Any, exitOnStartupError: bool =
         "maxPending": config.maxPending,
         "name": config.name,
     }
-    if config.sessions:
-        return _sessions(config, common, reactor, speedups)
-    return _singleLink(config, common, reactor, speedups)
+    relay = (_sessions if config.sessions else _singleLink)(config, common, reactor, speedups)
+    relay.fwmark, relay.bindDevice = config.settings.fwmark, config.settings.bindDevice
+    return relay
 
 
 def _singleLink(config: TunnelConfig, common: dict[str, Any], reactor: Any,
@@ -150,7 +152,7 @@ def _singleLink(config: TunnelConfig, common: dict[str, Any], reactor: Any,
         relay.onLinkEnded = reconnector.linkEnded
         reconnector.setServiceParent(relay)
     else:
-        _serverListener(config, factory, reactor, relay).setServiceParent(relay)
+        _serverListener(config, factory, _routed(config, reactor), relay).setServiceParent(relay)
     return relay
 
 
@@ -180,11 +182,13 @@ def _sessions(config: TunnelConfig, common: dict[str, Any], reactor: Any,
             peer,
             lambda session: connectedUDP(interface, peer,
                                          TunnelDatagramProtocol(session, config.settings),
-                                         reactor),
+                                         reactor, _prepare(config)),
             allow=_filter(config.allow),
             **limits, **common,
         )
-        listening = ReusePortReactor(reactor) if config.reusePort else reactor
+        listening = _routed(config, reactor)
+        if config.reusePort:
+            listening = ReusePortReactor(listening)
         _serverListener(config, _factory(config, relay, speedups), listening,
                         relay).setServiceParent(relay)
     return relay
@@ -206,8 +210,11 @@ def _filter(networks: Any) -> AddressFilter | None:
 
 def _udpService(config: TunnelConfig, relay: Any, reactor: Any) -> UDPService:
     plan = config.udp
+    # Only a socket towards --peer faces the network: a phantom end's
+    # faces its applications, and a device or a mark would cut them off.
     return UDPService(plan.port, TunnelDatagramProtocol(relay, config.settings),
-                      plan.interface, reactor, fd=plan.fd, reusePort=config.reusePort)
+                      plan.interface, reactor, fd=plan.fd, reusePort=config.reusePort,
+                      prepare=_prepare(config) if plan.peer is not None else None)
 
 
 def _namedLog(relay: TunnelService) -> Any:
@@ -245,7 +252,27 @@ def _serverListener(config: TunnelConfig, factory: TunnelFactory, reactor: Any,
                      reactor, _namedLog(relay))
 
 
+def _routed(config: TunnelConfig, reactor: Any) -> Any:
+    """
+    The reactor as the tunnel's TCP endpoints should see it: with
+    C{--fwmark} or C{--bind-device}, one whose TCP sockets are marked and
+    bound to the device before they connect or bind.
+    """
+    if not config.settings.routed:
+        return reactor
+    return PreparedReactor(reactor, _prepare(config))
+
+
+def _prepare(config: TunnelConfig) -> Any:
+    """
+    What marks a socket that faces the network, or C{None}.
+    """
+    settings = config.settings
+    return (lambda sock: routeSocket(sock, settings)) if settings.routed else None
+
+
 def _clientEndpoint(config: TunnelConfig, reactor: Any) -> tuple[IStreamClientEndpoint, str]:
+    reactor = _routed(config, reactor)
     tcp = config.tcp
     endpoint: IStreamClientEndpoint
     if config.proxy is not None:

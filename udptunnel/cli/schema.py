@@ -127,6 +127,16 @@ OPTIONS: tuple[Option, ...] = (
         "only; 0.0.0.0:PORT or [::]:PORT for every host) or a server endpoint "
         "(tcp:9100:interface=192.0.2.1)."), values.metricsEndpoint, process=True,
         value="[HOST:]PORT|ENDPOINT"),
+    Option("fwmark", (
+        "Mark the sockets that face the network with this firewall mark "
+        "(SO_MARK; decimal or 0x hex): the link's TCP socket before it connects "
+        "(also through --proxy), a server's listening socket, the UDP sockets "
+        "towards --peer. With --fwmark 51820 a WireGuard full tunnel on this host "
+        "routes the tunnel's own traffic around itself. Needs CAP_NET_ADMIN."),
+        values.fwmark, 0, value="MARK"),
+    Option("bind-device", (
+        "Bind the same sockets to this network interface (SO_BINDTODEVICE), for "
+        "a host with several uplinks."), values.interfaceName, value="IFACE"),
     Option("tls-cert", (
         "PEM certificate this end presents; with --tls-key and --tls-ca it turns "
         "on mutual TLS on the link."), _asIs, value="FILE"),

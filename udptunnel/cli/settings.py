@@ -11,6 +11,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from udptunnel._twisted.prepared import missingHooks
 from udptunnel.cli.activation import systemdDatagramSocket
 from udptunnel.cli.addresses import (
     HostPort,
@@ -158,11 +159,16 @@ def tunnelConfig(role: str, given: Mapping[str, Any], name: str | None = None) -
         keepaliveInterval=read["keepalive-interval"],
         keepaliveCount=read["keepalive-count"],
         userTimeout=read["user-timeout"],
+        fwmark=read["fwmark"],
+        bindDevice=read["bind-device"] or "",
     )
     try:
         checkSettings(settings)
     except ValueError as e:
         raise OptionError(str(e)) from None
+    if settings.routed and missingHooks() is not None:
+        raise OptionError(f"--fwmark and --bind-device need {missingHooks()}, which this "
+                          "Twisted release lacks")
     credentials = _credentials(read["tls-cert"], read["tls-key"], read["tls-ca"])
     if read["sessions"]:
         if read["idle-timeout"]:

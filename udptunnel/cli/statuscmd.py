@@ -164,6 +164,11 @@ def _rows(tunnel: dict[str, Any]) -> list[tuple[str, str]]:
                      if link["up"] else "down"))
         peer = udp.get("peer") or "none learned yet"
         rows.append(("udp", f"{udp.get('local') or '-'} <-> {peer} ({udp['peerMode']})"))
+    route = [f"fwmark {tunnel['fwmark']}"] if tunnel.get("fwmark") else []
+    if tunnel.get("bindDevice"):
+        route.append(f"device {tunnel['bindDevice']}")
+    if route:
+        rows.append(("route", ", ".join(route)))
     traffic = tunnel["traffic"]
     rows.append(("transfer", (f"{_amount(traffic['toTunnel'])} into the tunnel, "
                               f"{_amount(traffic['fromTunnel'])} out of it")))

@@ -9,6 +9,7 @@ option).
 from __future__ import annotations
 
 import ipaddress
+import re
 from collections.abc import Callable
 from typing import Any
 from urllib.parse import unquote, urlsplit
@@ -27,6 +28,7 @@ from udptunnel.cli.addresses import (
 from udptunnel.link.listening import allInterfaces
 from udptunnel.link.preamble import PROFILES
 from udptunnel.link.viaproxy import SCHEMES, Proxy
+from udptunnel.sockopts import MAX_MARK
 from udptunnel.tunnel.access import parseNetwork
 
 #: How to get TLS, in the README's words (it installs from a checkout).
@@ -86,6 +88,40 @@ def profile(text: str) -> str:
     """
     if text not in PROFILES:
         raise ValueError(f"expected one of {', '.join(PROFILES)}, not {text!r}")
+    return text
+
+
+_MARK = re.compile(r"(0[xX][0-9a-fA-F]+|[0-9]+)\Z")
+
+
+def fwmark(text: str) -> int:
+    """
+    A C{--fwmark}: a 32-bit mark, in decimal (C{51820}) or hexadecimal
+    (C{0xca6c}), as C{ip rule} and WireGuard's C{FwMark} write it; 0 is no
+    mark.
+    """
+    value = -1
+    if _MARK.match(text):
+        value = int(text, 16) if text[:2].lower() == "0x" else int(text, 10)
+    if not 0 <= value <= MAX_MARK:
+        raise ValueError(f"expected a mark from 0 to {MAX_MARK} (or 0x0 to 0xffffffff), "
+                         f"not {text!r}")
+    return value
+
+
+#: What a network interface's name may be (Linux: at most 15 bytes, no
+#: slash, colon or blank).
+_INTERFACE = re.compile(r"[A-Za-z0-9_.@-]{1,15}\Z")
+
+
+def interfaceName(text: str) -> str:
+    """
+    A C{--bind-device}: a network interface's name.  Whether it exists is
+    the kernel's to say (L{udptunnel.sockopts.checkSettings}).
+    """
+    if not _INTERFACE.match(text):
+        raise ValueError(f"expected a network interface's name (up to 15 letters, digits, "
+                         f"'-', '_', '.' or '@'), not {text!r}")
     return text
 
 

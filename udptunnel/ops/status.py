@@ -27,6 +27,9 @@ FIELDS: dict[str, str] = {
     "tunnels[].name": "the tunnel's name in the config file; null for a command line's",
     "tunnels[].role": "server or client",
     "tunnels[].kind": "single-link, or sessions (--sessions)",
+    "tunnels[].fwmark": "the mark of the sockets that face the network (--fwmark); null: "
+                        "none",
+    "tunnels[].bindDevice": "the interface they are bound to (--bind-device); null: none",
     "tunnels[].link": "single link: the TCP link",
     "tunnels[].link.up": "whether a link is up",
     "tunnels[].link.remote": "while up: the peer's address (the client a PROXY header "
@@ -88,6 +91,8 @@ def tunnelStatus(name: str | None, relay: TunnelService) -> dict[str, Any]:
         "name": name,
         "role": relay.role,
         "kind": "single-link" if sessions is None else "sessions",
+        "fwmark": relay.fwmark or None,
+        "bindDevice": relay.bindDevice or None,
     }
     links: dict[str, int] = stats.linkEvents(relay.role == "server")
     if sessions is None:

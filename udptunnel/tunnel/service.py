@@ -130,6 +130,11 @@ class TunnelService(MultiService):
     allow: AddressFilter | None = None
     #: Who may send into a phantom end (C{--udp-allow}); C{None}: anybody.
     udpAllow: AddressFilter | None = None
+    #: The mark (C{--fwmark}; 0: none) and the device (C{--bind-device};
+    #: empty: none) of the sockets that face the network: the builder sets
+    #: them on the sockets, the tunnel only says them.
+    fwmark: int = 0
+    bindDevice: str = ""
 
     def allowed(self, link: ILink) -> bool:
         """
@@ -239,6 +244,11 @@ class TunnelService(MultiService):
             if self.udpAllow is not None:
                 self.log.info("UDP datagrams only from {networks} (--udp-allow)",
                               networks=str(self.udpAllow))
+            if self.fwmark or self.bindDevice:
+                route = [f"marked {self.fwmark} (--fwmark)"] if self.fwmark else []
+                if self.bindDevice:
+                    route.append(f"bound to {self.bindDevice} (--bind-device)")
+                self.log.info("sockets towards the network {route}", route=", ".join(route))
 
     def startService(self) -> None:
         self._announce()

@@ -274,12 +274,15 @@ def _family(interface: str) -> int:
 
 
 def bindUDP(interface: str, port: int, protocol: DatagramProtocol, reactor: IReactorTime,
-            reusePort: bool = False) -> DatagramSocket:
+            reusePort: bool = False,
+            prepare: Callable[[socket.socket], None] | None = None) -> DatagramSocket:
     """
     A L{DatagramSocket} bound to C{interface}:C{port}, not yet listening.
 
     @param reusePort: join the port's C{SO_REUSEPORT} group
         (L{udptunnel.udp.reuseport}).
+    @param prepare: called with the socket before it binds (its mark and
+        device: L{udptunnel.sockopts.routeSocket}).
     @raise CannotListenError: the address cannot be bound.
     """
     sock = socket.socket(_family(interface), socket.SOCK_DGRAM)
@@ -287,6 +290,8 @@ def bindUDP(interface: str, port: int, protocol: DatagramProtocol, reactor: IRea
         sock.setblocking(False)
         if reusePort:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        if prepare is not None:
+            prepare(sock)
         sock.bind((interface, port))
     except OSError as e:
         sock.close()
@@ -294,7 +299,8 @@ def bindUDP(interface: str, port: int, protocol: DatagramProtocol, reactor: IRea
     return DatagramSocket(sock, protocol, reactor)
 
 
-def adoptUDP(fd: int, protocol: DatagramProtocol, reactor: IReactorTime) -> DatagramSocket:
+def adoptUDP(fd: int, protocol: DatagramProtocol, reactor: IReactorTime,
+             prepare: Callable[[socket.socket], None] | None = None) -> DatagramSocket:
     """
     A L{DatagramSocket} on a duplicate of the bound datagram socket C{fd}
     (systemd passed it), not yet listening: C{fd} stays open, so that a
@@ -302,21 +308,31 @@ def adoptUDP(fd: int, protocol: DatagramProtocol, reactor: IReactorTime) -> Data
     reactor must never wait on one.
     """
     sock = socket.socket(fileno=os.dup(fd))
-    sock.setblocking(False)
+    try:
+        sock.setblocking(False)
+        if prepare is not None:
+            prepare(sock)
+    except BaseException:
+        sock.close()
+        raise
     return DatagramSocket(sock, protocol, reactor)
 
 
 def connectedUDP(interface: str, peer: tuple[str, int], protocol: DatagramProtocol,
-                 reactor: IReactorTime) -> DatagramSocket:
+                 reactor: IReactorTime,
+                 prepare: Callable[[socket.socket], None] | None = None) -> DatagramSocket:
     """
     A server session's L{DatagramSocket}, listening: an ephemeral port on
     C{interface}, connected to C{peer}.
 
+    @param prepare: called with the socket before it binds and connects.
     @raise OSError: none can be had (out of descriptors or ports).
     """
     sock = socket.socket(_family(interface), socket.SOCK_DGRAM)
     try:
         sock.setblocking(False)
+        if prepare is not None:
+            prepare(sock)
         sock.bind((interface, 0))
         sock.connect(peer)
     except BaseException:

@@ -7,6 +7,8 @@ the tunnel stops.
 
 from __future__ import annotations
 
+import socket
+from collections.abc import Callable
 from typing import Any
 
 from twisted.application.service import Service
@@ -32,26 +34,30 @@ class UDPService(Service):
         reactor: Any,
         fd: int | None = None,
         reusePort: bool = False,
+        prepare: Callable[[socket.socket], None] | None = None,
     ) -> None:
         """
         @param reusePort: share the port with other processes
             (C{SO_REUSEPORT}, L{udptunnel.udp.reuseport}).
+        @param prepare: called with the socket before it binds (or once
+            adopted): its mark and device, for a socket towards C{--peer}.
         """
         self._where = (interface, port)
         self._protocol = protocol
         self._reactor = reactor
         self._fd = fd
         self.reusePort = reusePort
+        self._prepare = prepare
         self.port: DatagramSocket | None = None
 
     def _listen(self) -> None:
         if self.port is None:
             if self._fd is not None:
-                port = adoptUDP(self._fd, self._protocol, self._reactor)
+                port = adoptUDP(self._fd, self._protocol, self._reactor, self._prepare)
             else:
                 interface, number = self._where
                 port = bindUDP(interface, number, self._protocol, self._reactor,
-                               reusePort=self.reusePort)
+                               reusePort=self.reusePort, prepare=self._prepare)
             port.startListening()
             self.port = port
 

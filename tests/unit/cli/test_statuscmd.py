@@ -40,6 +40,19 @@ class RenderTests(SynchronousTestCase):
         self.assertEqual({line.index(":") + 1 + len(line.split(":", 1)[1]) -
                           len(line.split(":", 1)[1].lstrip()) for line in lines[1:]}, {12})
 
+    def test_route(self) -> None:
+        """
+        A tunnel with C{--fwmark} or C{--bind-device} shows them on a line
+        of their own; one without has no such line.
+        """
+        relay, _, _ = phantomRelay()
+        self.assertNotIn("route:", render(statusDocument([("seed", relay)])))
+        relay.fwmark, relay.bindDevice = 51820, "eth1"
+        document = statusDocument([("seed", relay)])
+        (tunnel,) = document["tunnels"]
+        self.assertEqual((tunnel["fwmark"], tunnel["bindDevice"]), (51820, "eth1"))
+        self.assertIn("  route:    fwmark 51820, device eth1", render(document).splitlines())
+
     def test_sessionsTable(self) -> None:
         """
         A tunnel with sessions shows how many are open, a session per source,

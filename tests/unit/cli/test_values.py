@@ -12,6 +12,7 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from tests.support.options import parse
 from tests.support.properties import properties
+from udptunnel.cli import values
 from udptunnel.cli.schema import OPTIONS
 from udptunnel.cli.values import parseProxy, secondsUpTo, wholeFrom
 from udptunnel.link.viaproxy import (
@@ -184,3 +185,35 @@ def _runs(text: str, letters: str) -> list[str]:
             runs.append(run)
             run = ""
     return [r for r in [*runs, run] if r]
+
+
+class RouteValueTests(SynchronousTestCase):
+    """
+    C{--fwmark} and C{--bind-device}, as written.
+    """
+
+    def test_fwmark(self) -> None:
+        """
+        A mark is decimal or 0x hexadecimal, as C{ip rule} and WireGuard's
+        C{FwMark} write it, from 0 (none) to 2**32-1; anything else is
+        refused, saying what was expected.
+        """
+        self.assertEqual(values.fwmark("51820"), 51820)
+        self.assertEqual(values.fwmark("0xca6c"), 51820)
+        self.assertEqual(values.fwmark("0XCA6C"), 51820)
+        self.assertEqual(values.fwmark("4294967295"), 2**32 - 1)
+        self.assertEqual(values.fwmark("0"), 0)
+        for bad in ("-1", "4294967296", "0x", "ca6c", "51820.0", "", " 1"):
+            with self.assertRaises(ValueError) as caught:
+                values.fwmark(bad)
+            self.assertIn(repr(bad), str(caught.exception))
+
+    def test_interfaceName(self) -> None:
+        """
+        A device is a name an interface can have: up to 15 characters, no
+        slash, colon or blank; whether it exists is the kernel's to say.
+        """
+        for good in ("eth0", "wg0", "enp0s31f6", "br-lan", "veth1@if2", "a" * 15):
+            self.assertEqual(values.interfaceName(good), good)
+        for bad in ("", "a" * 16, "eth0/1", "eth0:1", "eth 0", "../x"):
+            self.assertRaises(ValueError, values.interfaceName, bad)
