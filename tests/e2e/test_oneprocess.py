@@ -16,7 +16,7 @@ from typing import Any
 
 from twisted.internet import reactor
 from twisted.internet.defer import inlineCallbacks
-from twisted.internet.protocol import ClientCreator
+from twisted.internet.protocol import ClientCreator, Factory, Protocol
 from twisted.logger import formatEvent
 from twisted.web.client import Agent, readBody
 
@@ -521,3 +521,29 @@ class RoutedTests(TunnelTestCase):
         self.assertEqual(routeOf(tunnel.client.udp.getHandle()), (7, b""))
         self.assertEqual(routeOf(tunnel.server.link.transport.getHandle()), (0x51, b""))
         self.assertEqual(routeOf(tunnel.server.udp.getHandle()), (0, b""))
+
+    @inlineCallbacks
+    def test_throughAProxy(self) -> Any:
+        """
+        Through C{--proxy}, the connection to the proxy is the one that
+        faces the network: it is bound to the device (a stand-in proxy that
+        answers C{CONNECT} and then holds the connection).
+        """
+        requests: list[bytes] = []
+
+        class Proxy(Protocol):
+            def dataReceived(self, data: bytes) -> None:
+                requests.append(data)
+                if b"\r\n\r\n" in b"".join(requests) and self.transport is not None:
+                    self.transport.write(b"HTTP/1.1 200 Connection established\r\n\r\n")
+
+        port = reactor.listenTCP(0, Factory.forProtocol(Proxy),  # type: ignore[attr-defined]
+                                 interface="127.0.0.1")
+        self.addCleanup(port.stopListening)
+        client = self.startEnd(
+            "client", "--tcp", "relay.invalid:9999", "--udp", "127.0.0.1:0",
+            "--proxy", f"http://127.0.0.1:{port.getHost().port}", "--bind-device", "lo")
+        yield waitUntil(lambda: client.link is not None, "the link through the proxy")
+        self.assertTrue(b"".join(requests).startswith(b"CONNECT relay.invalid:9999 HTTP/1.1"))
+        assert client.link is not None
+        self.assertEqual(routeOf(client.link.transport.getHandle()), (0, b"lo"))
