@@ -547,3 +547,40 @@ class RoutedTests(TunnelTestCase):
         self.assertTrue(b"".join(requests).startswith(b"CONNECT relay.invalid:9999 HTTP/1.1"))
         assert client.link is not None
         self.assertEqual(routeOf(client.link.transport.getHandle()), (0, b"lo"))
+
+
+class HoldTests(TunnelTestCase):
+    """
+    The hold queue, with both ends: what is sent while the link is down
+    crosses once it is back.
+    """
+
+    @inlineCallbacks
+    def test_clientRestart(self) -> Any:
+        """
+        The client end stops and starts again (as an upgrade restarts it);
+        what the application sends meanwhile waits in the server's hold
+        queue and crosses, in order, once the new client's link is up: all
+        of it comes back from the echo, none counted as dropped.
+        """
+        echo = Echo()
+        echoPort = self.listen(echo)
+        tcpPort = freePort()
+        server = self.startServer(tcpPort)
+        clientArgv = ("client", "--tcp", f"127.0.0.1:{tcpPort}", "--udp", "127.0.0.1:0",
+                      "--peer", f"127.0.0.1:{echoPort}")
+        client = self.startEnd(*clientArgv)
+        app = Recorder()
+        self.listen(app)
+        serverUDP = ("127.0.0.1", udpPort(server))
+        yield app.probe(serverUDP)
+        yield client.stopService()
+        yield waitUntil(lambda: server.link is None, "the server to see the link end")
+        sent = [b"during the restart %d" % i for i in range(20)]
+        for data in sent:
+            app.send(data, serverUDP)
+        yield waitUntil(lambda: len(server.session.hold) == len(sent), "the datagrams held")
+        self.startEnd(*clientArgv)
+        yield app.waitFor(len(sent))
+        self.assertEqual([data for data, _ in app.received], sent)
+        self.assertEqual(sum(server.stats.drops.values()), 0)

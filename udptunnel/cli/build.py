@@ -141,6 +141,8 @@ def _singleLink(config: TunnelConfig, common: dict[str, Any], reactor: Any,
         udpAllow=_filter(config.udpAllow),
         idleTimeout=config.idleTimeout,
         role=config.role,
+        hold=(config.holdAge, config.holdDatagrams, config.holdBytes)
+        if config.holdAge > 0 else None,
         **common,
     )
     _udpService(config, relay, reactor).setServiceParent(relay)

@@ -19,6 +19,9 @@ from udptunnel.sockopts import (
     MAX_USER_TIMEOUT,
     SocketSettings,
 )
+from udptunnel.tunnel.hold import DEFAULT_AGE as DEFAULT_HOLD_AGE
+from udptunnel.tunnel.hold import DEFAULT_BYTES as DEFAULT_HOLD_BYTES
+from udptunnel.tunnel.hold import DEFAULT_DATAGRAMS as DEFAULT_HOLD_DATAGRAMS
 from udptunnel.tunnel.pending import DEFAULT_LIMIT as DEFAULT_MAX_PENDING
 from udptunnel.tunnel.pending import DEFAULT_TIMEOUT as DEFAULT_PENDING_TIMEOUT
 from udptunnel.tunnel.sessions import DEFAULT_MAX_SESSIONS, DEFAULT_SESSION_IDLE
@@ -147,6 +150,15 @@ OPTIONS: tuple[Option, ...] = (
         "Seconds a TCP connection may take to become the link (TLS handshake, "
         "first frame) before it is closed."), values.positiveSeconds,
         DEFAULT_PENDING_TIMEOUT, value="SECONDS"),
+    Option("hold", (
+        "Single link: keep datagrams that arrive while there is no link (the other "
+        "end restarts, the client reconnects) for up to this many seconds, and send "
+        "them in order on the next link; older ones are dropped as expired "
+        "(0: drop them at once)."), values.seconds, DEFAULT_HOLD_AGE, value="SECONDS"),
+    Option("hold-datagrams", "Single link: the most datagrams held while there is no link.",
+           values.wholeFrom(1, 1_000_000), DEFAULT_HOLD_DATAGRAMS, value="N"),
+    Option("hold-bytes", "Single link: the most bytes of datagrams held while there is no link.",
+           values.wholeFrom(1, 1 << 30), DEFAULT_HOLD_BYTES, value="BYTES"),
     Option("session-idle", (
         "With --sessions: end a session after this many seconds without a "
         "datagram either way (0: never)."), values.seconds, DEFAULT_SESSION_IDLE, value="SECONDS"),

@@ -82,6 +82,9 @@ class TunnelConfig:
     maxPending: int = 64
     sessionIdle: float = 180
     maxSessions: int = 1024
+    holdAge: float = 2.0
+    holdDatagrams: int = 1024
+    holdBytes: int = 1 << 20
     metrics: str | None = None
     plainTwisted: bool = False
     name: str | None = None
@@ -214,6 +217,8 @@ def tunnelConfig(role: str, given: Mapping[str, Any], name: str | None = None) -
         idleTimeout=read["idle-timeout"], statsInterval=read["stats-interval"],
         pendingTimeout=read["pending-timeout"], maxPending=read["max-pending"],
         sessionIdle=read["session-idle"], maxSessions=read["max-sessions"],
+        holdAge=read["hold"], holdDatagrams=read["hold-datagrams"],
+        holdBytes=read["hold-bytes"],
         metrics=metrics, plainTwisted=read["plain-twisted"], name=name,
     )
 

@@ -36,7 +36,8 @@ if TYPE_CHECKING:
 #: error not listed is counted under its errno name.
 LABEL_VALUES: dict[str, dict[str, str]] = {
     "udptunnel_dropped_datagrams": {
-        "no-link": "no TCP link was up (or the session had none)",
+        "no-link": "no TCP link was up (or the session had none), and it was not held "
+                   "(--hold 0, or --sessions)",
         "no-address": "a phantom end had not learned where to send yet",
         "no-socket": "the UDP socket was closed",
         "foreign-source": "it came from another source than --peer",
@@ -47,6 +48,9 @@ LABEL_VALUES: dict[str, dict[str, str]] = {
         "kernel-overflow": "the kernel dropped it: the UDP socket's receive buffer was "
                            "full (read from /proc/net/udp)",
         "no-session": "it arrived on a server's connection whose session had ended",
+        "expired": "it was held for the next link (--hold) longer than --hold seconds",
+        "hold-full": "it came while there was no link, and the hold queue was full "
+                     "(--hold-datagrams, --hold-bytes)",
         "queue-full": "a client session's queue, while its connection is made, was full "
                       "(64 datagrams, 256 KiB a session, 16 MiB in all)",
         "congested": "a client session's link could not keep up (its sessions share "

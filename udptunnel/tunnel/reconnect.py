@@ -166,17 +166,23 @@ class Reconnector(Service):
         self._stats.connectFailures += 1
         self.attemptFailed(describeFailure(reason, self._timeout))
 
-    def linkEnded(self, failure: str | None) -> None:
+    def linkEnded(self, failure: str | None, closedByPeer: bool = False) -> None:
         """
         The connection of the last attempt ended: C{None} when it had been
         a link, else why it came to nothing.  After a stop (which closes
         the link, and whose close completes later) there is nothing to say
         and nothing to try again.
+
+        @param closedByPeer: the server closed it cleanly (a FIN): a planned
+            stop or restart, after which the next attempt goes at once (a
+            server whose socket systemd holds accepts it while it restarts);
+            a link lost otherwise waits the first delay of the schedule.
         """
         if not self.running:
             return
         if failure is None:
-            self._again(self.backoff.succeeded())
+            delay = self.backoff.succeeded()
+            self._again(0 if closedByPeer else delay)
         else:
             self.attemptFailed(failure)
 

@@ -71,6 +71,9 @@ class Session:
 
     since = 0.0
     congested = False
+    #: Where datagrams wait while there is no link (the single link's
+    #: L{udptunnel.tunnel.hold.HoldQueue}), or C{None}: dropped.
+    hold: Any = None
 
     def __init__(
         self,
@@ -92,12 +95,24 @@ class Session:
         """
         link = self.link
         if link is None:
-            self._drop("no-link", "no TCP link", count=len(datagrams))
+            if self.hold is not None:
+                self.hold.hold(datagrams)
+            else:
+                self._drop("no-link", "no TCP link", count=len(datagrams))
             return
         link.sendFrames(datagrams)
         traffic = self.traffic
         traffic.toTunnelDatagrams += len(datagrams)
         traffic.toTunnelBytes += sum(map(len, datagrams))
+
+    def releaseHeld(self) -> None:
+        """
+        A link came: what waited for one goes into it first, in order.
+        """
+        if self.hold is not None and self.link is not None and len(self.hold):
+            held = self.hold.release()
+            if held:
+                self.toTunnel(held)
 
     def fromTunnel(self, frames: list[bytes]) -> None:
         """

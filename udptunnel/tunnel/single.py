@@ -23,6 +23,7 @@ from udptunnel.link.why import CLOSED_BY_PEER
 from udptunnel.show import showAddress
 from udptunnel.tunnel.access import AddressFilter
 from udptunnel.tunnel.flow import PauseReading
+from udptunnel.tunnel.hold import HoldQueue
 from udptunnel.tunnel.pending import DEFAULT_LIMIT, DEFAULT_TIMEOUT, PendingLinks
 from udptunnel.tunnel.service import TunnelService
 from udptunnel.tunnel.session import Session
@@ -72,11 +73,12 @@ class Relay(TunnelService):
         udpAllow: AddressFilter | None = None,
         idleTimeout: float = 0,
         statsInterval: float = 0,
-        onLinkEnded: Callable[[str | None], object] | None = None,
+        onLinkEnded: Callable[..., object] | None = None,
         pendingTimeout: float = DEFAULT_TIMEOUT,
         maxPending: int = DEFAULT_LIMIT,
         role: str = "server",
         name: str | None = None,
+        hold: tuple[float, int, int] | None = None,
     ) -> None:
         """
         @param allow: who may connect the TCP link (C{None}: anybody).
@@ -95,12 +97,17 @@ class Relay(TunnelService):
             lasted L{CONFIRM_AFTER} seconds): a server that closes it at
             once (its C{--allow}, its TLS) refused it, and that is a failed
             attempt, not a link that came up and went down.
+        @param hold: keep datagrams while there is no link, and send them
+            on the next: their age, count and bytes bounds
+            (L{udptunnel.tunnel.hold.HoldQueue}); C{None}: drop them.
         """
         super().__init__(clock, exitOnStartupError, statsInterval, role, name)
         self.udpPeer = udpPeer
         self.learnedPeer: tuple[str, int] | None = None
         #: The one session: the UDP peer (fixed, or learned) and the link.
         self.session = Session(None, udpPeer, self._drop, traffic=self.stats)
+        if hold is not None:
+            self.session.hold = HoldQueue(clock, self._drop, *hold)
         self.allow = allow
         self.udpAllow = udpAllow
         self._paused = False
@@ -274,6 +281,7 @@ class Relay(TunnelService):
         else:
             self._linkUp(link)
         link.attachProducer(PauseReading(self, link))
+        self.session.releaseHeld()
 
     def _confirmLink(self, link: ILink) -> None:
         self._confirm = None
@@ -328,7 +336,7 @@ class Relay(TunnelService):
             self._ready.discard(link)
             self.waitingLost(link, reason, why, ready, quiet=self.onLinkEnded is not None)
         if self.onLinkEnded is not None:
-            self.onLinkEnded(failure)
+            self.onLinkEnded(failure, closedByPeer=why == CLOSED_BY_PEER)
         self.linkGone(link)
 
     def _promoteWaiting(self) -> None:

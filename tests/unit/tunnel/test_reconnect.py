@@ -6,7 +6,12 @@ endpoint and a fake clock: no sleeps.
 from __future__ import annotations
 
 from twisted.internet.defer import Deferred, fail, succeed
-from twisted.internet.error import ConnectionDone, ConnectionRefusedError, TimeoutError
+from twisted.internet.error import (
+    ConnectionDone,
+    ConnectionLost,
+    ConnectionRefusedError,
+    TimeoutError,
+)
 from twisted.internet.interfaces import IStreamClientEndpoint
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
@@ -169,8 +174,10 @@ class ReconnectTests(ReconnectorTestMixin, SynchronousTestCase):
         first = self.endpoint.protocols[0]
         self.relay.datagramsReceived([(b"x", ("127.0.0.1", 40000))])
         self.clock.advance(CONFIRM_AFTER)
-        first.connectionLost(Failure(ConnectionDone()))
+        first.connectionLost(Failure(ConnectionLost()))
         self.assertIsNone(self.relay.link)
+        self.clock.advance(0)
+        self.assertEqual(len(self.endpoint.protocols), 1)
         self.clock.advance(0.5)
         self.assertEqual(len(self.endpoint.protocols), 2)
         self.clock.advance(CONFIRM_AFTER)
@@ -178,6 +185,21 @@ class ReconnectTests(ReconnectorTestMixin, SynchronousTestCase):
         self.assertIsNotNone(self.relay.link)
         self.assertIs(self.relay.udp, self.udp)
         self.assertEqual(self.relay.learnedPeer, ("127.0.0.1", 40000))
+
+    def test_cleanCloseReconnectsAtOnce(self) -> None:
+        """
+        A link the server closed cleanly (a planned stop or restart: its
+        FIN) is followed by a new attempt at once, not after a delay; the
+        schedule is reset, so failures after it start from the first delay.
+        """
+        service = self.makeClient()
+        self.endpoint.up = True
+        service.startService()
+        self.clock.advance(CONFIRM_AFTER)
+        self.endpoint.protocols[0].connectionLost(Failure(ConnectionDone()))
+        self.clock.advance(0)
+        self.assertEqual(len(self.endpoint.protocols), 2)
+        self.assertEqual(service.backoff.failures, 0)
 
     def test_replacedLinksDoNotBackOff(self) -> None:
         """

@@ -636,7 +636,8 @@ class ClientLinkTests(RelayTestMixin, SynchronousTestCase):
         self.clock = Clock()
         self.udp = FakeUDPTransport()
         relay = Relay(self.clock, udpPeer=POP, role="client",
-                      onLinkEnded=self.ended.append)
+                      onLinkEnded=lambda failure, closedByPeer=False:
+                      self.ended.append(failure))
         relay.udpStarted(self.udp)
         return relay
 
@@ -858,8 +859,8 @@ class LinkEndedTests(RelayTestMixin, SynchronousTestCase):
         self.ended: list[str | None] = []
         self.clock = Clock()
         self.udp = FakeUDPTransport()
-        relay = Relay(self.clock, onLinkEnded=self.ended.append, role="client",
-                      pendingTimeout=DEFAULT_TIMEOUT)
+        relay = Relay(self.clock, role="client", pendingTimeout=DEFAULT_TIMEOUT,
+                      onLinkEnded=lambda failure, closedByPeer=False: self.ended.append(failure))
         relay.udpStarted(self.udp)
         return relay
 
