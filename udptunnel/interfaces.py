@@ -119,6 +119,13 @@ class ILink(Interface):
         Close the connection at once, without waiting for buffered data.
         """
 
+    def drain():
+        """
+        Close the sending half once buffered data is sent (a FIN), and go on
+        reading until the peer closes its own: what it had sent arrives.
+        Where half a connection cannot be closed (TLS), as L{close}.
+        """
+
     def attachProducer(producer):
         """
         Register C{producer} (an L{IPushProducer}) on the connection so a

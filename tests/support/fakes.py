@@ -44,6 +44,9 @@ class FakeLink:
     def abort(self) -> None:
         self.aborted = True
 
+    def drain(self) -> None:
+        self.drained = True
+
     def attachProducer(self, producer: IPushProducer) -> None:
         self.producer = producer
 

@@ -30,6 +30,7 @@ from udptunnel.ops.logreopen import LogReopener
 from udptunnel.ops.notify import notifyService
 from udptunnel.sockopts import routeSocket
 from udptunnel.tunnel.access import AddressFilter
+from udptunnel.tunnel.service import UDP_SERVICE
 from udptunnel.tunnel.clientsessions import ClientSessions, connectFrom
 from udptunnel.tunnel.reconnect import CONNECT_TIMEOUT, Reconnector
 from udptunnel.tunnel.serversessions import ServerSessions
@@ -214,9 +215,11 @@ def _udpService(config: TunnelConfig, relay: Any, reactor: Any) -> UDPService:
     plan = config.udp
     # Only a socket towards --peer faces the network: a phantom end's
     # faces its applications, and a device or a mark would cut them off.
-    return UDPService(plan.port, TunnelDatagramProtocol(relay, config.settings),
-                      plan.interface, reactor, fd=plan.fd, reusePort=config.reusePort,
-                      prepare=_prepare(config) if plan.peer is not None else None)
+    service = UDPService(plan.port, TunnelDatagramProtocol(relay, config.settings),
+                         plan.interface, reactor, fd=plan.fd, reusePort=config.reusePort,
+                         prepare=_prepare(config) if plan.peer is not None else None)
+    service.setName(UDP_SERVICE)
+    return service
 
 
 def _namedLog(relay: TunnelService) -> Any:

@@ -12,6 +12,7 @@ from typing import cast
 from twisted.internet.address import IPv4Address, IPv6Address
 from twisted.internet.interfaces import (
     IConsumer,
+    IHalfCloseableProtocol,
     IHandshakeListener,
     IPushProducer,
     ITCPTransport,
@@ -35,7 +36,7 @@ from udptunnel.sockopts import SocketSettings, socketOf, tuneTCP
 from udptunnel.wire import FrameDecoder, encodeFrames
 
 
-@implementer(ILink, IHandshakeListener)
+@implementer(ILink, IHandshakeListener, IHalfCloseableProtocol)
 class TunnelStreamProtocol(Int16StringReceiver):
     """
     One TCP connection of the tunnel: a 2-byte big-endian length, then that
@@ -346,11 +347,45 @@ class TunnelStreamProtocol(Int16StringReceiver):
         a stop's grace ran out and it was aborted.
         """
         assert self.transport is not None
+        self._releaseProducer()
+        self.transport.loseConnection()
+
+    def drain(self) -> None:
+        """
+        A stopping end's half-close: the FIN goes after what was written,
+        and the frames the peer sent before it saw the FIN still arrive
+        (L{readConnectionLost} ends the connection once the peer closed).
+        Twisted's TLS layer has no half-close: a TLS link is closed.
+        """
+        assert self.transport is not None
+        if self.factory.tls:
+            self.close()
+            return
+        self._releaseProducer()
+        cast(ITCPTransport, self.transport).loseWriteConnection()
+
+    def _releaseProducer(self) -> None:
         producer, self._producer = self._producer, None
         if producer is not None:
             cast(IConsumer, self.transport).unregisterProducer()
             producer.stopProducing()
+
+    # IHalfCloseableProtocol
+
+    def readConnectionLost(self) -> None:
+        """
+        The peer closed its sending half (it stops, or it drained its own
+        half-close): close this side once what was written is sent, rather
+        than at once, so that frames still in Twisted's buffer reach a peer
+        that keeps reading.
+        """
+        assert self.transport is not None
         self.transport.loseConnection()
+
+    def writeConnectionLost(self) -> None:
+        """
+        Our half-close went out (L{drain}); reading goes on.
+        """
 
     def abort(self) -> None:
         cast(ITCPTransport, self.transport).abortConnection()

@@ -14,7 +14,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from twisted.application.service import MultiService
+from twisted.application.service import MultiService, Service
 from twisted.internet.defer import Deferred, DeferredList, maybeDeferred
 from twisted.internet.error import CannotListenError
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
@@ -32,6 +32,9 @@ from udptunnel.tunnel.stats import TunnelStats
 
 #: Seconds a stop waits for connections to close cleanly before aborting.
 CLOSE_GRACE = 2.0
+#: The name of a tunnel's UDP socket's service among its children: a stop
+#: closes it last, once the links are gone.
+UDP_SERVICE = "udp"
 
 
 class TunnelService(MultiService):
@@ -286,28 +289,46 @@ class TunnelService(MultiService):
         for child in reversed(list(self)):
             maybeDeferred(child.stopService).addErrback(lambda _: None)
 
-    def stopWith(self, links: list[ILink]) -> Deferred[Any]:
+    def stopWith(self, links: list[ILink], drain: ILink | None = None) -> Deferred[Any]:
         """
-        Stop the timers and the children, and close C{links} cleanly (a
-        FIN, so each peer logs a clean close rather than a reset), aborting
-        those still open after L{CLOSE_GRACE} seconds so that a stop never
-        hangs on a dead peer; then log the summary.
+        Stop the timers, reading the UDP sockets (what arrives from now on
+        stays in the kernel's buffer, for the next process where systemd
+        holds the socket), and the children but the UDP sockets (so no new
+        connection starts); close C{links} cleanly (a FIN, so each peer
+        logs a clean close rather than a reset), C{drain} by half: its
+        peer's last frames still go out as datagrams; close the UDP sockets
+        once the links are gone, aborting those still open after
+        L{CLOSE_GRACE} seconds so that a stop never hangs on a dead peer;
+        then log the summary.
         """
         for timer, _ in self._timers:
             if timer.running:
                 timer.stop()
         self._warn.flushAll()
+        for udp in self.udpSockets():
+            udp.stopReading()
+        Service.stopService(self)
+        children = list(self)
+        last = [child for child in children if child.name == UDP_SERVICE]
+        now = [maybeDeferred(child.stopService) for child in reversed(children)
+               if child not in last]
         self._closedHere.update(dict.fromkeys(links, "closed here: stopping"))
         waits = []
         for link in links:
             gone: Deferred[None] = Deferred()
             self._stopping.append((link, gone))
             waits.append(gone)
-            link.close()
+            if link is drain:
+                link.drain()
+            else:
+                link.close()
+        linksGone = DeferredList(waits)
         if waits:
             abortLater = self.clock.callLater(CLOSE_GRACE, self._abortAll, links)
-            DeferredList(waits).addCallback(lambda _: _cancel(abortLater))
-        stopped = DeferredList([*waits, super().stopService()])
+            linksGone.addCallback(lambda _: _cancel(abortLater))
+        udpClosed = linksGone.addCallback(
+            lambda _: DeferredList([maybeDeferred(child.stopService) for child in last]))
+        stopped = DeferredList([udpClosed, *now])
         return stopped.addCallback(self._logSummary)
 
     def linkGone(self, link: ILink) -> None:

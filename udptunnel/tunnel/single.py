@@ -153,10 +153,14 @@ class Relay(TunnelService):
         """
         self._cancelConfirm()
         links = [link for link in (self.link, *self._pending) if link is not None]
-        self.link = None
+        self._draining, self.link = self.link, None
         for link in list(self._pending):
             self._pending.remove(link)
-        return self.stopWith(links)
+        if self.session.hold is not None:
+            held = self.session.hold.discard()
+            if held:
+                self.stats.drops["no-link"] += held
+        return self.stopWith(links, drain=self._draining)
 
     def state(self) -> str:
         # In the metrics' words: udptunnel_link_up, udptunnel_peer_info.
@@ -298,7 +302,13 @@ class Relay(TunnelService):
         if confirm is not None and confirm.active():
             confirm.cancel()
 
+    #: The link a stop is draining: its last frames still go out.
+    _draining: ILink | None = None
+
     def framesReceived(self, link: ILink, frames: list[bytes]) -> None:
+        if link is self._draining:
+            self.session.fromTunnel(frames)
+            return
         if link is not self.link:
             if link not in self._ready:
                 self._drop("replaced-link", "frame from a replaced link", count=len(frames))

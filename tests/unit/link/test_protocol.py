@@ -16,21 +16,24 @@ from typing import Any
 
 from hypothesis import given
 from hypothesis import strategies as st
+from twisted.internet import reactor
 from twisted.internet.address import IPv4Address, IPv6Address
+from twisted.internet.defer import inlineCallbacks
 from twisted.internet.error import ConnectionDone, ConnectionLost
 from twisted.internet.interfaces import IPushProducer
 from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.ssl import optionsForClientTLS
+from twisted.internet.task import deferLater
 from twisted.internet.testing import StringTransport
 from twisted.protocols.basic import StringTooLongError
 from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.python.failure import Failure
-from twisted.trial.unittest import SynchronousTestCase
+from twisted.trial.unittest import SynchronousTestCase, TestCase
 from zope.interface import implementer
 
 from tests.support.certs import Authority
 from tests.support.fakes import RecordingRelay
-from tests.support.net import frame
+from tests.support.net import frame, waitUntil
 from tests.support.properties import chunksOf, joined, properties
 from udptunnel.interfaces import ILinkRelay
 from udptunnel.link.protocol import TunnelFactory, TunnelStreamProtocol
@@ -760,3 +763,64 @@ class RecordingProducer:
 
     def stopProducing(self) -> None:
         self.calls.append("stopProducing")
+
+
+class DrainTests(TestCase):
+    """
+    L{TunnelStreamProtocol.drain}, on a real loopback connection.
+    """
+
+    @inlineCallbacks
+    def test_halfClose(self) -> Any:
+        """
+        A drained link sends its FIN after what was written, and still
+        reads: a frame the peer sends after seeing the FIN reaches the
+        relay; the connection ends when the peer closes its side.
+        """
+        relay = RecordingRelay()
+        port = reactor.listenTCP(0, TunnelFactory(relay), interface="127.0.0.1")
+        self.addCleanup(port.stopListening)
+        peer = socket.create_connection(("127.0.0.1", port.getHost().port), timeout=5)
+        self.addCleanup(peer.close)
+        yield waitUntil(lambda: relay.links, "the link")
+        link = relay.links[0]
+        link.sendFrames([b"before the FIN"])
+        link.drain()
+        stream = b""
+        while True:
+            yield deferLater(reactor, 0.01, lambda: None)
+            peer.setblocking(False)
+            try:
+                chunk = peer.recv(65536)
+            except BlockingIOError:
+                continue
+            if not chunk:
+                break
+            stream += chunk
+        self.assertEqual(stream, frame(b"before the FIN"))
+        peer.sendall(frame(b"after it"))
+        yield waitUntil(lambda: relay.frames, "the peer's last frame")
+        self.assertEqual((relay.frames, relay.lost), ([b"after it"], []))
+        peer.close()
+        yield waitUntil(lambda: relay.lost, "the connection to end")
+
+    @inlineCallbacks
+    def test_peerHalfCloses(self) -> Any:
+        """
+        When the peer closes its sending half (it drains), this side closes
+        once what it wrote is sent: the peer reads every frame, then EOF.
+        """
+        relay = RecordingRelay()
+        port = reactor.listenTCP(0, TunnelFactory(relay), interface="127.0.0.1")
+        self.addCleanup(port.stopListening)
+        peer = socket.create_connection(("127.0.0.1", port.getHost().port), timeout=5)
+        self.addCleanup(peer.close)
+        yield waitUntil(lambda: relay.links, "the link")
+        relay.links[0].sendFrames([b"x" * 1000] * 200)
+        peer.shutdown(socket.SHUT_WR)
+        yield waitUntil(lambda: relay.lost, "this side to close")
+        peer.settimeout(5)
+        stream = b""
+        while chunk := peer.recv(65536):
+            stream += chunk
+        self.assertEqual(stream, frame(b"x" * 1000) * 200)

@@ -590,9 +590,10 @@ class LinkTests(RelayTestMixin, SynchronousTestCase):
 
     def test_stopClosesCleanlyAndWaits(self) -> None:
         """
-        Stopping closes the link and the waiting connections cleanly, not
-        aborted, and is done only once all of them are gone; their ends then
-        count as no lost link.
+        Stopping closes the waiting connections cleanly and drains the link
+        (half-closed: L{test_drainDeliversTheLastFrames}), none aborted, and
+        is done only once all of them are gone; their ends then count as no
+        lost link.
         """
         relay = self.makeRelay()
         relay.startService()
@@ -600,13 +601,33 @@ class LinkTests(RelayTestMixin, SynchronousTestCase):
         relay.linkMade(link)
         relay.linkConnected(waiting)
         stopped = relay.stopService()
-        self.assertTrue(link.closed and waiting.closed)
+        self.assertTrue(getattr(link, "drained", False) and waiting.closed)
         self.assertFalse(link.aborted)
         self.lose(relay, link)
         self.assertNoResult(stopped)
         self.lose(relay, waiting)
         self.successResultOf(stopped)
         self.assertEqual(relay.stats.linksLost, 0)
+
+    def test_drainDeliversTheLastFrames(self) -> None:
+        """
+        While a stop drains the link, the UDP socket is no longer read, and
+        the frames the peer sent before it saw the half-close still go out
+        as datagrams; datagrams held for a link that will not come are
+        counted as dropped.
+        """
+        relay = Relay(Clock(), udpPeer=POP, hold=(2, 1024, 1 << 20))
+        udp = FakeUDPTransport()
+        relay.udpStarted(udp)
+        relay.startService()
+        link = FakeLink()
+        relay.linkMade(link)
+        relay.stopService()
+        self.assertTrue(link.drained)
+        self.assertFalse(udp.reading)
+        relay.framesReceived(link, [b"last", b"words"])
+        self.assertEqual(udp.written, [(b"last", POP), (b"words", POP)])
+        self.assertEqual(sum(relay.stats.drops.values()), 0)
 
     def test_stopAbortsWhatDoesNotClose(self) -> None:
         """
