@@ -30,11 +30,10 @@ from udptunnel.ops.logreopen import LogReopener
 from udptunnel.ops.notify import notifyService
 from udptunnel.sockopts import routeSocket
 from udptunnel.tunnel.access import AddressFilter
-from udptunnel.tunnel.service import UDP_SERVICE
 from udptunnel.tunnel.clientsessions import ClientSessions, connectFrom
 from udptunnel.tunnel.reconnect import CONNECT_TIMEOUT, Reconnector
 from udptunnel.tunnel.serversessions import ServerSessions
-from udptunnel.tunnel.service import TunnelService
+from udptunnel.tunnel.service import UDP_SERVICE, TunnelService
 from udptunnel.tunnel.single import Relay
 from udptunnel.udp.port import connectedUDP
 from udptunnel.udp.protocol import TunnelDatagramProtocol

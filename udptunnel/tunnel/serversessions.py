@@ -102,7 +102,9 @@ class ServerSessions(SessionsService):
         links = [*self.sessions, *self._pending]
         for link in list(self._pending):
             self._pending.remove(link)
-        return self.stopWith(links)
+        # Each session's link is drained: its last frames still go out of
+        # its own socket, which closes when the link is gone.
+        return self.stopWith(links, drain=list(self.sessions))
 
     # The TCP side: each session's socket reports to its own protocol
 

@@ -11,7 +11,7 @@ datagram goes.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from typing import Any
 
 from twisted.application.service import MultiService, Service
@@ -289,14 +289,14 @@ class TunnelService(MultiService):
         for child in reversed(list(self)):
             maybeDeferred(child.stopService).addErrback(lambda _: None)
 
-    def stopWith(self, links: list[ILink], drain: ILink | None = None) -> Deferred[Any]:
+    def stopWith(self, links: list[ILink], drain: Collection[ILink] = ()) -> Deferred[Any]:
         """
         Stop the timers, reading the UDP sockets (what arrives from now on
         stays in the kernel's buffer, for the next process where systemd
         holds the socket), and the children but the UDP sockets (so no new
         connection starts); close C{links} cleanly (a FIN, so each peer
-        logs a clean close rather than a reset), C{drain} by half: its
-        peer's last frames still go out as datagrams; close the UDP sockets
+        logs a clean close rather than a reset), those of C{drain} by half:
+        their peers' last frames still go out as datagrams; close the UDP sockets
         once the links are gone, aborting those still open after
         L{CLOSE_GRACE} seconds so that a stop never hangs on a dead peer;
         then log the summary.
@@ -318,7 +318,7 @@ class TunnelService(MultiService):
             gone: Deferred[None] = Deferred()
             self._stopping.append((link, gone))
             waits.append(gone)
-            if link is drain:
+            if link in drain:
                 link.drain()
             else:
                 link.close()

@@ -160,7 +160,7 @@ class Relay(TunnelService):
             held = self.session.hold.discard()
             if held:
                 self.stats.drops["no-link"] += held
-        return self.stopWith(links, drain=self._draining)
+        return self.stopWith(links, drain=[self._draining] if self._draining else [])
 
     def state(self) -> str:
         # In the metrics' words: udptunnel_link_up, udptunnel_peer_info.
