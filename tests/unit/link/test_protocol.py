@@ -771,11 +771,9 @@ class DrainTests(TestCase):
     """
 
     @inlineCallbacks
-    def test_halfClose(self) -> Any:
+    def connected(self) -> Any:
         """
-        A drained link sends its FIN after what was written, and still
-        reads: a frame the peer sends after seeing the FIN reaches the
-        relay; the connection ends when the peer closes its side.
+        A relay's link accepted on loopback, and the peer's plain socket.
         """
         relay = RecordingRelay()
         port = reactor.listenTCP(0, TunnelFactory(relay), interface="127.0.0.1")
@@ -783,6 +781,16 @@ class DrainTests(TestCase):
         peer = socket.create_connection(("127.0.0.1", port.getHost().port), timeout=5)
         self.addCleanup(peer.close)
         yield waitUntil(lambda: relay.links, "the link")
+        return relay, peer
+
+    @inlineCallbacks
+    def test_halfClose(self) -> Any:
+        """
+        A drained link sends its FIN after what was written, and still
+        reads: a frame the peer sends after seeing the FIN reaches the
+        relay; the connection ends when the peer closes its side.
+        """
+        relay, peer = yield self.connected()
         link = relay.links[0]
         link.sendFrames([b"before the FIN"])
         link.drain()
@@ -810,12 +818,7 @@ class DrainTests(TestCase):
         When the peer closes its sending half (it drains), this side closes
         once what it wrote is sent: the peer reads every frame, then EOF.
         """
-        relay = RecordingRelay()
-        port = reactor.listenTCP(0, TunnelFactory(relay), interface="127.0.0.1")
-        self.addCleanup(port.stopListening)
-        peer = socket.create_connection(("127.0.0.1", port.getHost().port), timeout=5)
-        self.addCleanup(peer.close)
-        yield waitUntil(lambda: relay.links, "the link")
+        relay, peer = yield self.connected()
         relay.links[0].sendFrames([b"x" * 1000] * 200)
         peer.shutdown(socket.SHUT_WR)
         yield waitUntil(lambda: relay.lost, "this side to close")
