@@ -17,6 +17,7 @@ from typing import Any
 from twisted.internet import reactor
 from twisted.internet.defer import inlineCallbacks
 from twisted.internet.protocol import ClientCreator, Factory, Protocol
+from twisted.internet.task import deferLater
 from twisted.logger import formatEvent
 from twisted.web.client import Agent, readBody
 
@@ -584,3 +585,39 @@ class HoldTests(TunnelTestCase):
         yield app.waitFor(len(sent))
         self.assertEqual([data for data, _ in app.received], sent)
         self.assertEqual(sum(server.stats.drops.values()), 0)
+
+    @inlineCallbacks
+    def test_longOutage(self) -> Any:
+        """
+        With no client for longer than --hold, under a flood: the queue
+        never holds more than its bounds, what is too old is counted
+        C{expired} and what does not fit C{hold-full}; when the client
+        comes, nothing stale crosses, and a fresh datagram does.
+        """
+        echo = Echo()
+        echoPort = self.listen(echo)
+        tcpPort = freePort()
+        server = self.startServer(tcpPort, "127.0.0.1:0", "--hold", "0.5",
+                                  "--hold-datagrams", "100")
+        app = Recorder()
+        self.listen(app)
+        serverUDP = ("127.0.0.1", udpPort(server))
+        most = 0
+        for burst in range(30):
+            for i in range(50):
+                app.send(b"flood %d %d" % (burst, i), serverUDP)
+            yield deferLater(reactor, 0.05, lambda: None)
+            most = max(most, len(server.session.hold))
+        self.assertLessEqual(most, 100)
+        self.assertGreater(server.stats.drops["expired"], 0)
+        self.assertGreater(server.stats.drops["hold-full"], 0)
+        yield deferLater(reactor, 0.6, lambda: None)
+        self.startEnd("client", "--tcp", f"127.0.0.1:{tcpPort}", "--udp", "127.0.0.1:0",
+                      "--peer", f"127.0.0.1:{echoPort}")
+        yield waitUntil(lambda: server.link is not None, "the client's link")
+        yield deferLater(reactor, 0.3, lambda: None)
+        self.assertEqual(echo.sources, set())
+        self.assertEqual(len(server.session.hold), 0)
+        app.send(b"fresh", serverUDP)
+        yield app.waitFor(1)
+        self.assertEqual(app.received, [(b"fresh", serverUDP)])
