@@ -104,7 +104,7 @@ class ServerSessions(SessionsService):
             self._pending.remove(link)
         # Each session's link is drained: its last frames still go out of
         # its own socket, which closes when the link is gone.
-        return self.stopWith(links, drain=list(self.sessions))
+        return self.stopWith(links, drain=set(self.sessions))
 
     # The TCP side: each session's socket reports to its own protocol
 

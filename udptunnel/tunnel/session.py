@@ -26,6 +26,7 @@ from typing import Any
 
 from udptunnel.interfaces import IDatagramSocket, ILink
 from udptunnel.show import showAddress
+from udptunnel.tunnel.hold import HoldQueue
 
 
 class Traffic:
@@ -73,7 +74,7 @@ class Session:
     congested = False
     #: Where datagrams wait while there is no link (the single link's
     #: L{udptunnel.tunnel.hold.HoldQueue}), or C{None}: dropped.
-    hold: Any = None
+    hold: HoldQueue | None = None
 
     def __init__(
         self,
