@@ -25,7 +25,10 @@ from udptunnel.cli.schema import CLIENT, SERVER, Option, optionsOf
 from udptunnel.cli.values import TLS_INSTALL
 from udptunnel.link.viaproxy import Proxy
 from udptunnel.sockopts import SocketSettings, checkSettings
+from udptunnel.tunnel import hold
 from udptunnel.tunnel.access import Network
+from udptunnel.tunnel.pending import DEFAULT_LIMIT, DEFAULT_TIMEOUT
+from udptunnel.tunnel.sessions import DEFAULT_MAX_SESSIONS, DEFAULT_SESSION_IDLE
 
 if TYPE_CHECKING:
     from udptunnel.link.tls import Credentials
@@ -78,13 +81,13 @@ class TunnelConfig:
     handshake: str = "none"
     idleTimeout: float = 0
     statsInterval: float = 300
-    pendingTimeout: float = 10
-    maxPending: int = 64
-    sessionIdle: float = 180
-    maxSessions: int = 1024
-    holdAge: float = 2.0
-    holdDatagrams: int = 1024
-    holdBytes: int = 1 << 20
+    pendingTimeout: float = DEFAULT_TIMEOUT
+    maxPending: int = DEFAULT_LIMIT
+    sessionIdle: float = DEFAULT_SESSION_IDLE
+    maxSessions: int = DEFAULT_MAX_SESSIONS
+    holdAge: float = hold.DEFAULT_AGE
+    holdDatagrams: int = hold.DEFAULT_DATAGRAMS
+    holdBytes: int = hold.DEFAULT_BYTES
     metrics: str | None = None
     plainTwisted: bool = False
     name: str | None = None
@@ -169,9 +172,10 @@ def tunnelConfig(role: str, given: Mapping[str, Any], name: str | None = None) -
         checkSettings(settings)
     except ValueError as e:
         raise OptionError(str(e)) from None
-    if settings.routed and missingHooks() is not None:
-        raise OptionError(f"--fwmark and --bind-device need {missingHooks()}, which this "
-                          "Twisted release lacks")
+    missing = missingHooks() if settings.routed else None
+    if missing is not None:
+        raise OptionError(f"--fwmark and --bind-device need {missing}, which this Twisted "
+                          "release lacks")
     credentials = _credentials(read["tls-cert"], read["tls-key"], read["tls-ca"])
     if read["sessions"]:
         if read["idle-timeout"]:
