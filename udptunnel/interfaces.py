@@ -102,6 +102,9 @@ class ILink(Interface):
 
     remote = Attribute("The TCP peer (the other end of the connection), printable.")
     remoteHost = Attribute("The TCP peer's IP literal, or None (Unix socket).")
+    laneChanged = Attribute("Called (when not None) after the link wrote frames or started "
+                            "closing: the compiled pump's lane of it looks again at whether "
+                            "it may write to it.")
 
     def sendFrames(datagrams):
         """
@@ -126,6 +129,25 @@ class ILink(Interface):
         Where half a connection cannot be closed (TLS), as L{close}.
         """
 
+    def framesOnly():
+        """
+        Whether every byte from here on is frames, with nothing held or
+        pending before them (established, not paused, no partial frame):
+        then the bytes may be split and sent somewhere other than through
+        the protocol (the compiled pump).
+        """
+
+    def plainTransport():
+        """
+        The TCP transport whose socket frames may be written to directly
+        (no TLS layer, writes not forced through Twisted), or C{None}.
+        """
+
+    def deliverFrames(frames):
+        """
+        Give the relay C{frames} as if this link had read them.
+        """
+
     def attachProducer(producer):
         """
         Register C{producer} (an L{IPushProducer}) on the connection so a
@@ -137,6 +159,29 @@ class IDatagramSocket(Interface):
     """
     What the relay needs of the UDP socket.
     """
+
+    connected = Attribute("Whether the socket is connected to one peer (the kernel drops "
+                          "every other source).")
+    localAddresses = Attribute("On a wildcard-bound socket, what replies to each source go "
+                               "from (L{udptunnel.udp.replies.LocalAddresses}); else None.")
+    segments = Attribute("Its L{udptunnel.udp.gso.SegmentSender}: whether runs of datagrams "
+                         "leave in one send, and up to which size.")
+
+    def deliver(datagrams):
+        """
+        Hand the protocol C{datagrams}, a list of C{(data, (host, port))},
+        as one read of this socket.
+        """
+
+    def readFailed(error):
+        """
+        A read of this socket failed with the L{OSError} C{error}.
+        """
+
+    def fileno():
+        """
+        The socket's descriptor, or -1 once it is closed.
+        """
 
     def sendTo(data, addr):
         """

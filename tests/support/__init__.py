@@ -11,7 +11,8 @@ What the tests share, and nothing else: no test lives here.
     cases that start, watch and stop it;
   - L{system}: what C{/proc} says about a process, network namespaces and
     the kernel features some tests need;
-  - L{certs}: a throwaway certificate authority.
+  - L{certs}: a throwaway certificate authority;
+  - L{pump}: the compiled pump as the install built it.
 """
 
 import os

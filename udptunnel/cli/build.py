@@ -31,6 +31,7 @@ from udptunnel.ops.notify import notifyService
 from udptunnel.sockopts import routeSocket
 from udptunnel.tunnel.access import AddressFilter
 from udptunnel.tunnel.clientsessions import ClientSessions, connectFrom
+from udptunnel.tunnel.lanes import Lanes, LaneService, SingleLane
 from udptunnel.tunnel.reconnect import CONNECT_TIMEOUT, Reconnector
 from udptunnel.tunnel.serversessions import ServerSessions
 from udptunnel.tunnel.service import UDP_SERVICE, TunnelService
@@ -67,13 +68,15 @@ def makeService(process: ProcessConfig, reactor: Any, runner: Runner = Runner())
     from udptunnel.ops.metrics import metricsSite
 
     speedups = not process.plainTwisted
+    # The pump's lanes: only under a runner, whose reactor the pump may run.
+    lanes = Lanes() if speedups and runner.present else None
     top: Any
     if process.path is not None:
-        top = _tunnelSet(process.path, reactor, runner.foreground, speedups)
+        top = _tunnelSet(process.path, reactor, runner.foreground, speedups, lanes)
         site = metricsSite(tunnels=top.tunnels)
     else:
         (tunnel,) = process.tunnels
-        top = tunnelService(tunnel, reactor, runner.foreground, speedups)
+        top = tunnelService(tunnel, reactor, runner.foreground, speedups, lanes)
         site = metricsSite(top)
     if process.metrics is not None:
         _listener(process.metrics, BoundedFactory(site, reactor, "metrics"),
@@ -85,14 +88,15 @@ def makeService(process: ProcessConfig, reactor: Any, runner: Runner = Runner())
         LogReopener(reactor).setServiceParent(top)
         if speedups:
             # The process's reactor, not a test suite's.
-            LeanDispatch(reactor).setServiceParent(top)
+            LeanDispatch(reactor, lanes).setServiceParent(top)
     notifying = notifyService(top, reactor)
     if notifying is not None:
         notifying.setServiceParent(top)  # the last child: READY once all started
     return top
 
 
-def _tunnelSet(path: str, reactor: Any, foreground: bool, speedups: bool) -> Any:
+def _tunnelSet(path: str, reactor: Any, foreground: bool, speedups: bool,
+               lanes: Lanes | None) -> Any:
     """
     The tunnels of the config file at C{path}, reloaded from it on SIGUSR2.
     """
@@ -102,13 +106,13 @@ def _tunnelSet(path: str, reactor: Any, foreground: bool, speedups: bool) -> Any
     def build(table: Table, atStart: bool) -> TunnelService:
         # A tunnel that cannot bind at start ends the process (as a command
         # line would); at a reload it is logged, and the others run on.
-        return tunnelService(table.config, reactor, foreground and atStart, speedups)
+        return tunnelService(table.config, reactor, foreground and atStart, speedups, lanes)
 
     return TunnelSet(loadConfig(path), lambda: loadConfig(path), build, reactor)
 
 
 def tunnelService(config: TunnelConfig, reactor: Any, exitOnStartupError: bool = False,
-                  speedups: bool = True) -> TunnelService:
+                  speedups: bool = True, lanes: Lanes | None = None) -> TunnelService:
     """
     The service of one tunnel, with its sockets and connections as
     children.
@@ -116,6 +120,9 @@ def tunnelService(config: TunnelConfig, reactor: Any, exitOnStartupError: bool =
     @param speedups: write frames straight to the socket when nothing is
         queued (L{udptunnel._twisted.writethrough}); C{False}:
         C{--plain-twisted}.
+    @param lanes: the process's lanes, which a single link joins so that
+        the compiled pump may carry its bytes (L{udptunnel.tunnel.lanes});
+        C{None}: it never does.
     """
     common = {
         "exitOnStartupError": exitOnStartupError,
@@ -124,7 +131,14 @@ def tunnelService(config: TunnelConfig, reactor: Any, exitOnStartupError: bool =
         "maxPending": config.maxPending,
         "name": config.name,
     }
-    relay = (_sessions if config.sessions else _singleLink)(config, common, reactor, speedups)
+    relay: TunnelService
+    if config.sessions:
+        relay = _sessions(config, common, reactor, speedups, lanes)
+    else:
+        relay = _singleLink(config, common, reactor, speedups)
+        if lanes is not None:
+            assert isinstance(relay, Relay)
+            LaneService(lanes, SingleLane(relay, lanes)).setServiceParent(relay)
     relay.fwmark, relay.bindDevice = config.settings.fwmark, config.settings.bindDevice
     return relay
 
@@ -159,7 +173,7 @@ def _singleLink(config: TunnelConfig, common: dict[str, Any], reactor: Any,
 
 
 def _sessions(config: TunnelConfig, common: dict[str, Any], reactor: Any,
-              speedups: bool) -> TunnelService:
+              speedups: bool, lanes: Lanes | None) -> TunnelService:
     """
     C{--sessions}: a connection per UDP source (client), or a UDP socket
     per connection (server).
@@ -173,6 +187,7 @@ def _sessions(config: TunnelConfig, common: dict[str, Any], reactor: Any,
             reactor,
             connectFrom(endpoint, lambda session: _factory(config, session, speedups)),
             udpAllow=_filter(config.udpAllow),
+            lanes=lanes,
             **limits, **common,
         )
         _udpService(config, relay, reactor).setServiceParent(relay)
@@ -186,6 +201,7 @@ def _sessions(config: TunnelConfig, common: dict[str, Any], reactor: Any,
                                          TunnelDatagramProtocol(session, config.settings),
                                          reactor, _prepare(config)),
             allow=_filter(config.allow),
+            lanes=lanes,
             **limits, **common,
         )
         listening = _routed(config, reactor)

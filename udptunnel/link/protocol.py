@@ -93,6 +93,10 @@ class TunnelStreamProtocol(Int16StringReceiver):
     #: Why we closed the connection, reported to the relay at
     #: connectionLost instead of the abort's own reason.
     _closedFor: Failure | None = None
+    #: Called after the link wrote frames or started closing (a lane of
+    #: the compiled pump looks again at whether it may write to it:
+    #: L{udptunnel.tunnel.lanes}), or C{None}.
+    laneChanged: Callable[[], None] | None = None
 
     def connectionMade(self) -> None:
         """
@@ -283,11 +287,11 @@ class TunnelStreamProtocol(Int16StringReceiver):
             return
         frames = decoder.feed(data, self.MAX_LENGTH)
         if frames:
-            self._deliver(frames)
+            self.deliverFrames(frames)
         if decoder.exceeded is not None:
             self.lengthLimitExceeded(decoder.exceeded)
 
-    def _deliver(self, frames: list[bytes]) -> None:
+    def deliverFrames(self, frames: list[bytes]) -> None:
         """
         Hand the relay complete frames.  The link survives an exception of
         ours while they are handled: the stream was split into frames before
@@ -304,7 +308,36 @@ class TunnelStreamProtocol(Int16StringReceiver):
         One frame, for whatever calls the base class's hook: it goes to the
         relay as a read of one frame.  (L{dataReceived} does not call it.)
         """
-        self._deliver([string])
+        self.deliverFrames([string])
+
+    def framesOnly(self) -> bool:
+        """
+        Whether the stream is nothing but frames from here on, with nothing
+        held: established (no PROXY header, TLS, preamble or sniffing
+        pending), not paused, no partial frame in the parser, every length
+        a frame.  Only then may bytes bypass L{dataReceived} (the compiled
+        pump, L{udptunnel._twisted.pumped}).
+        """
+        return (
+            self._secured
+            and self._preambleDone
+            and self._proxyHeader is None
+            and self._sniffed is None
+            and not self.refused
+            and not self.paused
+            and not self._decoder.pending
+            and self._decoder.exceeded is None
+            and self.MAX_LENGTH >= 0xFFFF
+        )
+
+    def plainTransport(self) -> ITCPTransport | None:
+        """
+        The TCP connection whose socket frames may be written to directly
+        (L{writesThrough}: Twisted's own TCP, no TLS layer), or C{None}.
+        """
+        if not self.writesThrough:
+            return None
+        return cast(ITCPTransport, self.transport)
 
     @property
     def writesThrough(self) -> bool:
@@ -334,6 +367,8 @@ class TunnelStreamProtocol(Int16StringReceiver):
 
     def sendFrames(self, datagrams: list[bytes]) -> None:
         self._write(encodeFrames(datagrams))
+        if self.laneChanged is not None:
+            self.laneChanged()  # Twisted may hold some of it now
 
     #: The relay's flow control on this connection (L{attachProducer}).
     _producer: IPushProducer | None = None
@@ -349,6 +384,11 @@ class TunnelStreamProtocol(Int16StringReceiver):
         assert self.transport is not None
         self._releaseProducer()
         self.transport.loseConnection()
+        self._changed()
+
+    def _changed(self) -> None:
+        if self.laneChanged is not None:
+            self.laneChanged()
 
     def drain(self) -> None:
         """
@@ -363,6 +403,7 @@ class TunnelStreamProtocol(Int16StringReceiver):
             return
         self._releaseProducer()
         cast(ITCPTransport, self.transport).loseWriteConnection()
+        self._changed()
 
     def _releaseProducer(self) -> None:
         producer, self._producer = self._producer, None
@@ -381,6 +422,7 @@ class TunnelStreamProtocol(Int16StringReceiver):
         """
         assert self.transport is not None
         self.transport.loseConnection()
+        self._changed()
 
     def writeConnectionLost(self) -> None:
         """
@@ -389,6 +431,7 @@ class TunnelStreamProtocol(Int16StringReceiver):
 
     def abort(self) -> None:
         cast(ITCPTransport, self.transport).abortConnection()
+        self._changed()
 
     def attachProducer(self, producer: IPushProducer) -> None:
         self._producer = producer

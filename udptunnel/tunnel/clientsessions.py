@@ -24,6 +24,7 @@ from udptunnel.link.why import describeFailure
 from udptunnel.show import showAddress
 from udptunnel.tunnel.access import AddressFilter
 from udptunnel.tunnel.flow import CongestionFlag
+from udptunnel.tunnel.lanes import Lanes, SessionLane, sessionLane
 from udptunnel.tunnel.pending import DEFAULT_LIMIT, DEFAULT_TIMEOUT, PendingLinks
 from udptunnel.tunnel.reconnect import retryDelay
 from udptunnel.tunnel.session import Session
@@ -100,9 +101,17 @@ class ClientSessions(SessionsService):
         pendingTimeout: float = DEFAULT_TIMEOUT,
         maxPending: int = DEFAULT_LIMIT,
         random: Callable[[], float] | None = None,
+        lanes: Lanes | None = None,
         **options: Any,
     ) -> None:
+        """
+        @param lanes: the process's lanes, in which each session whose link
+            is up gets a lane of the compiled pump when it runs
+            (L{udptunnel.tunnel.lanes}); C{None}: never.
+        """
         super().__init__(clock, maxPending=maxPending, role="client", **options)
+        self._lanes = lanes
+        self._laneOf: dict[Session, SessionLane] = {}
         self.udpPeer = None
         self.udpAllow = udpAllow
         self.udp: IDatagramSocket | None = None
@@ -148,6 +157,10 @@ class ClientSessions(SessionsService):
             session.udp = transport
 
     def udpStopped(self) -> None:
+        for session in list(self._laneOf):
+            self._laneOf.pop(session).release()
+        if self._lanes is not None and self.udp is not None:
+            self._lanes.forgetShared(self.udp)
         self.udp = None
 
     def datagramsReceived(self, datagrams: list[tuple[bytes, tuple[str, int]]]) -> None:
@@ -296,6 +309,17 @@ class ClientSessions(SessionsService):
         if connecting is not None and connecting.queue:
             self._queuedBytes -= connecting.queuedBytes
             session.toTunnel(connecting.queue)
+        lane = sessionLane(self._lanes, session, shared=True, carried=self._carried)
+        if lane is not None:
+            self._laneOf[session] = lane
+
+    def _carried(self, session: Session) -> None:
+        """
+        The compiled pump carried datagrams or frames of C{session}: it is
+        the most recently active (what --max-sessions evicts last).
+        """
+        if session.peer is not None and self.sessions.get(session.peer) is session:
+            self.sessions.move_to_end(session.peer)
 
     def sessionFrames(self, session: Session, link: ILink, frames: list[bytes]) -> None:
         if session.link is not link:
@@ -322,6 +346,9 @@ class ClientSessions(SessionsService):
     # Ending
 
     def _end(self, session: Session, why: str, closeLink: bool = True) -> None:
+        lane = self._laneOf.pop(session, None)
+        if lane is not None:
+            lane.release()  # its counters first, before the session's last line
         addr = session.peer
         if addr is not None and self.sessions.get(addr) is session:
             del self.sessions[addr]

@@ -17,6 +17,7 @@ from udptunnel.interfaces import IDatagramRelay, IDatagramSocket, ILink, ILinkRe
 from udptunnel.show import showAddress
 from udptunnel.tunnel.access import AddressFilter
 from udptunnel.tunnel.flow import PauseSocket
+from udptunnel.tunnel.lanes import Lanes, SessionLane, sessionLane
 from udptunnel.tunnel.pending import DEFAULT_LIMIT, DEFAULT_TIMEOUT, PendingLinks
 from udptunnel.tunnel.session import Session
 from udptunnel.tunnel.sessions import SessionsService, kernelDropsOf
@@ -69,10 +70,18 @@ class ServerSessions(SessionsService):
         allow: AddressFilter | None = None,
         pendingTimeout: float = DEFAULT_TIMEOUT,
         maxPending: int = DEFAULT_LIMIT,
+        lanes: Lanes | None = None,
         **options: Any,
     ) -> None:
+        """
+        @param lanes: the process's lanes, in which each session's socket
+            and link get a lane of the compiled pump when it runs
+            (L{udptunnel.tunnel.lanes}); C{None}: never.
+        """
         super().__init__(clock, maxPending=maxPending, role="server", **options)
         self.udpPeer = udpPeer
+        self._lanes = lanes
+        self._laneOf: dict[ILink, SessionLane] = {}
         self.allow = allow
         self._bindUDP = bindUDP
         self._pending = PendingLinks(clock, self._pendingExpired, self._pendingEvicted,
@@ -138,6 +147,9 @@ class ServerSessions(SessionsService):
         self.sessions[link] = session
         self.stats.linksUp += 1
         link.attachProducer(PauseSocket(session.udp))
+        lane = sessionLane(self._lanes, session)
+        if lane is not None:
+            self._laneOf[link] = lane
         self._opened(session)
 
     def framesReceived(self, link: ILink, frames: list[bytes]) -> None:
@@ -151,6 +163,9 @@ class ServerSessions(SessionsService):
     def linkLost(self, link: ILink, reason: Failure) -> None:
         why = self.whyLost(link, reason)
         session = self.sessions.pop(link, None)
+        lane = self._laneOf.pop(link, None)
+        if lane is not None:
+            lane.release()  # before its socket closes, and its counters first
         if session is not None:
             self.stats.linksLost += 1
             self._ended(session, why)  # first: its line names the socket

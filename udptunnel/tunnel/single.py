@@ -320,6 +320,22 @@ class Relay(TunnelService):
         self._lastFrameAt = self.clock.seconds()
         self.session.fromTunnel(frames)
 
+    def carriesPlainly(self, link: ILink) -> bool:
+        """
+        Whether C{link}'s frames and the datagrams into it need nothing of
+        the relay but to be carried and counted (the compiled pump may carry
+        them, L{udptunnel.tunnel.lanes}): it is the link, confirmed, not a
+        stop's draining one.
+        """
+        return link is self.link and self._confirm is None
+
+    def framesSeenAt(self, when: float) -> None:
+        """
+        Frames from the link arrived by another path than L{framesReceived}
+        (the compiled pump), the last at C{when}: the link is not silent.
+        """
+        self._lastFrameAt = max(self._lastFrameAt, when)
+
     def linkLost(self, link: ILink, reason: Failure) -> None:
         why = self.whyLost(link, reason)
         failure: str | None = why

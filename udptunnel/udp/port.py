@@ -117,6 +117,9 @@ class DatagramSocket:
             peer: Any = sock.getpeername()
         except OSError:
             peer = None
+        #: Connected to one peer (a server session's socket): the kernel
+        #: drops every other source.
+        self.connected = peer is not None
         if peer is not None:
             send = sock.send
 
@@ -220,7 +223,7 @@ class DatagramSocket:
                     break
                 if e.errno == ECONNREFUSED:
                     continue  # the ICMP error of an earlier send: nothing to read
-                self._guard.warn("read-error", "reading the UDP socket: {error}", error=e)
+                self.readFailed(e)
                 break
             if trimAddress:
                 source = source[:2]  # flow and scope ids off, as Twisted's port does
@@ -228,10 +231,24 @@ class DatagramSocket:
             if len(datagrams) == 1 and not waiting():
                 break
         if datagrams:
-            try:
-                self.protocol.datagramsReceived(datagrams)  # type: ignore[attr-defined]
-            except Exception:  # noqa: BLE001 (a bug of ours, whatever it raises)
-                self._protocolFailed(Failure())
+            self.deliver(datagrams)
+
+    def deliver(self, datagrams: list[tuple[bytes, Any]]) -> None:
+        """
+        Hand the protocol one read's datagrams (read here, or by the
+        compiled pump, L{udptunnel._twisted.pumped}).
+        """
+        try:
+            self.protocol.datagramsReceived(datagrams)  # type: ignore[attr-defined]
+        except Exception:  # noqa: BLE001 (a bug of ours, whatever it raises)
+            self._protocolFailed(Failure())
+
+    def readFailed(self, error: OSError) -> None:
+        """
+        A read failed with something else than "nothing now": logged,
+        rate-limited; the socket stays open.
+        """
+        self._guard.warn("read-error", "reading the UDP socket: {error}", error=error)
 
     def _protocolFailed(self, failure: Failure) -> None:
         if not self._failedOnce:

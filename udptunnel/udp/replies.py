@@ -119,6 +119,14 @@ class LocalAddresses:
             index = 0  # only a link-local source needs its interface
         return [(socket.IPPROTO_IPV6, IPV6_PKTINFO, IN6_PKTINFO.pack(local, index))]
 
+    def known(self, source: Any) -> tuple[bytes, list[tuple[int, int, bytes]]] | None:
+        """
+        What is known of C{source}: the pktinfo data its datagrams last came
+        with, and the ancillary data replies to it go with; C{None} when
+        routing picks the reply's source.
+        """
+        return self._bySource.get(source)
+
     def localFor(self, source: Any) -> str | None:
         """
         The local address replies to C{source} go from, printable; C{None}
