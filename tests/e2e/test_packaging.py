@@ -1,16 +1,19 @@
 """
 What the wheel installs: every module of the source tree, in every
 subpackage (C{setup.cfg} lists the packages one by one: one left out
-installs fine and fails at import), and nothing that is no longer there.
+installs fine and fails at import), and nothing that is no longer there;
+and that it builds without a C compiler (the compiled pump is optional).
 """
 
 from __future__ import annotations
 
 import configparser
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
+import zipfile
 
 from twisted.trial.unittest import SynchronousTestCase
 
@@ -56,3 +59,30 @@ class WheelTests(SynchronousTestCase):
         installed = found.stdout.strip()
         self.assertFalse(os.path.samefile(installed, SOURCE))
         self.assertEqual(modules(installed), modules(SOURCE))
+
+    def test_buildsWithoutCompiler(self) -> None:
+        """
+        Where the compiled pump cannot be built (no compiler: C{CC} fails),
+        the wheel builds all the same, every module in it but the pump.
+        """
+        work = tempfile.mkdtemp(prefix="udptunnel-wheel-")
+        self.addCleanup(shutil.rmtree, work, ignore_errors=True)
+        tree = os.path.join(work, "tree")
+        top = os.path.dirname(SOURCE)
+        ignore = shutil.ignore_patterns("__pycache__", "*.so", "dropin.cache")
+        for name in ("udptunnel", "twisted"):
+            shutil.copytree(os.path.join(top, name), os.path.join(tree, name), ignore=ignore)
+        for name in ("setup.py", "setup.cfg", "pyproject.toml", "README.rst", "LICENSE"):
+            shutil.copy(os.path.join(top, name), tree)
+        built = subprocess.run(
+            [sys.executable, "-m", "pip", "wheel", "--no-deps",
+             "-w", os.path.join(work, "wheel"), tree],
+            check=False, env={**os.environ, "CC": "false"}, capture_output=True, text=True,
+            timeout=120)
+        self.assertEqual(built.returncode, 0, built.stdout + built.stderr)
+        (wheel,) = os.listdir(os.path.join(work, "wheel"))
+        with zipfile.ZipFile(os.path.join(work, "wheel", wheel)) as archive:
+            names = archive.namelist()
+        self.assertEqual([n for n in names if "_pump" in n and not n.endswith(".c")], [])
+        self.assertEqual({n.removeprefix("udptunnel/") for n in names
+                          if n.startswith("udptunnel/") and n.endswith(".py")}, modules(SOURCE))

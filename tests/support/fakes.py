@@ -18,7 +18,7 @@ from zope.interface import implementer
 from udptunnel.interfaces import IDatagramSocket, ILink, ILinkRelay, IRelay
 from udptunnel.ops.metrics import RelayCollector
 from udptunnel.tunnel.single import Relay
-from udptunnel.udp.gso import sendEach
+from udptunnel.udp.gso import SegmentSender, sendEach
 
 
 @implementer(ILink)
@@ -49,6 +49,20 @@ class FakeLink:
 
     def attachProducer(self, producer: IPushProducer) -> None:
         self.producer = producer
+
+    #: What the compiled pump's lanes ask of a link.
+    laneChanged = None
+    transport: Any = None
+    onlyFrames = True
+
+    def framesOnly(self) -> bool:
+        return self.onlyFrames
+
+    def plainTransport(self) -> Any:
+        return self.transport
+
+    def deliverFrames(self, frames: list[bytes]) -> None:
+        self.delivered = frames
 
 
 @implementer(IDatagramSocket)
@@ -95,6 +109,24 @@ class FakeUDPTransport:
 
     def startReading(self) -> None:
         self.reading = True
+
+    #: What the compiled pump's lanes ask of a UDP socket.
+    connected = False
+    localAddresses: Any = None
+    descriptor = 7
+
+    def fileno(self) -> int:
+        return self.descriptor
+
+    @property
+    def segments(self) -> SegmentSender:
+        return SegmentSender(self.sendTo, sendEach, enabled=False)  # type: ignore[arg-type]
+
+    def deliver(self, datagrams: list[tuple[bytes, Any]]) -> None:
+        self.delivered = datagrams
+
+    def readFailed(self, error: OSError) -> None:
+        self.readError = error
 
 
 def captureLogEvents(testCase: Any) -> list[dict[str, Any]]:
