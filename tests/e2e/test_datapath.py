@@ -21,7 +21,7 @@ class DataPathTests(FaultTestCase):
 
     def carry(self) -> None:
         server, client, stream = self.tunnel()
-        self.assertFlows(stream, "after the tunnel came up", count=200)
+        self.assertFlows(stream, "after the tunnel came up", count=100)
         self.assertIntact(stream)
         self.assertSurvived(server, client)
         self.ends = (server, client)

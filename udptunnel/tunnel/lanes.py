@@ -99,6 +99,16 @@ class Lanes:
         self.pump.add(pair)
         return pair
 
+    def letGo(self, pair: Any, lane: Any) -> None:
+        """
+        The pump forgets C{pair}: its counters are taken into C{lane}'s
+        first, and what it hands back from now on is no lane's.
+        """
+        lane.collect(pair)
+        pair.owner.lane = None
+        if self.pump is not None:
+            self.pump.remove(pair)
+
     def forgetShared(self, udp: IDatagramSocket) -> None:
         """
         The shared socket C{udp} closes: the pump forgets it (its sessions'
@@ -214,11 +224,7 @@ class SingleLane:
         """
         pair, self._pair = self._pair, None
         if pair is not None:
-            self.collect(pair)
-            pair.owner.lane = None
-            pump = self._lanes.pump
-            if pump is not None:
-                pump.remove(pair)
+            self._lanes.letGo(pair, self)
             self._link = self._udp = None
 
     def prepare(self) -> None:
@@ -302,11 +308,7 @@ class SessionLane:
         """
         pair, self._pair = self._pair, None
         if pair is not None:
-            self.collect(pair)
-            pair.owner.lane = None
-            pump = self._lanes.pump
-            if pump is not None:
-                pump.remove(pair)
+            self._lanes.letGo(pair, self)
 
 
 def sessionLane(lanes: Lanes | None, session: Session, shared: bool = False,

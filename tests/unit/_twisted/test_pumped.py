@@ -1,6 +1,6 @@
 """
 L{udptunnel._twisted.pumped} and the compiled pump it drives
-(C{udptunnel/_pump.c}): what the pump moves by itself between real
+(C{udptunnel/pump_c/}): what the pump moves by itself between real
 loopback sockets, what it hands back to Python and when, and the fence's
 dispatch of what it hands back.
 """
@@ -79,7 +79,7 @@ class PumpTests(SynchronousTestCase):
         pair.up, pair.down = up, down
         return pair, owner
 
-    def wait(self, timeout: float = 0.2) -> list[Any]:
+    def wait(self, timeout: float = 0.05) -> list[Any]:
         return self.pump.wait(timeout, 8)
 
     def appReceives(self, count: int) -> list[bytes]:
@@ -182,9 +182,10 @@ class PumpTests(SynchronousTestCase):
         self.far.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
         pair, _ = self.pair()
         rest = b""
-        for i in range(400):
-            self.app.sendto(pattern(i, 1400), self.udp.getsockname())
-            for item in self.wait(0.05):
+        for burst in range(40):
+            for i in range(20):
+                self.app.sendto(pattern(burst * 20 + i, 1400), self.udp.getsockname())
+            for item in self.wait(0.01):
                 self.assertEqual(item[:2], (self.module.TCP_REST, pair))
                 rest += item[2]
             if not pair.up:
