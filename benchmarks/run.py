@@ -976,6 +976,18 @@ def sessionsTable(mode: str, sessions: dict, summary: dict, sizes: list[int],
                          f"{rss if tunnel else '-':>11}"
                          + (f"  ({c['failed']} failed)" if c.get("failed") else ""))
                 lines.append(cols)
+    if echo and 1 in flowCounts:
+        for size in sizes:
+            one = sessions[str(size)]["1"].get(workersConfig(1), {}).get(headline)
+            for flows in flowCounts:
+                c = sessions[str(size)][str(flows)].get(workersConfig(1), {})
+                if flows == 1 or not one or not c.get(headline):
+                    continue
+                median, slowest = c.get("flow_rtt_median_us"), c.get("flow_rtt_max_us")
+                spread = (f"; the slowest flow's mean RTT {100 * (slowest / median - 1):.1f}% "
+                          "above the median flow's" if median and slowest else "")
+                lines.append(f"   {size} B: {flows} flows carry {c[headline] / one:.2f}x one "
+                             f"flow (medians){spread}")
     if not echo and 1 in flowCounts and max(flowCounts) > 1:
         most, workers = max(flowCounts), max(workerCounts)
         for size in sizes:
@@ -1219,7 +1231,7 @@ def parseArgs(argv: list[str] | None = None) -> argparse.Namespace:
     for mode in args.modes:
         if mode not in MODES:
             p.error(f"unknown mode {mode!r}: choose from {', '.join(MODES)}")
-    args.flows = [int(n) for n in (args.flows or ("1,100" if quick else "1,10,100")).split(",")]
+    args.flows = [int(n) for n in (args.flows or ("1,100" if quick else "1,10,100,1000")).split(",")]
     if not all(1 <= n <= 1000 for n in args.flows):
         p.error("--flows must be 1..1000 each")
     args.blast_flows = [int(n) for n in (args.blast_flows or "1,8").split(",")]
@@ -1261,6 +1273,28 @@ def parseArgs(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
+def dataPath(twistd: Path) -> str:
+    """
+    Which data path the udptunnel beside C{twistd} runs: "compiled" (its
+    C{udptunnel._pump} was built, and C{UDPTUNNEL_PURE_PYTHON} is not set in
+    this environment, which the ends inherit), else "pure Python" and why.
+    Asked of that environment's Python, from outside the source tree.  An
+    end given --plain-twisted (--server-arg, --client-arg) runs neither.
+    """
+    code = ("from udptunnel.cli.speedups import compiledPump; "
+            "print(compiledPump()[1])")
+    try:
+        asked = subprocess.run([str(twistd.parent / "python"), "-c", code],
+                               cwd=tempfile.gettempdir(), capture_output=True, text=True,
+                               timeout=60, check=False)
+    except OSError as e:
+        return f"unknown ({e})"
+    if asked.returncode != 0:
+        return "pure Python (a release without the compiled path)"
+    why = asked.stdout.strip()
+    return "compiled" if why == "compiled" else f"pure Python ({why})"
+
+
 def environment(twistd: Path, generator: Path, args: argparse.Namespace) -> dict[str, Any]:
     info: dict[str, Any] = {
         "python": sys.version.split()[0],
@@ -1269,7 +1303,10 @@ def environment(twistd: Path, generator: Path, args: argparse.Namespace) -> dict
         "affinity": sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
         "twistd": str(twistd),
         "generator": str(generator),
+        "data_path": dataPath(twistd),
     }
+    if args.baseline is not None:
+        info["baseline_data_path"] = dataPath(args.baseline)
     try:
         import twisted
 
@@ -1311,7 +1348,9 @@ def main(argv: list[str] | None = None) -> int:
     print(
         f"udptunnel {env.get('udptunnel')} via {twistd} (Python {env['python']}, "
         f"Twisted {env.get('twisted', '?')}), {env['cpus']} CPUs"
-        + (f", pinned to {args.pin}" if args.pin else ""),
+        + (f", pinned to {args.pin}" if args.pin else "")
+        + f"; data path: {env['data_path']}"
+        + (f"; baseline's: {env['baseline_data_path']}" if args.baseline else ""),
         flush=True,
     )
     if args.baseline is not None and not (args.baseline.is_file()
