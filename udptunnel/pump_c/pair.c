@@ -45,6 +45,11 @@ Pair_dealloc(Pair *self)
 static PyObject *
 Pair_setSource(Pair *self, PyObject *address)
 {
+    if (self->shared && self->registered) {
+        /* The pump finds it by its source: that stays while it is known. */
+        PyErr_SetString(PyExc_ValueError, "the source of a registered shared pair is fixed");
+        return NULL;
+    }
     if (address == Py_None) {
         self->sourceLen = 0;
         Py_RETURN_NONE;
@@ -132,6 +137,10 @@ Pair_setFlag(Pair *self, PyObject *value, void *which)
     int truth = PyObject_IsTrue(value);
     if (truth < 0)
         return -1;
+    if ((Py_ssize_t)which == (Py_ssize_t)offsetof(Pair, shared) && self->registered) {
+        PyErr_SetString(PyExc_ValueError, "shared is fixed while the pump knows the pair");
+        return -1;
+    }
     *(int *)((char *)self + (Py_ssize_t)which) = truth;
     return 0;
 }

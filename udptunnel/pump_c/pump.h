@@ -1,5 +1,5 @@
 /*
- * The compiled pump's parts (see pump.c): what its three files share.
+ * The compiled pump's parts (see pump.c): what its four files share.
  */
 
 #ifndef UDPTUNNEL_PUMP_H
@@ -75,8 +75,9 @@ typedef struct Pair {
 typedef struct {
     PyObject_HEAD
     int epfd;
-    Pair **byFd;        /* fd -> Pair (borrowed: the table holds a reference) */
-    unsigned char *roleOf; /* 1: the Pair's UDP socket, 2: its TCP socket */
+    Pair **byFd;        /* fd -> Pair (a reference each) */
+    unsigned char *roleOf; /* 1: the Pair's UDP socket, 2: its TCP socket,
+                            * 3: a shared UDP socket (the Pair stands for it) */
     int size;
     struct epoll_event *events;
     int maxEvents;

@@ -14,13 +14,14 @@ stream...) takes the ordinary Python path, which counts, logs and decides
 as it always does.
 
 Two kinds: the single link's lane (L{SingleLane}), armed again before every
-wait, as its link and peer change under it; and a server session's
-(L{SessionLane}), whose socket and link are its own for life, armed again
-only when something of it changed (the pump handed something back, Python
-handled an event of its sockets, its link is closing), so that a thousand
-sessions do not cost each wait a thousand checks.  A client's sessions
-share one UDP socket, whose datagrams Python sorts into sessions: they take
-the Python path (benchmarks/README.rst).
+wait, as its link and peer change under it; and a session's
+(L{SessionLane}: a server session's own socket and its link, or a client
+session's link and the shared socket, whose datagrams the pump sorts by
+source), whose socket and link are its own for life, armed again only when
+something of it changed (the pump handed something back, Python handled an
+event of its sockets, its link wrote or started closing), so that a
+thousand sessions do not cost each wait a thousand checks.  What each
+bought is in benchmarks/README.rst.
 """
 
 from __future__ import annotations
@@ -137,8 +138,8 @@ class Lanes:
             lane.prepare()
         if self._dirty:
             dirty, self._dirty = self._dirty, set()
-            for sessionLane in dirty:
-                sessionLane.prepare()
+            for changed in dirty:
+                changed.prepare()
 
     def collect(self) -> None:
         for pair in self.pump.takeTouched():

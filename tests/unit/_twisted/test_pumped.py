@@ -210,8 +210,9 @@ class PumpTests(SynchronousTestCase):
     def test_sharedSocketBySource(self) -> None:
         """
         A shared socket's datagrams go to the pair of their source, each
-        into its own link; an unknown source's are handed back to the
-        shared socket's owner.
+        into its own link; an unknown source's (or a forgotten pair's) are
+        handed back to the shared socket's owner; a known pair's source
+        cannot change under the pump.
         """
         other = udpSocket(self)
         stranger = udpSocket(self)
@@ -236,6 +237,8 @@ class PumpTests(SynchronousTestCase):
         self.assertEqual(unframe(readExactly(otherFar, 4)), ([b"b1"], b""))
         self.assertEqual(items, [(self.module.DATAGRAMS, shared,
                                   [(b"s", stranger.getsockname())])])
+        with self.assertRaises(ValueError):
+            pairs[0].setSource(stranger.getsockname())  # it is found by its source
         self.pump.remove(pairs[1])
         other.sendto(b"b2", self.udp.getsockname())
         self.assertEqual(self.wait(), [(self.module.DATAGRAMS, shared,
