@@ -15,11 +15,16 @@ from __future__ import annotations
 
 import socket
 import struct
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
 from twisted.logger import Logger
+
+#: What readies a socket before it binds or connects (its mark and device:
+#: L{routeSocket}); the fence spells it again, as it imports nothing of ours
+#: (L{udptunnel._twisted.prepared.Prepare}).
+Prepare = Callable[[socket.socket], None]
 
 log = Logger()
 

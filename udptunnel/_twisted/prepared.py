@@ -19,6 +19,9 @@ from twisted.internet import tcp
 from twisted.internet.interfaces import IConnector, IListeningPort
 from zope.interface import directlyProvides, providedBy
 
+#: What readies a socket before it binds or connects (the same as
+#: L{udptunnel.sockopts.Prepare}, spelled again: the fence imports nothing
+#: of ours).
 Prepare = Callable[[socket.socket], None]
 
 

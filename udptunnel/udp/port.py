@@ -36,6 +36,7 @@ from zope.interface import implementer
 
 from udptunnel.interfaces import IDatagramSocket
 from udptunnel.ratelimit import RateLimitedLog
+from udptunnel.sockopts import Prepare
 from udptunnel.udp.gso import SegmentSender, kernelSegments, socketSegments
 from udptunnel.udp.kerneldrops import socketDrops
 from udptunnel.udp.replies import (
@@ -292,7 +293,7 @@ def _family(interface: str) -> int:
 
 def bindUDP(interface: str, port: int, protocol: DatagramProtocol, reactor: IReactorTime,
             reusePort: bool = False,
-            prepare: Callable[[socket.socket], None] | None = None) -> DatagramSocket:
+            prepare: Prepare | None = None) -> DatagramSocket:
     """
     A L{DatagramSocket} bound to C{interface}:C{port}, not yet listening.
 
@@ -317,7 +318,7 @@ def bindUDP(interface: str, port: int, protocol: DatagramProtocol, reactor: IRea
 
 
 def adoptUDP(fd: int, protocol: DatagramProtocol, reactor: IReactorTime,
-             prepare: Callable[[socket.socket], None] | None = None) -> DatagramSocket:
+             prepare: Prepare | None = None) -> DatagramSocket:
     """
     A L{DatagramSocket} on a duplicate of the bound datagram socket C{fd}
     (systemd passed it), not yet listening: C{fd} stays open, so that a
@@ -337,7 +338,7 @@ def adoptUDP(fd: int, protocol: DatagramProtocol, reactor: IReactorTime,
 
 def connectedUDP(interface: str, peer: tuple[str, int], protocol: DatagramProtocol,
                  reactor: IReactorTime,
-                 prepare: Callable[[socket.socket], None] | None = None) -> DatagramSocket:
+                 prepare: Prepare | None = None) -> DatagramSocket:
     """
     A server session's L{DatagramSocket}, listening: an ephemeral port on
     C{interface}, connected to C{peer}.

@@ -7,14 +7,13 @@ the tunnel stops.
 
 from __future__ import annotations
 
-import socket
-from collections.abc import Callable
 from typing import Any
 
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.protocol import DatagramProtocol
 
+from udptunnel.sockopts import Prepare
 from udptunnel.udp.port import DatagramSocket, adoptUDP, bindUDP
 
 
@@ -34,7 +33,7 @@ class UDPService(Service):
         reactor: Any,
         fd: int | None = None,
         reusePort: bool = False,
-        prepare: Callable[[socket.socket], None] | None = None,
+        prepare: Prepare | None = None,
     ) -> None:
         """
         @param reusePort: share the port with other processes
