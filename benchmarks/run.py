@@ -50,7 +50,10 @@ from typing import Any
 HERE = Path(__file__).resolve().parent
 GENERATOR_SOURCE = HERE / "udpload.c"
 LO = "127.0.0.1"
-MODES = ("blast", "window", "ping", "sessions", "sessions-blast")
+MODES = ("blast", "window", "ping", "ping1cpu", "sessions", "sessions-blast")
+#: The ping-pong modes: unpinned, and with the generator and every end on
+#: one CPU (every hop a wake-up on the same core, nothing else).
+PING_MODES = ("ping", "ping1cpu")
 SESSIONS_MODES = ("sessions", "sessions-blast")
 TUNNEL = "udptunnel"
 DIRECT = "direct"
@@ -639,7 +642,22 @@ def generatorArgs(mode: str, size: int, args: argparse.Namespace,
     return common + extra, limit
 
 
-def measure(
+def measure(config: str, mode: str, *rest: Any, **more: Any) -> dict[str, Any]:
+    """
+    One measurement (L{measureOnce}); for C{ping1cpu}, with this script on
+    one CPU while the ends and the generator start, so that they inherit it.
+    """
+    if mode != "ping1cpu":
+        return measureOnce(config, mode, *rest, **more)
+    affinity = os.sched_getaffinity(0)
+    os.sched_setaffinity(0, {min(affinity)})
+    try:
+        return measureOnce(config, mode, *rest, **more)
+    finally:
+        os.sched_setaffinity(0, affinity)
+
+
+def measureOnce(
     config: str,
     mode: str,
     size: int,
@@ -653,7 +671,7 @@ def measure(
 ) -> dict[str, Any]:
     record: dict[str, Any] = {"config": config, "mode": mode, "size": size, "rep": rep}
     options, limit = generatorArgs(mode, size, args, flows)
-    program = {"sessions": "flows", "sessions-blast": "blast"}.get(mode, mode)
+    program = {"sessions": "flows", "sessions-blast": "blast", "ping1cpu": "ping"}.get(mode, mode)
     if flows is not None:
         record["flows"] = flows
     if mode in SESSIONS_MODES and config != DIRECT:
@@ -763,11 +781,12 @@ def checkFlows(result: dict[str, Any]) -> None:
 
 #: Per mode: the headline metric (ratio to direct is taken on it) and
 #: whether bigger is better.
-HEADLINE = {"blast": "pps", "window": "rtps", "ping": "rtt_p50_us"}
+HEADLINE = {"blast": "pps", "window": "rtps", "ping": "rtt_p50_us", "ping1cpu": "rtt_p50_us"}
 SUMMARISED = {
     "blast": ["pps", "MBps", "loss_pct", "self_cpu_s"],
     "window": ["rtps", "MBps", "lost", "self_cpu_s"],
     "ping": ["rtt_p50_us", "rtt_p99_us", "lost", "self_cpu_s"],
+    "ping1cpu": ["rtt_p50_us", "rtt_p99_us", "lost", "self_cpu_s"],
 }
 TUNNEL_ONLY = [
     "tunnel_cpu_us_per_op",
@@ -1067,17 +1086,19 @@ def table(summary: dict, sizes: list[int], modes: list[str], repeat: int,
                    "rt/s", "rtps", "lost", "lost", "CPU us/rt"),
         "ping": ("== ping-pong: one datagram in flight, round-trip time",
                  "p50 us", "rtt_p50_us", "p99 us", "rtt_p99_us", "CPU us/rt"),
+        "ping1cpu": ("== ping-pong on one CPU: the generator and every end pinned to one CPU",
+                     "p50 us", "rtt_p50_us", "p99 us", "rtt_p99_us", "CPU us/rt"),
     }
-    for mode in ("blast", "window", "ping"):
+    for mode in ("blast", "window", *PING_MODES):
         if mode not in modes:
             continue
         title, unit, key, secondName, second, cpuName = specs[mode]
-        fmt = fmtNum if mode == "ping" else fmtInt
+        fmt = fmtNum if mode in PING_MODES else fmtInt
         lines += ["", title]
         lines.append(
             f"{'size':>5} {'config':<10} {unit:>10} {'[min-max]':>21} "
-            + (f"{'MB/s':>7} " if mode != "ping" else f"{secondName:>7} ")
-            + (f"{secondName:>6} " if mode != "ping" else f"{'lost':>6} ")
+            + (f"{'MB/s':>7} " if mode not in PING_MODES else f"{secondName:>7} ")
+            + (f"{secondName:>6} " if mode not in PING_MODES else f"{'lost':>6} ")
             + f"{'xD':>6} " + (f"{'x1.1':>6} " if lennox else "")
             + f"{cpuName:>13} " + (f"{'x1.1':>6} " if lennox else "")
             + f"{'CPU%':>5} {'RSS MiB':>11}"
@@ -1086,7 +1107,7 @@ def table(summary: dict, sizes: list[int], modes: list[str], repeat: int,
             tunnel = config != DIRECT
             line = (f"{size:>5} {config:<10} {fmt(s.get(key)):>10} "
                     f"{'[' + fmt(s.get(key + '_min')) + '-' + fmt(s.get(key + '_max')) + ']':>21} ")
-            if mode == "ping":
+            if mode in PING_MODES:
                 line += f"{fmtNum(s.get(second)):>7} {fmtInt(s.get('lost')):>6} "
             else:
                 line += (f"{fmtNum(s.get('MBps')):>7} "
@@ -1484,7 +1505,7 @@ def baselineLines(summary: dict, sizes: list[int], modes: list[str], baseline: P
     better for rates, below 1 for times and CPU).
     """
     keys = {"blast": ("pps", "dgram/s"), "window": ("rtps", "rt/s"),
-            "ping": ("rtt_p50_us", "RTT p50")}
+            "ping": ("rtt_p50_us", "RTT p50"), "ping1cpu": ("rtt_p50_us", "RTT p50")}
     lines = [f"udptunnel / baseline ({baseline}), medians of per-repetition ratios:"]
     for mode in modes:
         if mode not in keys:
@@ -1493,7 +1514,7 @@ def baselineLines(summary: dict, sizes: list[int], modes: list[str], baseline: P
         for size in sizes:
             ratio = summary[str(size)][mode].get("ratio_to_baseline", {})
             cpu = ratio.get("tunnel_cpu_us_per_op")
-            lines.append(f"  {mode:<6} {size:>5} B  {name} x{fmtNum(ratio.get(key), 3)}"
+            lines.append(f"  {mode:<8} {size:>5} B  {name} x{fmtNum(ratio.get(key), 3)}"
                          f"  CPU/op x{fmtNum(cpu, 3)}")
     return "\n".join(lines)
 
