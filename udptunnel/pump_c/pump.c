@@ -14,8 +14,10 @@
  *
  * The contract (udptunnel/_twisted/pumped.py drives it):
  *
- *   - A Pair joins a UDP socket and a TCP socket.  Python arms each way
- *     before every wait (Pair.up: UDP to TCP, Pair.down: TCP to UDP) only
+ *   - A Pair joins a UDP socket and a TCP socket (or stands for a UDP
+ *     socket that pairs share: each datagram goes to the pair of its
+ *     source).  Python arms each way (Pair.up: UDP to TCP, Pair.down: TCP
+ *     to UDP) before a wait, whenever its state may have changed, and only
  *     when nothing but bytes can happen there: the link is established,
  *     Twisted holds nothing queued for the TCP socket, the frame parser
  *     holds no partial frame, the peer is known...  An armed Pair is handled
@@ -47,6 +49,10 @@ Pump_init(Pump *self, PyObject *args, PyObject *kwargs)
     static char *keywords[] = {"epollFd", NULL};
     if (!PyArg_ParseTupleAndKeywords(args, kwargs, "i", keywords, &self->epfd))
         return -1;
+    if (self->touched != NULL) {
+        PyErr_SetString(PyExc_TypeError, "a Pump is made once");
+        return -1;
+    }
     self->udpBuffer = PyMem_Malloc(MAX_DATAGRAM);
     self->tcpBuffer = PyMem_Malloc(TCP_READ);
     self->out = PyMem_Malloc(OUT_SIZE);
