@@ -10,7 +10,8 @@ C{doRead} would.  Which pairs are armed, and when, is decided outside the
 fence, by the I{lanes} object it is given (duck-typed, as the fence
 imports nothing of ours): C{prepare()} before every wait, C{collect()}
 after it, C{dirtied(pair)} after Python handled anything of a pair's, and
-each pair's owner takes what is handed back to the relay.
+each pair's owner takes what is handed back to the relay (the
+C{transport} of its C{link} is the connection the pair was made for).
 """
 
 from __future__ import annotations
@@ -86,6 +87,17 @@ def pumpedPoll(reactor: Any, pump: Any, lanes: Any, module: Any) -> Callable[[fl
         if why:
             disconnect(connection, why, True)
 
+    def ownConnection(pair: Any) -> Any:
+        """
+        The connection C{pair} was made for, or C{None} once it is gone:
+        closed by an earlier hand-back or event of this turn (its
+        descriptor perhaps another connection's already).
+        """
+        connection = get(pair.tcpFd)
+        if connection is None or getattr(pair.owner.link, "transport", None) is not connection:
+            return None
+        return connection
+
     def handBack(kind: int, pair: Any, payload: Any) -> None:
         if kind == DATAGRAMS:
             pair.owner.datagramsHanded(payload)
@@ -94,9 +106,9 @@ def pumpedPoll(reactor: Any, pump: Any, lanes: Any, module: Any) -> Callable[[fl
         elif kind == READ_ERROR:
             pair.owner.udpReadFailed(payload)
         else:
-            connection = get(pair.tcpFd)
+            connection = ownConnection(pair)
             if connection is None:
-                return  # closed by an earlier hand-back of this turn
+                return
             if kind == STREAM:
                 stream(connection, payload)
             elif kind == STREAM_LOST:

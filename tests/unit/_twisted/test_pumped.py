@@ -315,3 +315,84 @@ class FenceTests(SynchronousTestCase):
         connection._writeDisconnecting = True
         self.assertFalse(transportIdle(connection))
         self.assertFalse(transportIdle(object()))
+
+
+class RecordingReactor:
+    """
+    What L{pumpedPoll} reads of the epoll reactor, recording the dispatch.
+    """
+
+    def __init__(self) -> None:
+        self._selectables: dict[int, Any] = {}
+        self.dispatched: list[tuple[Any, int, int]] = []
+        self.disconnected: list[tuple[Any, Any, bool]] = []
+
+    def _doReadOrWrite(self, selectable: Any, fd: int, event: int) -> None:
+        self.dispatched.append((selectable, fd, event))
+
+    def _disconnectSelectable(self, selectable: Any, why: Any, isRead: bool) -> None:
+        self.disconnected.append((selectable, why, isRead))
+
+
+class RecordingConnection:
+    def __init__(self) -> None:
+        self.received: list[bytes] = []
+        self.written: list[bytes] = []
+
+    def _dataReceived(self, data: bytes) -> Any:
+        self.received.append(data)
+        return "done" if not data else None
+
+    def write(self, data: bytes) -> None:
+        self.written.append(data)
+
+
+class PumpedPollTests(SynchronousTestCase):
+    """
+    L{pumpedPoll}: the lanes prepared before the wait and collected after
+    it, every event and hand-back dispatched in the pump's order, to the
+    connection a pair was made for and no other.
+    """
+
+    def test_dispatch(self) -> None:
+        """
+        Events go to the reactor's own dispatch; stream bytes to the pair's
+        connection as its own read would (its end disconnects it); what the
+        socket did not take is written through Twisted; datagrams to the
+        pair's owner; every pair touched is marked for its lane; a
+        hand-back for a connection that is gone (its descriptor another
+        connection's now) is dropped.
+        """
+        from types import SimpleNamespace
+
+        from udptunnel._twisted.pumped import pumpedPoll
+
+        module = SimpleNamespace(DATAGRAMS=1, STREAM=2, STREAM_LOST=3, TCP_REST=4, FRAMES=5,
+                                 READ_ERROR=6)
+        reactor = RecordingReactor()
+        connection, stranger, other = RecordingConnection(), RecordingConnection(), object()
+        reactor._selectables.update({5: connection, 6: stranger, 9: other})
+        owner = Owner()
+        owner.link = SimpleNamespace(transport=connection)  # type: ignore[attr-defined]
+        pair = SimpleNamespace(tcpFd=5, owner=owner)
+        gone = SimpleNamespace(tcpFd=6, owner=Owner())
+        gone.owner.link = SimpleNamespace(transport=RecordingConnection())  # type: ignore[attr-defined]
+        calls: list[Any] = []
+        items = [(2, pair, b"frames"), (9, select.EPOLLIN), (4, pair, b"rest"),
+                 (1, pair, [(b"d", ("127.0.0.1", 1))]), (4, gone, b"not yours"),
+                 (2, pair, b"")]
+        pump = SimpleNamespace(
+            wait=lambda timeout, most: calls.append(("wait", timeout, most)) or items,
+            pairOf=lambda fd: pair if fd == 9 else None)
+        lanes = SimpleNamespace(prepare=lambda: calls.append("prepare"),
+                                collect=lambda: calls.append("collect"),
+                                dirtied=lambda p: calls.append(("dirtied", p)))
+        pumpedPoll(reactor, pump, lanes, module)(None)
+        self.assertEqual(calls[:3], ["prepare", ("wait", -1.0, 3), "collect"])
+        self.assertEqual(connection.received, [b"frames", b""])
+        self.assertEqual(connection.written, [b"rest"])
+        self.assertEqual(stranger.written, [])
+        self.assertEqual(reactor.dispatched, [(other, 9, select.EPOLLIN)])
+        self.assertEqual(reactor.disconnected, [(connection, "done", True)])
+        self.assertEqual(owner.handed, [("datagrams", [(b"d", ("127.0.0.1", 1))])])
+        self.assertEqual(calls[3:], [("dirtied", p) for p in (pair, pair, pair, pair, gone, pair)])
