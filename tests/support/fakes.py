@@ -4,19 +4,24 @@ Fakes of the objects the relay talks to, for tests that need no reactor.
 
 from __future__ import annotations
 
+import socket
 from typing import Any
 
 from prometheus_client import CollectorRegistry, generate_latest
+from twisted.internet import tcp
 from twisted.internet.address import IPv4Address
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IPushProducer
+from twisted.internet.protocol import Protocol
 from twisted.internet.task import Clock
 from twisted.logger import globalLogPublisher
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from udptunnel._twisted.writethrough import _StandInReactor
 from udptunnel.interfaces import IDatagramSocket, ILink, ILinkRelay, IRelay
 from udptunnel.ops.metrics import RelayCollector
+from udptunnel.tunnel.lanes import Lanes
 from udptunnel.tunnel.single import Relay
 from udptunnel.udp.gso import SegmentSender, sendEach
 
@@ -227,9 +232,10 @@ class Connections:
         self.attempts.append((relay, d))
         return d
 
-    def succeed(self, index: int = -1, remote: str = "192.0.2.1:9999") -> FakeLink:
+    def succeed(self, index: int = -1, remote: str = "192.0.2.1:9999",
+                link: FakeLink | None = None) -> FakeLink:
         relay, d = self.attempts[index]
-        link = FakeLink(remote)
+        link = link or FakeLink(remote)
         relay.linkConnected(link)
         relay.linkMade(link)
         d.callback(None)
@@ -237,3 +243,80 @@ class Connections:
 
     def fail(self, index: int = -1) -> None:
         self.attempts[index][1].errback(Failure(ConnectionRefusedError("refused")))
+
+
+class StandInPair:
+    """
+    What the C{Pair} of the compiled pump keeps, in Python.
+    """
+
+    def __init__(self, udpFd: int, tcpFd: int, owner: Any) -> None:
+        self.udpFd, self.tcpFd, self.owner = udpFd, tcpFd, owner
+        self.up = self.down = self.connected = self.withInfo = self.shared = False
+        self.segments = False
+        self.maxSegment = 65507
+        self.source = self.destination = self.info = None
+        self.counters = (0, 0, 0, 0, 0.0)
+
+    def setSource(self, address: Any) -> None:
+        self.source = address
+
+    def setDestination(self, address: Any) -> None:
+        self.destination = address
+
+    def setInfo(self, *info: Any) -> None:
+        self.info = info
+
+    def take(self) -> tuple[int, int, int, int, float]:
+        counters, self.counters = self.counters, (0, 0, 0, 0, 0.0)
+        return counters
+
+
+class StandInPump:
+    """
+    Records the pairs it is given, and hands back the touched ones.
+    """
+
+    def __init__(self) -> None:
+        self.pairs: list[StandInPair] = []
+        self.shared: list[StandInPair] = []
+        self.touched: list[StandInPair] = []
+
+    def add(self, pair: StandInPair) -> None:
+        self.pairs.append(pair)
+
+    def addShared(self, pair: StandInPair) -> None:
+        self.shared.append(pair)
+
+    def remove(self, pair: StandInPair) -> None:
+        pair.up = pair.down = False
+        for pairs in (self.pairs, self.shared):
+            if pair in pairs:
+                pairs.remove(pair)
+
+    def takeTouched(self) -> list[StandInPair]:
+        touched, self.touched = self.touched, []
+        return touched
+
+
+def attachedLanes() -> tuple[Lanes, StandInPump]:
+    """
+    Lanes attached to a L{StandInPump}, as if the compiled pump ran.
+    """
+    lanes = Lanes()
+    pump = StandInPump()
+    lanes.attach(pump, StandInPair)
+    return lanes, pump
+
+
+def plainConnection(testCase: Any) -> tcp.Connection:
+    """
+    A real Twisted TCP connection (over a socket pair, known to no
+    reactor), connected, nothing queued: what a lane may write past.
+    """
+    mine, peer = socket.socketpair()
+    testCase.addCleanup(mine.close)
+    testCase.addCleanup(peer.close)
+    connection = tcp.Connection(mine, Protocol(), reactor=_StandInReactor())
+    connection.connected = 1
+    return connection

@@ -367,8 +367,7 @@ class TunnelStreamProtocol(Int16StringReceiver):
 
     def sendFrames(self, datagrams: list[bytes]) -> None:
         self._write(encodeFrames(datagrams))
-        if self.laneChanged is not None:
-            self.laneChanged()  # Twisted may hold some of it now
+        self._changed()  # Twisted may hold some of it now
 
     #: The relay's flow control on this connection (L{attachProducer}).
     _producer: IPushProducer | None = None
@@ -387,6 +386,10 @@ class TunnelStreamProtocol(Int16StringReceiver):
         self._changed()
 
     def _changed(self) -> None:
+        """
+        Tell the compiled pump's lane of this link, if any, that it may no
+        longer (or may again) write to the socket past Twisted.
+        """
         if self.laneChanged is not None:
             self.laneChanged()
 

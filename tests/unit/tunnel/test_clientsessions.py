@@ -16,7 +16,9 @@ from tests.support.fakes import (
     Connections,
     FakeLink,
     FakeUDPTransport,
+    attachedLanes,
     captureLogEvents,
+    plainConnection,
 )
 from udptunnel.interfaces import IRelay
 from udptunnel.tunnel.clientsessions import ClientSessions
@@ -485,3 +487,30 @@ class ImmediateFailureTests(SynchronousTestCase):
         self.assertEqual(client.stats.drops["no-link"], 0)
         clock.advance(0.5)
         self.assertEqual(len(attempts), 2)
+
+
+class LaneTests(ClientTestMixin, SynchronousTestCase):
+    def test_sessionsFoundBySourceOnTheSharedSocket(self) -> None:
+        """
+        With the compiled pump running, a session whose connection is up gets
+        a pair found by its source on the shared socket (which the pump is
+        given once); what the pump carried makes that session the most
+        recently active; the socket's stop lets every pair go.
+        """
+        lanes, pump = attachedLanes()
+        client = self.makeClient(lanes=lanes)
+        client.datagramsReceived([(b"one", ONE), (b"two", TWO)])
+        for index in (0, 1):
+            link = FakeLink()
+            link.transport = plainConnection(self)
+            self.connections.succeed(index, link=link)
+        self.assertEqual([(p.shared, p.source) for p in pump.pairs], [(True, ONE), (True, TWO)])
+        self.assertEqual(len(pump.shared), 1)
+        self.assertEqual(list(client.sessions), [ONE, TWO])
+        pump.pairs[0].counters = (1, 3, 0, 0, 0.0)
+        pump.touched.append(pump.pairs[0])
+        lanes.collect()
+        self.assertEqual(list(client.sessions), [TWO, ONE])
+        self.assertEqual(client.sessions[ONE].traffic.toTunnelDatagrams, 2)
+        client.udpStopped()
+        self.assertEqual((pump.pairs, pump.shared), ([], []))

@@ -6,16 +6,18 @@ kept taken back into the tunnel's; with a recording stand-in for the pump.
 
 from __future__ import annotations
 
-import socket
 from typing import Any
 
-from twisted.internet import tcp
-from twisted.internet.protocol import Protocol
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
-from tests.support.fakes import FakeLink, FakeUDPTransport
-from udptunnel._twisted.writethrough import _StandInReactor
+from tests.support.fakes import (
+    FakeLink,
+    FakeUDPTransport,
+    StandInPump,
+    attachedLanes,
+    plainConnection,
+)
 from udptunnel.tunnel.lanes import Handed, Lanes, SingleLane, sessionLane
 from udptunnel.tunnel.session import Session
 from udptunnel.tunnel.single import CONFIRM_AFTER, Relay
@@ -24,82 +26,13 @@ APP = ("127.0.0.1", 40001)
 POP = ("192.0.2.53", 5072)
 
 
-class StandInPair:
-    """
-    What the C{Pair} of the compiled pump keeps, in Python.
-    """
-
-    def __init__(self, udpFd: int, tcpFd: int, owner: Any) -> None:
-        self.udpFd, self.tcpFd, self.owner = udpFd, tcpFd, owner
-        self.up = self.down = self.connected = self.withInfo = self.shared = False
-        self.segments = False
-        self.maxSegment = 65507
-        self.source = self.destination = self.info = None
-        self.counters = (0, 0, 0, 0, 0.0)
-
-    def setSource(self, address: Any) -> None:
-        self.source = address
-
-    def setDestination(self, address: Any) -> None:
-        self.destination = address
-
-    def setInfo(self, *info: Any) -> None:
-        self.info = info
-
-    def take(self) -> tuple[int, int, int, int, float]:
-        counters, self.counters = self.counters, (0, 0, 0, 0, 0.0)
-        return counters
-
-
-class StandInPump:
-    """
-    Records the pairs it is given, and hands back the touched ones.
-    """
-
-    def __init__(self) -> None:
-        self.pairs: list[StandInPair] = []
-        self.shared: list[StandInPair] = []
-        self.touched: list[StandInPair] = []
-
-    def add(self, pair: StandInPair) -> None:
-        self.pairs.append(pair)
-
-    def addShared(self, pair: StandInPair) -> None:
-        self.shared.append(pair)
-
-    def remove(self, pair: StandInPair) -> None:
-        pair.up = pair.down = False
-        for pairs in (self.pairs, self.shared):
-            if pair in pairs:
-                pairs.remove(pair)
-
-    def takeTouched(self) -> list[StandInPair]:
-        touched, self.touched = self.touched, []
-        return touched
-
-
 class LaneTestMixin:
     def newLanes(self) -> tuple[Lanes, StandInPump]:
-        lanes = Lanes()
-        pump = StandInPump()
-        lanes.attach(pump, StandInPair)
-        return lanes, pump
-
-    def connection(self, testCase: SynchronousTestCase) -> tcp.Connection:
-        """
-        A real Twisted TCP connection (over a socket pair, known to no
-        reactor), connected, nothing queued.
-        """
-        mine, peer = socket.socketpair()
-        testCase.addCleanup(mine.close)
-        testCase.addCleanup(peer.close)
-        connection = tcp.Connection(mine, Protocol(), reactor=_StandInReactor())
-        connection.connected = 1
-        return connection
+        return attachedLanes()
 
     def link(self, testCase: SynchronousTestCase) -> FakeLink:
         link = FakeLink()
-        link.transport = self.connection(testCase)
+        link.transport = plainConnection(testCase)
         return link
 
 

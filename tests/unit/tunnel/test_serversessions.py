@@ -11,7 +11,13 @@ from twisted.internet.task import Clock
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 
-from tests.support.fakes import FakeLink, FakeUDPTransport, captureLogEvents
+from tests.support.fakes import (
+    FakeLink,
+    FakeUDPTransport,
+    attachedLanes,
+    captureLogEvents,
+    plainConnection,
+)
 from udptunnel.tunnel.serversessions import ServerSessions
 
 PEER = ("192.0.2.53", 51820)
@@ -211,3 +217,29 @@ class ServerKernelDropsTests(SynchronousTestCase):
         self.assertTrue(first.closed)
         sessions.summary()
         self.assertEqual(sessions.stats.kernelDrops, 8)
+
+
+class LaneTests(ServerTestMixin, SynchronousTestCase):
+    def test_sessionHasALaneForItsLife(self) -> None:
+        """
+        With the compiled pump running, each session's socket and link get a
+        pair, armed at the next wait; when the link is lost the pair is let
+        go, and what the pump carried is in the session's last line.
+        """
+        lanes, pump = attachedLanes()
+        events = captureLogEvents(self)
+        server = self.makeServer(lanes=lanes)
+        link = FakeLink()
+        link.transport = plainConnection(self)
+        self.assertTrue(server.linkConnected(link))
+        server.linkMade(link)
+        (pair,) = pump.pairs
+        self.assertEqual((pair.udpFd, pair.tcpFd, pair.source),
+                         (7, link.transport.fileno(), PEER))
+        lanes.prepare()
+        self.assertEqual((pair.up, pair.down), (True, True))
+        pair.counters = (2, 20, 3, 30, 0.0)
+        server.linkLost(link, Failure(ConnectionDone()))
+        self.assertEqual(pump.pairs, [])
+        ended = [e for e in events if "toTunnel" in e][-1]
+        self.assertEqual((ended["toTunnel"], ended["fromTunnel"]), (20, 30))
