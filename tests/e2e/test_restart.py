@@ -214,7 +214,7 @@ class RestartTests(TwistdTestCase):
         and are opened again by the next datagram, queued while they
         connect.)
         """
-        sent, back, wrong = self.run_(sessions=True, apps=10)
+        sent, back, wrong = self.run_(sessions=True, apps=10, settle=1.0)
         self.assertEqual(wrong, [])
         self.assertGreaterEqual(back, sent * 0.999, f"{back} of {sent} came back")
 
