@@ -203,7 +203,7 @@ class FullTunnelTests(FaultTestCase):
         """
         client = self.tunnelEnds()
         self.waitForOutput(client, "UDP bound on")
-        sent, received = self.ping(20, "0.1", 4)
-        self.assertGreaterEqual(sent, 20)
+        sent, received = self.ping(10, "0.1", 2)
+        self.assertGreaterEqual(sent, 10)
         self.assertEqual(received, 0)
         self.assertNotIn("link up", self.output(client))
