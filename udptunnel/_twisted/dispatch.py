@@ -144,18 +144,13 @@ def leanPoll(reactor: Any) -> Callable[[float | None], None]:
 _dispatchVerdict: list[str] | None = None
 
 
-def installLeanDispatch(reactor: Any) -> Callable[[], None] | None:
+def dispatchVerdict() -> list[str]:
     """
-    Have C{reactor} (Twisted's epoll reactor, the default on Linux) run
-    L{leanPoll} as its C{doIteration}; return what undoes it, or C{None}
-    when it was not done: any other reactor, or a Twisted that fails
-    L{dispatchProblems} (one warning, the first time), keeps its own.
+    L{dispatchProblems} of the installed Twisted, computed (and, when there
+    are any, warned of) once per process: the lean dispatch and the
+    compiled pump both rely on what it checks.
     """
     global _dispatchVerdict
-    from twisted.internet import epollreactor
-
-    if type(reactor) is not epollreactor.EPollReactor:
-        return None
     if _dispatchVerdict is None:
         _dispatchVerdict = dispatchProblems()
         if _dispatchVerdict:
@@ -165,7 +160,22 @@ def installLeanDispatch(reactor: Any) -> Callable[[], None] | None:
                 twistedVersion=twistedVersion,
                 problems="; ".join(_dispatchVerdict),
             )
-    if _dispatchVerdict:
+    return _dispatchVerdict
+
+
+def installLeanDispatch(reactor: Any) -> Callable[[], None] | None:
+    """
+    Have C{reactor} (Twisted's epoll reactor, the default on Linux) run
+    L{leanPoll} as its C{doIteration}; return what undoes it, or C{None}
+    when it was not done: any other reactor, or a Twisted that fails
+    L{dispatchProblems} (one warning, the first time: L{dispatchVerdict}),
+    keeps its own.
+    """
+    from twisted.internet import epollreactor
+
+    if type(reactor) is not epollreactor.EPollReactor:
+        return None
+    if dispatchVerdict():
         return None
     setattr(reactor, "doIteration", leanPoll(reactor))  # noqa: B010 (an instance's own)
 

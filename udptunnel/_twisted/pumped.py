@@ -46,7 +46,7 @@ def transportIdle(transport: Any) -> bool:
 def pumpProblems(reactor: Any) -> list[str]:
     """
     What keeps the pump from running C{reactor}'s wait, beyond what the
-    lean dispatch needs (L{udptunnel._twisted.dispatch.dispatchProblems},
+    lean dispatch needs (L{udptunnel._twisted.dispatch.dispatchVerdict},
     which the caller checks too); empty when it can.
     """
     from twisted.internet import epollreactor

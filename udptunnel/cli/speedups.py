@@ -17,7 +17,7 @@ from typing import Any
 from twisted.application.service import Service
 from twisted.logger import Logger
 
-from udptunnel._twisted.dispatch import dispatchProblems, installLeanDispatch
+from udptunnel._twisted.dispatch import dispatchVerdict, installLeanDispatch
 from udptunnel._twisted.pumped import installPump, pumpProblems
 from udptunnel.tunnel.lanes import Lanes
 
@@ -58,7 +58,7 @@ class LeanDispatch(Service):
         super().startService()
         module, why = compiledPump()
         if module is not None and self._lanes is not None:
-            problems = pumpProblems(self._reactor) or dispatchProblems()
+            problems = pumpProblems(self._reactor) or dispatchVerdict()
             if not problems:
                 self._undo = installPump(self._reactor, module, self._lanes)
                 self.log.info("data path: compiled (udptunnel._pump)")
