@@ -262,14 +262,23 @@ hashIn(Pump *pump, Pair *pair)
     return 0;
 }
 
+/* The Pair a method was given, or NULL with a TypeError naming the method. */
+static Pair *
+pairArgument(PyObject *object, const char *method)
+{
+    if (!PyObject_TypeCheck(object, &PairType)) {
+        PyErr_Format(PyExc_TypeError, "%s() takes a Pair", method);
+        return NULL;
+    }
+    return (Pair *)object;
+}
+
 static PyObject *
 Pump_add(Pump *self, PyObject *object)
 {
-    if (!PyObject_TypeCheck(object, &PairType)) {
-        PyErr_SetString(PyExc_TypeError, "add() takes a Pair");
+    Pair *pair = pairArgument(object, "add");
+    if (pair == NULL)
         return NULL;
-    }
-    Pair *pair = (Pair *)object;
     if (pair->shared) {
         if (pair->sourceLen == 0) {
             PyErr_SetString(PyExc_ValueError, "a pair of a shared socket needs its source");
@@ -296,11 +305,9 @@ Pump_add(Pump *self, PyObject *object)
 static PyObject *
 Pump_remove(Pump *self, PyObject *object)
 {
-    if (!PyObject_TypeCheck(object, &PairType)) {
-        PyErr_SetString(PyExc_TypeError, "remove() takes a Pair");
+    Pair *pair = pairArgument(object, "remove");
+    if (pair == NULL)
         return NULL;
-    }
-    Pair *pair = (Pair *)object;
     pair->up = pair->down = 0;
     if (pair->shared && pair->registered && pair->sourceLen)
         unhash(self, pair);
@@ -315,11 +322,9 @@ Pump_remove(Pump *self, PyObject *object)
 static PyObject *
 Pump_addShared(Pump *self, PyObject *object)
 {
-    if (!PyObject_TypeCheck(object, &PairType)) {
-        PyErr_SetString(PyExc_TypeError, "addShared() takes a Pair");
+    Pair *pair = pairArgument(object, "addShared");
+    if (pair == NULL)
         return NULL;
-    }
-    Pair *pair = (Pair *)object;
     if (place(self, pair->udpFd, pair, 3) < 0)
         return NULL;
     pair->registered = 1;
