@@ -98,7 +98,6 @@ readUDP(Pair *sock, Pump *pump, PyObject *result, int shared)
         unsigned char *info = NULL;
         Py_ssize_t infoLength = 0;
         ssize_t n;
-        memset(&from, 0, sizeof(from));
         if (sock->withInfo) {
             struct iovec vector = {buffer, MAX_DATAGRAM};
             struct msghdr message = {0};
@@ -123,7 +122,8 @@ readUDP(Pair *sock, Pump *pump, PyObject *result, int shared)
             }
         } else if (sock->connected) {
             n = recv(sock->udpFd, buffer, MAX_DATAGRAM, MSG_DONTWAIT);
-            memcpy(&from, &sock->source, sizeof(from));  /* the kernel filters the rest */
+            /* The kernel filters the rest; a recv does not say the source. */
+            memcpy(&from, &sock->source, sizeof(from));
         } else {
             n = recvfrom(sock->udpFd, buffer, MAX_DATAGRAM, MSG_DONTWAIT,
                          (struct sockaddr *)&from, &fromLen);
